@@ -1,0 +1,369 @@
+//! The `hotlead` command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use prost::Message as _;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::rules::RuleSet;
+use crate::simulate::{SimConfig, Simulator};
+
+/// hotlead: real-time lead scoring from Kafka interaction events.
+#[derive(Debug, Parser)]
+#[command(name = "hotlead", version, about)]
+pub struct Cli {
+    /// Configuration file (TOML). `HOTLEAD_<SECTION>__<FIELD>` variables
+    /// override it.
+    #[arg(long, short, global = true, env = "HOTLEAD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    pub log_json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score events: consume, score, commit to Redis, publish alerts.
+    Run(RunArgs),
+    /// Work with rules files.
+    Rules {
+        /// What to do with rules.
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Produce a realistic, seeded stream of interaction events.
+    Simulate(SimulateArgs),
+    /// Print alerts from the alert topic as they arrive.
+    Alerts(AlertsArgs),
+    /// Create hotlead's topics (input, alerts, dead letters).
+    Topics(TopicsArgs),
+}
+
+/// `hotlead run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Rules file; overrides `rules.path` of the configuration.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+}
+
+/// `hotlead rules ...`.
+#[derive(Debug, Subcommand)]
+pub enum RulesCommand {
+    /// Validate a rules file and summarise its models.
+    Check {
+        /// The rules file.
+        file: PathBuf,
+    },
+}
+
+/// `hotlead simulate`.
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// Bootstrap servers; overrides the configuration's `bootstrap.servers`.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Topic to produce to; defaults to the configured input topic.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Events per second; 0 sends as fast as the broker takes them.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Stop after this many events; 0 runs until Ctrl-C.
+    #[arg(long, default_value_t = 0)]
+    pub total: u64,
+    /// Number of contacts.
+    #[arg(long, default_value_t = 2000)]
+    pub contacts: usize,
+    /// Zipf exponent of activity over contacts.
+    #[arg(long, default_value_t = 1.05)]
+    pub zipf: f64,
+    /// Random seed; the same seed gives the same stream.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Make every Nth event unscorable (to exercise the dead-letter topic); 0 never.
+    #[arg(long, default_value_t = 0)]
+    pub poison_every: u64,
+}
+
+/// `hotlead alerts`.
+#[derive(Debug, Args)]
+pub struct AlertsArgs {
+    /// Bootstrap servers; overrides the configuration's `bootstrap.servers`.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Alert topic; defaults to the configured one.
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Print alerts already on the topic too.
+    #[arg(long)]
+    pub from_beginning: bool,
+}
+
+/// `hotlead topics`.
+#[derive(Debug, Args)]
+pub struct TopicsArgs {
+    /// Bootstrap servers; overrides the configuration's `bootstrap.servers`.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Partitions of the input topic (the unit of scale-out).
+    #[arg(long, default_value_t = 8)]
+    pub partitions: i32,
+    /// Replication factor.
+    #[arg(long, default_value_t = 1)]
+    pub replication: i32,
+}
+
+/// Runs a parsed command line; returns the process exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    crate::telemetry::init_logging(cli.log_json);
+    let load_config = || Config::load(cli.config.as_deref()).context("invalid configuration");
+    match cli.command {
+        Command::Rules {
+            command: RulesCommand::Check { file },
+        } => Ok(rules_check(&file)),
+        Command::Run(args) => {
+            let mut config = load_config()?;
+            if let Some(r) = args.rules {
+                config.rules.path = r;
+            }
+            run_scorer(config).await
+        }
+        Command::Simulate(args) => {
+            let config = load_config()?;
+            simulate(&config, args).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Alerts(args) => {
+            let config = load_config()?;
+            let client = kafka_client(&config, args.brokers.as_deref());
+            let topic = args.topic.unwrap_or(config.topics.alerts.clone());
+            eprintln!("Watching {topic} for alerts (Ctrl-C to stop) ...");
+            crate::kafka::print_alerts(&client, &topic, args.from_beginning, crate::shutdown_signal()).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Topics(args) => {
+            let config = load_config()?;
+            let client = kafka_client(&config, args.brokers.as_deref());
+            let t = &config.topics;
+            crate::kafka::create_topics(
+                &client,
+                &[
+                    (&t.input, args.partitions),
+                    (&t.alerts, args.partitions),
+                    (&t.dead_letter, 1),
+                ],
+                args.replication,
+            )
+            .await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn kafka_client(config: &Config, brokers: Option<&str>) -> rdkafka::ClientConfig {
+    let mut c = config.client_config();
+    if let Some(b) = brokers {
+        c.set("bootstrap.servers", b);
+    }
+    c
+}
+
+fn rules_check(file: &std::path::Path) -> std::process::ExitCode {
+    match RuleSet::load(file) {
+        Ok(rs) => {
+            for m in &rs.models {
+                let tiers: Vec<String> = m
+                    .tiers
+                    .iter()
+                    .map(|t| format!("{} ≥{} (exit <{})", t.name, t.enter, t.exit))
+                    .collect();
+                println!(
+                    "{}: model `{}` v{}: {} rules, half-life {}, tiers: {} | {}",
+                    file.display(),
+                    m.name,
+                    m.version,
+                    m.rules.len(),
+                    humantime::format_duration(Duration::from_secs_f64(m.half_life_secs)),
+                    m.base_tier,
+                    tiers.join(" | ")
+                );
+            }
+            println!("{}: ok", file.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run_scorer(config: Config) -> anyhow::Result<std::process::ExitCode> {
+    let rules = RuleSet::load(&config.rules.path)?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    crate::telemetry::describe();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    };
+    let health = Arc::new(crate::pipeline::Health::default());
+    if !config.http.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
+        tracing::info!(address = %config.http.listen, "Serving /metrics, /healthz and /readyz.");
+        let (h, s) = (health.clone(), stopped());
+        tokio::spawn(async move {
+            if let Err(e) = crate::api::serve(listener, metrics, h, s).await {
+                tracing::error!(error = %e, "HTTP listener failed.");
+            }
+        });
+    }
+    crate::pipeline::run(config, rules, health, stopped()).await?;
+    tracing::info!("Stopped cleanly.");
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
+    let mut client = kafka_client(config, args.brokers.as_deref());
+    client.set("linger.ms", "20").set("enable.idempotence", "true");
+    let producer: FutureProducer = client.create()?;
+    let topic = args.topic.unwrap_or(config.topics.input.clone());
+    let mut sim = Simulator::new(&SimConfig {
+        contacts: args.contacts,
+        zipf_exponent: args.zipf,
+        seed: args.seed,
+        ..SimConfig::default()
+    });
+    eprintln!(
+        "Simulating {} contacts into {topic} at {} events/s{} (seed {}) ...",
+        args.contacts,
+        if args.rate > 0.0 {
+            args.rate.to_string()
+        } else {
+            "max".into()
+        },
+        if args.total > 0 {
+            format!(", {} events", args.total)
+        } else {
+            String::new()
+        },
+        args.seed
+    );
+    let shutdown = crate::shutdown_signal().shared();
+    let start = Instant::now();
+    let mut last_report = Instant::now();
+    let mut sent: u64 = 0;
+    let mut failed: u64 = 0;
+    let mut inflight = FuturesUnordered::new();
+    loop {
+        if (args.total > 0 && sent >= args.total) || shutdown.clone().now_or_never().is_some() {
+            break;
+        }
+        let due = if args.rate > 0.0 {
+            (start.elapsed().as_secs_f64() * args.rate) as u64 + 1
+        } else {
+            sent + 1000
+        };
+        let due = if args.total > 0 { due.min(args.total) } else { due };
+        while sent < due {
+            let now = crate::decode::now_ms();
+            let mut event = sim.next_event(now);
+            sent += 1;
+            let payload = if args.poison_every > 0 && sent % args.poison_every == 0 {
+                poison(&mut event, sent, now)
+            } else {
+                event.encode_to_vec()
+            };
+            let mut record = FutureRecord::to(&topic).key(&event.contact_id).payload(&payload);
+            loop {
+                match producer.send_result(record) {
+                    Ok(delivery) => {
+                        inflight.push(delivery);
+                        break;
+                    }
+                    Err((e, r)) => {
+                        // The local queue is full: wait for a delivery, then retry.
+                        record = r;
+                        match inflight.next().await {
+                            Some(Ok(Err((e, _)))) => {
+                                failed += 1;
+                                tracing::warn!(error = %e, "Event not delivered.");
+                            }
+                            None => anyhow::bail!("cannot produce: {e}"),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+        }
+        while let Some(Some(r)) = inflight.next().now_or_never() {
+            if let Ok(Err((e, _))) = r {
+                failed += 1;
+                tracing::warn!(error = %e, "Event not delivered.");
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "simulate: {sent} events sent ({:.0}/s)",
+                sent as f64 / start.elapsed().as_secs_f64()
+            );
+            last_report = Instant::now();
+        }
+        if args.rate > 0.0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    while let Some(r) = inflight.next().await {
+        if let Ok(Err((e, _))) = r {
+            failed += 1;
+            tracing::warn!(error = %e, "Event not delivered.");
+        }
+    }
+    eprintln!(
+        "simulate: done, {sent} events sent, {failed} failed, in {:.1}s",
+        start.elapsed().as_secs_f64()
+    );
+    if failed > 0 {
+        anyhow::bail!("{failed} events were not delivered");
+    }
+    Ok(())
+}
+
+/// Turns an event into one of several kinds of unscorable input.
+fn poison(event: &mut crate::proto::InteractionEvent, n: u64, now: i64) -> Vec<u8> {
+    match n % 3 {
+        0 => b"\xff\xfe not a protobuf \x00\x01".to_vec(),
+        1 => {
+            event.occurred_at = Some(crate::decode::timestamp(now + 365 * 86_400_000));
+            event.encode_to_vec()
+        }
+        _ => {
+            let mut e = event.clone();
+            e.contact_id.clear();
+            e.encode_to_vec()
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! Configuration: a TOML file, then `HOTLEAD_<SECTION>__<FIELD>` environment
+//! overrides, validated at start-up with errors that name the field.
+//!
+//! Every librdkafka property can be set under `[kafka]` (or as
+//! `HOTLEAD_KAFKA__SASL_MECHANISM=...`, where `_` stands for `.`), so SASL,
+//! TLS and tuning need no code.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use serde::{Deserialize, Deserializer};
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file or an override does not parse or fit the schema.
+    #[error("config field `{field}`: {message}")]
+    Parse {
+        /// Dotted field path.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is not allowed.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// Dotted field path.
+        field: String,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// librdkafka properties for the consumer and producer, passed through
+    /// as given (`"bootstrap.servers" = "127.0.0.1:9092"`).
+    #[serde(default = "default_kafka", deserialize_with = "kafka_props")]
+    pub kafka: BTreeMap<String, String>,
+    /// Topic names.
+    #[serde(default)]
+    pub topics: Topics,
+    /// Redis connection.
+    #[serde(default)]
+    pub redis: RedisConfig,
+    /// Rules file.
+    #[serde(default)]
+    pub rules: RulesConfig,
+    /// Batching and input limits.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    /// HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// Topic names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Topics {
+    /// Interaction events in (protobuf `InteractionEvent`, key = contact id).
+    pub input: String,
+    /// Score alerts out (protobuf `ScoreAlert`, key = contact id).
+    pub alerts: String,
+    /// Input that cannot be scored, with reason headers.
+    pub dead_letter: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            input: "interactions".into(),
+            alerts: "sales-alerts".into(),
+            dead_letter: "interactions.dlq".into(),
+        }
+    }
+}
+
+/// Redis connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+        }
+    }
+}
+
+/// Rules file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Path of the YAML rules file.
+    pub path: PathBuf,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            path: "examples/rules.yaml".into(),
+        }
+    }
+}
+
+/// Batching and input limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Most events scored and committed in one batch.
+    pub batch_max_events: usize,
+    /// Longest wait for a batch to fill, e.g. `20ms`.
+    #[serde(deserialize_with = "duration")]
+    pub batch_wait: Duration,
+    /// Largest accepted event in bytes; larger ones are dead-lettered.
+    pub max_message_bytes: usize,
+    /// Longest accepted contact id in bytes.
+    pub max_contact_id_bytes: usize,
+    /// How far in the future an event time may lie, e.g. `1h`.
+    #[serde(deserialize_with = "duration")]
+    pub max_future_skew: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            batch_max_events: 1000,
+            batch_wait: Duration::from_millis(20),
+            max_message_bytes: 1024 * 1024,
+            max_contact_id_bytes: 256,
+            max_future_skew: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// HTTP listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on; empty disables the listener.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9464".into(),
+        }
+    }
+}
+
+fn default_kafka() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    m.insert("bootstrap.servers".into(), "127.0.0.1:9092".into());
+    m
+}
+
+fn kafka_props<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum V {
+        S(String),
+        I(i64),
+        F(f64),
+        B(bool),
+    }
+    let raw = BTreeMap::<String, V>::deserialize(d)?;
+    let mut m = default_kafka();
+    for (k, v) in raw {
+        let s = match v {
+            V::S(s) => s,
+            V::I(i) => i.to_string(),
+            V::F(f) => f.to_string(),
+            V::B(b) => b.to_string(),
+        };
+        m.insert(k, s);
+    }
+    Ok(m)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. `20ms` or `1h`")))
+}
+
+/// librdkafka properties that only a consumer understands; they are left out
+/// of the producer's configuration.
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "auto.offset.reset",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "auto.commit.interval.ms",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "fetch.min.bytes",
+    "fetch.wait.max.ms",
+    "fetch.max.bytes",
+    "max.partition.fetch.bytes",
+    "isolation.level",
+];
+
+impl Config {
+    /// Loads `path` (or the defaults when `None`), applies the environment's
+    /// `HOTLEAD_*` overrides and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                path: p.display().to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_parts(&text, std::env::vars())
+    }
+
+    /// Builds a configuration from TOML text and `(name, value)` environment
+    /// pairs; only names starting with `HOTLEAD_` and containing `__` apply.
+    pub fn from_parts(toml_text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
+        let mut table: toml::Table = toml::from_str(toml_text).map_err(|e| ConfigError::Parse {
+            field: "(file)".into(),
+            message: e.to_string(),
+        })?;
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("HOTLEAD_") else {
+                continue;
+            };
+            let Some((section, field)) = rest.split_once("__") else {
+                continue;
+            };
+            let section = section.to_ascii_lowercase();
+            let (field, value) = if section == "kafka" {
+                (field.to_ascii_lowercase().replace('_', "."), toml::Value::String(value))
+            } else {
+                (field.to_ascii_lowercase(), env_value(&value))
+            };
+            let entry = table
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            match entry {
+                toml::Value::Table(t) => {
+                    t.insert(field, value);
+                }
+                _ => {
+                    return Err(ConfigError::Parse {
+                        field: section,
+                        message: format!("{name} overrides a field of a section that is not a table"),
+                    })
+                }
+            }
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
+                field: e.path().to_string(),
+                message: e.into_inner().to_string(),
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &str, message: String| ConfigError::Invalid {
+            field: field.into(),
+            message,
+        };
+        if self.kafka.get("bootstrap.servers").is_none_or(|s| s.trim().is_empty()) {
+            return Err(invalid(
+                "kafka.bootstrap.servers",
+                "must name at least one broker, e.g. `127.0.0.1:9092`".into(),
+            ));
+        }
+        if self.kafka.get("enable.auto.offset.store").is_some_and(|v| v != "false") {
+            return Err(invalid(
+                "kafka.enable.auto.offset.store",
+                "must stay `false`: hotlead stores an offset only after its effects are durable; remove the setting"
+                    .into(),
+            ));
+        }
+        for (field, name) in [
+            ("topics.input", &self.topics.input),
+            ("topics.alerts", &self.topics.alerts),
+            ("topics.dead_letter", &self.topics.dead_letter),
+        ] {
+            if name.is_empty()
+                || name.len() > 249
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err(invalid(field, format!("`{name}` is not a valid Kafka topic name")));
+            }
+        }
+        if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
+            return Err(invalid(
+                "redis.url",
+                format!(
+                    "`{}` is not a Redis URL ({e}); write e.g. `redis://127.0.0.1:6379`",
+                    self.redis.url
+                ),
+            ));
+        }
+        if self.pipeline.batch_max_events == 0 {
+            return Err(invalid("pipeline.batch_max_events", "must be at least 1".into()));
+        }
+        if self.pipeline.max_contact_id_bytes == 0 || self.pipeline.max_message_bytes == 0 {
+            return Err(invalid(
+                "pipeline.max_message_bytes",
+                "limits must be at least 1 byte".into(),
+            ));
+        }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                format!(
+                    "`{}` is not an address; write e.g. `127.0.0.1:9464`, or empty to disable",
+                    self.http.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The consumer group id (`kafka."group.id"`, default `hotlead`).
+    pub fn group_id(&self) -> &str {
+        self.kafka.get("group.id").map_or("hotlead", String::as_str)
+    }
+
+    /// librdkafka configuration for the pipeline's consumer.
+    pub fn consumer_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("group.id", "hotlead")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000");
+        for (k, v) in &self.kafka {
+            c.set(k, v);
+        }
+        c.set("enable.auto.offset.store", "false");
+        c
+    }
+
+    /// librdkafka configuration shared by every client: the `[kafka]`
+    /// properties less the consumer-only ones (security, bootstrap, tuning).
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        for (k, v) in &self.kafka {
+            if !CONSUMER_ONLY.contains(&k.as_str()) {
+                c.set(k, v);
+            }
+        }
+        c
+    }
+
+    /// librdkafka configuration for the alert and dead-letter producer:
+    /// idempotent, every replica acknowledges.
+    pub fn producer_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5");
+        for (k, v) in self.client_config().config_map().iter() {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// Decoding limits from the pipeline settings.
+    pub fn limits(&self) -> crate::decode::Limits {
+        crate::decode::Limits {
+            max_message_bytes: self.pipeline.max_message_bytes,
+            max_contact_id_bytes: self.pipeline.max_contact_id_bytes,
+            max_future_skew_ms: self.pipeline.max_future_skew.as_millis() as i64,
+        }
+    }
+}
+
+fn env_value(v: &str) -> toml::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        toml::Value::Integer(i)
+    } else if let Ok(b) = v.parse::<bool>() {
+        toml::Value::Boolean(b)
+    } else {
+        toml::Value::String(v.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_target_the_local_stack() {
+        let c = Config::from_parts("", env(&[])).unwrap();
+        assert_eq!(c.kafka["bootstrap.servers"], "127.0.0.1:9092");
+        assert_eq!(c.redis.url, "redis://127.0.0.1:6379");
+        assert_eq!(c.topics.input, "interactions");
+        assert_eq!(c.group_id(), "hotlead");
+        assert_eq!(c.consumer_config().get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(
+            c.consumer_config().get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        assert_eq!(c.producer_config().get("enable.idempotence"), Some("true"));
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let text = r#"
+[kafka]
+"bootstrap.servers" = "k:1"
+"linger.ms" = 10
+[pipeline]
+batch_wait = "5ms"
+"#;
+        let c = Config::from_parts(
+            text,
+            env(&[
+                ("HOTLEAD_KAFKA__SECURITY_PROTOCOL", "SASL_SSL"),
+                ("HOTLEAD_PIPELINE__BATCH_MAX_EVENTS", "42"),
+                ("HOTLEAD_REDIS__URL", "redis://r:7000"),
+                ("UNRELATED", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka["bootstrap.servers"], "k:1");
+        assert_eq!(c.kafka["linger.ms"], "10");
+        assert_eq!(c.kafka["security.protocol"], "SASL_SSL");
+        assert_eq!(c.pipeline.batch_max_events, 42);
+        assert_eq!(c.pipeline.batch_wait, Duration::from_millis(5));
+        assert_eq!(c.redis.url, "redis://r:7000");
+        assert_eq!(c.producer_config().get("security.protocol"), Some("SASL_SSL"));
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = Config::from_parts("[pipeline]\nbatch_wait = \"soon\"", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("pipeline.batch_wait"), "{e}");
+        let e = Config::from_parts("[pipeline]\nbatch_size = 3", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("batch_size"), "{e}");
+        let e = Config::from_parts("", env(&[("HOTLEAD_REDIS__URL", "mysql://x")])).unwrap_err();
+        assert!(e.to_string().contains("redis.url"), "{e}");
+        let e = Config::from_parts("", env(&[("HOTLEAD_PIPELINE__BATCH_MAX_EVENTS", "0")])).unwrap_err();
+        assert!(e.to_string().contains("pipeline.batch_max_events"), "{e}");
+        let e = Config::from_parts("[kafka]\n\"enable.auto.offset.store\" = true", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("kafka.enable.auto.offset.store"), "{e}");
+        let e = Config::from_parts("[http]\nlisten = \"nowhere\"", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("http.listen"), "{e}");
+    }
+}

@@ -1,0 +1,237 @@
+//! Decoding and validating raw Kafka payloads into scorable events.
+//!
+//! Anything that cannot be scored becomes a [`DecodeError`] whose
+//! [`reason`](DecodeError::reason) is written to the dead-letter headers and
+//! used as a metric label.
+
+use prost::Message;
+
+use crate::proto::InteractionEvent;
+use crate::score::Millis;
+
+/// Limits applied while decoding.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted payload in bytes.
+    pub max_message_bytes: usize,
+    /// Longest accepted contact id in bytes.
+    pub max_contact_id_bytes: usize,
+    /// How far past the wall clock an event time may be, in milliseconds.
+    pub max_future_skew_ms: Millis,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 1024 * 1024,
+            max_contact_id_bytes: 256,
+            max_future_skew_ms: 3_600_000,
+        }
+    }
+}
+
+/// Why a payload cannot be scored.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    /// The payload is larger than the configured limit.
+    #[error("message of {size} bytes exceeds the limit of {limit} bytes")]
+    Oversized {
+        /// Payload size.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// The message has no payload.
+    #[error("message has no payload")]
+    Empty,
+    /// The payload is not an `InteractionEvent` protobuf.
+    #[error("not a hotlead.v1.InteractionEvent protobuf: {0}")]
+    Undecodable(String),
+    /// `contact_id` is empty.
+    #[error("contact_id is missing")]
+    MissingContactId,
+    /// `contact_id` is longer than the limit.
+    #[error("contact_id of {size} bytes exceeds the limit of {limit} bytes")]
+    ContactIdTooLong {
+        /// Its length.
+        size: usize,
+        /// Configured limit.
+        limit: usize,
+    },
+    /// `occurred_at` is missing.
+    #[error("occurred_at is missing")]
+    MissingTimestamp,
+    /// `occurred_at` is zero, negative or out of range.
+    #[error("occurred_at {0} is not a valid event time")]
+    InvalidTimestamp(String),
+    /// `occurred_at` lies too far in the future.
+    #[error("occurred_at is {ahead_ms} ms in the future (limit {limit_ms} ms)")]
+    FutureTimestamp {
+        /// How far ahead of the wall clock.
+        ahead_ms: Millis,
+        /// Configured limit.
+        limit_ms: Millis,
+    },
+    /// No interaction kind this version of hotlead knows is set.
+    #[error("no known interaction is set")]
+    NoInteraction,
+}
+
+impl DecodeError {
+    /// A short, fixed reason code for headers and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Oversized { .. } => "oversized",
+            Self::Empty => "empty",
+            Self::Undecodable(_) => "undecodable",
+            Self::MissingContactId => "missing_contact_id",
+            Self::ContactIdTooLong { .. } => "contact_id_too_long",
+            Self::MissingTimestamp => "missing_timestamp",
+            Self::InvalidTimestamp(_) => "invalid_timestamp",
+            Self::FutureTimestamp { .. } => "future_timestamp",
+            Self::NoInteraction => "no_interaction",
+        }
+    }
+
+    /// Every reason code, for pre-registering metrics.
+    pub const REASONS: [&'static str; 9] = [
+        "oversized",
+        "empty",
+        "undecodable",
+        "missing_contact_id",
+        "contact_id_too_long",
+        "missing_timestamp",
+        "invalid_timestamp",
+        "future_timestamp",
+        "no_interaction",
+    ];
+}
+
+/// A decoded event that passed validation, with its time in milliseconds.
+#[derive(Debug, Clone)]
+pub struct ValidEvent {
+    /// The event.
+    pub event: InteractionEvent,
+    /// `occurred_at` in milliseconds since the Unix epoch.
+    pub at_ms: Millis,
+}
+
+/// Decodes and validates one payload, given the wall clock `now_ms`.
+pub fn decode(payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Result<ValidEvent, DecodeError> {
+    let bytes = match payload {
+        None | Some([]) => return Err(DecodeError::Empty),
+        Some(b) => b,
+    };
+    if bytes.len() > limits.max_message_bytes {
+        return Err(DecodeError::Oversized {
+            size: bytes.len(),
+            limit: limits.max_message_bytes,
+        });
+    }
+    let event = InteractionEvent::decode(bytes).map_err(|e| DecodeError::Undecodable(e.to_string()))?;
+    if event.contact_id.is_empty() {
+        return Err(DecodeError::MissingContactId);
+    }
+    if event.contact_id.len() > limits.max_contact_id_bytes {
+        return Err(DecodeError::ContactIdTooLong {
+            size: event.contact_id.len(),
+            limit: limits.max_contact_id_bytes,
+        });
+    }
+    let ts = event.occurred_at.as_ref().ok_or(DecodeError::MissingTimestamp)?;
+    if ts.seconds <= 0 || !(0..1_000_000_000).contains(&ts.nanos) || ts.seconds > 253_402_300_799 {
+        return Err(DecodeError::InvalidTimestamp(format!("{}s {}ns", ts.seconds, ts.nanos)));
+    }
+    let at_ms = ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000;
+    if at_ms - now_ms > limits.max_future_skew_ms {
+        return Err(DecodeError::FutureTimestamp {
+            ahead_ms: at_ms - now_ms,
+            limit_ms: limits.max_future_skew_ms,
+        });
+    }
+    if event.interaction.is_none() {
+        return Err(DecodeError::NoInteraction);
+    }
+    Ok(ValidEvent { event, at_ms })
+}
+
+/// The current wall-clock time in milliseconds.
+pub fn now_ms() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// A protobuf timestamp for milliseconds since the Unix epoch.
+pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::interaction_event::Interaction;
+    use crate::proto::PageView;
+
+    const NOW: Millis = 1_760_000_000_000;
+
+    fn event() -> InteractionEvent {
+        InteractionEvent {
+            event_id: "e1".into(),
+            contact_id: "c1".into(),
+            occurred_at: Some(timestamp(NOW - 5)),
+            interaction: Some(Interaction::PageView(PageView {
+                url: "/pricing".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn reason(e: &InteractionEvent) -> Result<Millis, &'static str> {
+        decode(Some(&e.encode_to_vec()), &Limits::default(), NOW)
+            .map(|v| v.at_ms)
+            .map_err(|e| e.reason())
+    }
+
+    #[test]
+    fn accepts_a_valid_event() {
+        assert_eq!(reason(&event()), Ok(NOW - 5));
+    }
+
+    #[test]
+    fn names_the_reason_for_each_kind_of_bad_input() {
+        let l = Limits::default();
+        assert_eq!(decode(None, &l, NOW).unwrap_err().reason(), "empty");
+        assert_eq!(
+            decode(Some(&[0xff, 0xff, 0xff]), &l, NOW).unwrap_err().reason(),
+            "undecodable"
+        );
+        let big = vec![0u8; l.max_message_bytes + 1];
+        assert_eq!(decode(Some(&big), &l, NOW).unwrap_err().reason(), "oversized");
+        let mut e = event();
+        e.contact_id.clear();
+        assert_eq!(reason(&e), Err("missing_contact_id"));
+        let mut e = event();
+        e.contact_id = "x".repeat(1000);
+        assert_eq!(reason(&e), Err("contact_id_too_long"));
+        let mut e = event();
+        e.occurred_at = None;
+        assert_eq!(reason(&e), Err("missing_timestamp"));
+        let mut e = event();
+        e.occurred_at = Some(timestamp(0));
+        assert_eq!(reason(&e), Err("invalid_timestamp"));
+        let mut e = event();
+        e.occurred_at = Some(timestamp(-5000));
+        assert_eq!(reason(&e), Err("invalid_timestamp"));
+        let mut e = event();
+        e.occurred_at = Some(timestamp(NOW + 365 * 86_400_000));
+        assert_eq!(reason(&e), Err("future_timestamp"));
+        let mut e = event();
+        e.interaction = None;
+        assert_eq!(reason(&e), Err("no_interaction"));
+    }
+}

@@ -1,0 +1,116 @@
+//! Kafka helpers beside the pipeline: creating hotlead's topics, and reading
+//! alerts back in a readable form.
+
+use std::time::Duration;
+
+use prost::Message as _;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, Message};
+
+use crate::proto::{score_alert, ScoreAlert};
+
+/// A client configuration for `brokers` plus extra librdkafka properties.
+pub fn client_config(brokers: &str, extra: &[(String, String)]) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in extra {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Creates topics (name, partitions) with replication factor `replication`;
+/// topics that exist already are left as they are.
+pub async fn create_topics(config: &ClientConfig, topics: &[(&str, i32)], replication: i32) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(replication))
+                .set("retention.ms", "604800000")
+                .set("retention.bytes", "-1")
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = name, "Created topic."),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => tracing::info!(topic = name, "Topic exists."),
+            Err((name, code)) => {
+                tracing::error!(topic = name, error = %code, "Cannot create topic.");
+                return Err(KafkaError::AdminOp(code));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One line describing an alert, for people watching a terminal.
+pub fn format_alert(a: &ScoreAlert) -> String {
+    let arrow = match score_alert::Direction::try_from(a.direction) {
+        Ok(score_alert::Direction::Heated) => "HEATED ▲",
+        Ok(score_alert::Direction::Cooled) => "COOLED ▼",
+        _ => "UNKNOWN ?",
+    };
+    let when = a
+        .crossed_at
+        .as_ref()
+        .map(|t| {
+            let secs = t.seconds.rem_euclid(86_400);
+            format!("{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+        })
+        .unwrap_or_default();
+    let account = if a.account_id.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", a.account_id)
+    };
+    let cmp = if a.score >= a.threshold { "≥" } else { "<" };
+    let why: Vec<String> = a
+        .top_contributions
+        .iter()
+        .map(|c| format!("{} {:.1}", c.rule_id, c.points))
+        .collect();
+    format!(
+        "{when}  {arrow}  {contact}{account}  {model} v{version}: {prev} → {tier}  score {score:.1} {cmp} {threshold}  why: {why}",
+        contact = a.contact_id,
+        model = a.model,
+        version = a.model_version,
+        prev = a.previous_tier,
+        tier = a.tier,
+        score = a.score,
+        threshold = a.threshold,
+        why = why.join(", "),
+    )
+}
+
+/// Prints every alert on `topic` as it arrives, until the stream ends or
+/// `shutdown` completes. Reads from the latest offset unless `from_beginning`.
+pub async fn print_alerts(
+    config: &ClientConfig,
+    topic: &str,
+    from_beginning: bool,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), KafkaError> {
+    let mut c = config.clone();
+    c.set("group.id", format!("hotlead-alerts-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", if from_beginning { "earliest" } else { "latest" });
+    let consumer: StreamConsumer = c.create()?;
+    consumer.subscribe(&[topic])?;
+    tokio::pin!(shutdown);
+    loop {
+        let m = tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            m = consumer.recv() => m?,
+        };
+        match ScoreAlert::decode(m.payload().unwrap_or_default()) {
+            Ok(a) => println!("{}", format_alert(&a)),
+            Err(e) => eprintln!("offset {}: not a ScoreAlert: {e}", m.offset()),
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The `hotlead` binary: parse the command line and hand over to the library.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = hotlead::cli::Cli::parse();
+    match hotlead::cli::run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}

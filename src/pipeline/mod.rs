@@ -1,0 +1,308 @@
+//! The pipeline: consume -> decode -> score -> commit to Redis -> relay ->
+//! store offsets.
+//!
+//! Messages are gathered into short batches and handled per partition: the
+//! batch's contacts are read from Redis in one round trip, scored in Rust,
+//! and committed with one `hotlead_commit` call that also checks the owner
+//! epoch and the offset watermark. The partition's outbox is then relayed to
+//! Kafka and only after that is the offset stored.
+
+pub mod batch;
+pub mod context;
+pub mod relay;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::producer::FutureProducer;
+use rdkafka::Message;
+
+use crate::config::Config;
+use crate::decode::{now_ms, Limits};
+use crate::rules::RuleSet;
+use crate::store::{PartitionKeys, Store, StoreError};
+use crate::telemetry;
+
+use batch::{BatchTarget, InputMessage};
+use context::{Owned, PipelineContext};
+use relay::RelayError;
+
+/// Why the pipeline stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Creating or using a Kafka client failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    /// Redis kept failing.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The relay kept failing.
+    #[error(transparent)]
+    Relay(#[from] RelayError),
+}
+
+/// Readiness shared with the HTTP listener.
+#[derive(Debug, Default)]
+pub struct Health {
+    ready: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    /// Whether the pipeline is connected and consuming.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(std::sync::atomic::Ordering::Relaxed)
+    }
+    fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs the pipeline until `shutdown` completes, then finishes the batch in
+/// flight, relays, commits offsets and leaves the group.
+pub async fn run(
+    config: Config,
+    rules: RuleSet,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), PipelineError> {
+    let store = retry("connect_redis", || Store::connect(&config.redis.url), |_| true).await?;
+    let owned = Arc::new(Mutex::new(Owned::default()));
+    let topic = config.topics.input.clone();
+    let context = PipelineContext::new(topic.clone(), store.client().clone(), owned.clone());
+    let consumer: StreamConsumer<PipelineContext> = config.consumer_config().create_with_context(context)?;
+    consumer.subscribe(&[&topic])?;
+    let producer: FutureProducer = config.producer_config().create()?;
+    let worker = Worker {
+        config: &config,
+        rules: &rules,
+        store,
+        producer,
+        owned,
+        limits: config.limits(),
+    };
+    health.set_ready(true);
+    tracing::info!(
+        topic,
+        group = config.group_id(),
+        models = rules.models.len(),
+        "Scoring."
+    );
+
+    tokio::pin!(shutdown);
+    let batch_wait = config.pipeline.batch_wait;
+    let batch_max = config.pipeline.batch_max_events;
+    loop {
+        worker.relay_claimed().await?;
+        let first = tokio::select! {
+            _ = &mut shutdown => break,
+            m = consumer.recv() => m,
+        };
+        let mut batches: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
+        let mut count = gather(&mut batches, first);
+        let deadline = tokio::time::Instant::now() + batch_wait;
+        while count < batch_max {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(m) => count += gather(&mut batches, m),
+                Err(_) => break,
+            }
+        }
+        for (partition, messages) in batches {
+            if let Some(last) = worker.process(partition, messages).await? {
+                if let Err(e) = consumer.store_offset(&topic, partition, last) {
+                    tracing::debug!(partition, error = %e, "Offset not stored (partition no longer assigned).");
+                }
+            }
+        }
+    }
+    health.set_ready(false);
+    tracing::info!("Shutting down: committing offsets and leaving the group.");
+    worker.relay_claimed().await?;
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        tracing::debug!(error = %e, "No offsets to commit at shutdown.");
+    }
+    consumer.unsubscribe();
+    Ok(())
+}
+
+/// Adds a received message to its partition's batch; returns 1 if it was a
+/// message, 0 for a consumer error (logged).
+fn gather(
+    batches: &mut BTreeMap<i32, Vec<InputMessage>>,
+    m: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+) -> usize {
+    match m {
+        Ok(m) => {
+            batches.entry(m.partition()).or_default().push(InputMessage {
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+            });
+            1
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "Consumer error.");
+            0
+        }
+    }
+}
+
+struct Worker<'a> {
+    config: &'a Config,
+    rules: &'a RuleSet,
+    store: Store,
+    producer: FutureProducer,
+    owned: Arc<Mutex<Owned>>,
+    limits: Limits,
+}
+
+impl Worker<'_> {
+    /// Relays the outboxes of newly claimed partitions (left behind by an
+    /// earlier owner that stopped before relaying).
+    async fn relay_claimed(&self) -> Result<(), PipelineError> {
+        let pending: BTreeSet<i32> = std::mem::take(&mut self.owned.lock().expect("ownership lock").relay_pending);
+        for p in pending {
+            self.relay(p).await?;
+        }
+        Ok(())
+    }
+
+    async fn relay(&self, partition: i32) -> Result<(), PipelineError> {
+        let keys = PartitionKeys::new(&self.config.topics.input, partition);
+        let alerts = &self.config.topics.alerts;
+        retry(
+            "relay",
+            || relay::relay_partition(&self.store, &self.producer, &keys, partition, alerts),
+            |_| true,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Scores, commits and relays one partition's messages; returns the last
+    /// offset whose effects are durable, for the caller to store.
+    async fn process(&self, partition: i32, messages: Vec<InputMessage>) -> Result<Option<i64>, PipelineError> {
+        let Some(own) = self
+            .owned
+            .lock()
+            .expect("ownership lock")
+            .partitions
+            .get(&partition)
+            .copied()
+        else {
+            tracing::debug!(
+                partition,
+                n = messages.len(),
+                "Dropped messages of a partition no longer owned."
+            );
+            return Ok(None);
+        };
+        let messages: Vec<InputMessage> = messages
+            .into_iter()
+            .filter(|m| own.watermark.is_none_or(|w| m.offset > w))
+            .collect();
+        let Some(last) = messages.last().map(|m| m.offset) else {
+            return Ok(None);
+        };
+        if let (Some(w), Some(first)) = (own.watermark, messages.first()) {
+            if first.offset != w + 1 {
+                tracing::warn!(
+                    partition,
+                    watermark = w,
+                    first = first.offset,
+                    "Offsets skipped: the broker no longer has them."
+                );
+            }
+        }
+        let started = Instant::now();
+        let keys = PartitionKeys::new(&self.config.topics.input, partition);
+        let decoded = batch::decode_all(&messages, &self.limits, now_ms());
+        let mut ids: Vec<&str> = decoded
+            .iter()
+            .filter_map(|(_, r)| r.as_ref().ok().map(|v| v.event.contact_id.as_str()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let hashes = retry("load_contacts", || self.store.load_contacts(&keys, &ids), |_| true).await?;
+        let loaded: HashMap<String, HashMap<String, Vec<u8>>> = ids.iter().map(|s| s.to_string()).zip(hashes).collect();
+        let target = BatchTarget {
+            input_topic: &self.config.topics.input,
+            partition,
+            alerts_topic: &self.config.topics.alerts,
+            dead_letter_topic: &self.config.topics.dead_letter,
+        };
+        let mut scored = batch::score_batch(self.rules, &target, &messages, decoded, &loaded);
+        scored.commit.epoch = own.epoch;
+        scored.commit.expected_watermark = own.watermark;
+        scored.commit.new_watermark = last;
+        match retry(
+            "commit",
+            || self.store.commit(&keys, &scored.commit),
+            |e: &StoreError| !e.is_ownership(),
+        )
+        .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_ownership() => {
+                telemetry::fenced(partition, &e);
+                let mut owned = self.owned.lock().expect("ownership lock");
+                if owned.partitions.get(&partition).is_some_and(|o| o.epoch == own.epoch) {
+                    owned.partitions.remove(&partition);
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        }
+        {
+            let mut owned = self.owned.lock().expect("ownership lock");
+            if let Some(o) = owned.partitions.get_mut(&partition) {
+                if o.epoch == own.epoch {
+                    o.watermark = Some(last);
+                }
+            }
+        }
+        telemetry::batch_committed(
+            partition,
+            messages.len(),
+            scored.scored,
+            &scored.alerts,
+            started.elapsed().as_secs_f64(),
+        );
+        if !scored.commit.outbox.is_empty() {
+            self.relay(partition).await?;
+        }
+        Ok(Some(last))
+    }
+}
+
+/// Retries an infrastructure operation with exponential backoff (about a
+/// minute in all) while `retryable` says so; then returns the last error.
+async fn retry<T, E, F, Fut>(operation: &'static str, mut f: F, retryable: impl Fn(&E) -> bool) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 1;
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 12 && retryable(&e) => {
+                telemetry::retrying(operation, attempt, &e);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                attempt += 1;
+            }
+            Err(e) => {
+                if retryable(&e) {
+                    telemetry::fatal(operation, &e);
+                }
+                return Err(e);
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+#!lua name=hotlead
+-- hotlead's atomic partition-batch commit.
+--
+-- One call commits everything one source partition's batch changed: contact
+-- hashes, leaderboard entries, outbox entries (alerts and dead letters) and
+-- the offset watermark. Every key carries the partition's hash tag, so the
+-- call is atomic on a single Redis and on Redis Cluster alike.
+--
+-- KEYS[1] owner epoch, KEYS[2] offset watermark, KEYS[3] outbox stream,
+-- KEYS[4..] contact hashes and leaderboards referred to by index.
+-- ARGV[1] caller's epoch, ARGV[2] expected watermark ('' for none),
+-- ARGV[3] new watermark, then operations:
+--   H <key index> <n> <field> <value> ...   HSET
+--   Z <key index> <score> <member>          ZADD
+--   R <key index> <member>                  ZREM
+--   X <n> <field> <value> ...               XADD to the outbox
+-- Returns the outbox length.
+
+local function commit(keys, args)
+  local epoch = redis.call('GET', keys[1])
+  if epoch ~= args[1] then
+    return redis.error_reply('FENCED owner epoch is ' .. tostring(epoch) .. ', caller holds ' .. args[1])
+  end
+  local wm = redis.call('GET', keys[2]) or ''
+  if wm ~= args[2] then
+    return redis.error_reply('WATERMARK stored ' .. wm .. ', caller expected ' .. args[2])
+  end
+  local i = 4
+  local n = #args
+  while i <= n do
+    local op = args[i]
+    if op == 'H' then
+      local cnt = tonumber(args[i + 2])
+      redis.call('HSET', keys[tonumber(args[i + 1])], unpack(args, i + 3, i + 2 + 2 * cnt))
+      i = i + 3 + 2 * cnt
+    elseif op == 'Z' then
+      redis.call('ZADD', keys[tonumber(args[i + 1])], args[i + 2], args[i + 3])
+      i = i + 4
+    elseif op == 'R' then
+      redis.call('ZREM', keys[tonumber(args[i + 1])], args[i + 2])
+      i = i + 3
+    elseif op == 'X' then
+      local cnt = tonumber(args[i + 1])
+      redis.call('XADD', keys[3], '*', unpack(args, i + 2, i + 1 + 2 * cnt))
+      i = i + 2 + 2 * cnt
+    else
+      return redis.error_reply('BADOP unknown operation ' .. tostring(op))
+    end
+  end
+  redis.call('SET', keys[2], args[3])
+  return redis.call('XLEN', keys[3])
+end
+
+redis.register_function('hotlead_commit', commit)

@@ -1,0 +1,421 @@
+//! Contact state, leaderboards, outbox and offset watermarks in Redis.
+//!
+//! Every key a source partition owns carries the partition's hash tag,
+//! `hl:{<topic>:<partition>}`, so one partition batch commits atomically in
+//! one Redis Function call (`hotlead_commit`, in `commit.lua`):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `hl:{interactions:7}:c:<contact_id>` | hash | per model: score, time, tier, contributions |
+//! | `hl:{interactions:7}:lb:<model>` | sorted set | contacts by `log2(s) + (t - E)/H` |
+//! | `hl:{interactions:7}:outbox` | stream | alerts and dead letters not yet delivered |
+//! | `hl:{interactions:7}:wm` | string | offset of the last event applied |
+//! | `hl:{interactions:7}:epoch` | string | owner epoch; fences stale owners |
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use redis::aio::ConnectionManager;
+
+use crate::rules::Model;
+use crate::score::ModelState;
+
+/// The Redis Function library, loaded at start-up.
+pub const FUNCTION_LIBRARY: &str = include_str!("commit.lua");
+
+/// Why a Redis operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another owner holds the partition: this instance must stop writing it.
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// The partition's watermark moved under us.
+    #[error("watermark mismatch: {0}")]
+    WatermarkMismatch(String),
+    /// Stored state could not be read back.
+    #[error("corrupt state at {key}: {message}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Redis answered with an error or the connection failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+}
+
+impl StoreError {
+    /// True when this instance lost ownership of the partition, rather than
+    /// Redis failing.
+    pub fn is_ownership(&self) -> bool {
+        matches!(self, Self::Fenced(_) | Self::WatermarkMismatch(_))
+    }
+}
+
+/// The key names of one source partition.
+#[derive(Debug, Clone)]
+pub struct PartitionKeys {
+    tag: String,
+}
+
+impl PartitionKeys {
+    /// Keys for `topic` partition `partition`.
+    pub fn new(topic: &str, partition: i32) -> Self {
+        Self {
+            tag: format!("hl:{{{topic}:{partition}}}"),
+        }
+    }
+    /// A contact's hash.
+    pub fn contact(&self, contact_id: &str) -> String {
+        format!("{}:c:{contact_id}", self.tag)
+    }
+    /// A model's leaderboard.
+    pub fn leaderboard(&self, model: &str) -> String {
+        format!("{}:lb:{model}", self.tag)
+    }
+    /// The outbox stream.
+    pub fn outbox(&self) -> String {
+        format!("{}:outbox", self.tag)
+    }
+    /// The offset watermark.
+    pub fn watermark(&self) -> String {
+        format!("{}:wm", self.tag)
+    }
+    /// The owner epoch.
+    pub fn epoch(&self) -> String {
+        format!("{}:epoch", self.tag)
+    }
+}
+
+/// Hash field holding the contact's account id.
+pub const ACCOUNT_FIELD: &str = "account";
+
+/// The hash fields of one model's state: `<model>:s` score, `<model>:t`
+/// time (ms), `<model>:tier`, `<model>:c` contributions as `rule=points;...`
+/// and `<model>:v` the model version that last scored it. Floats are written
+/// in their shortest exact form, so a round trip loses nothing.
+pub fn encode_model_state(model: &Model, st: &ModelState) -> Vec<(String, String)> {
+    let m = &model.name;
+    let mut contributions = String::new();
+    for (rule, points) in &st.contributions {
+        if !contributions.is_empty() {
+            contributions.push(';');
+        }
+        let _ = write!(contributions, "{rule}={points:?}");
+    }
+    vec![
+        (format!("{m}:s"), format!("{:?}", st.score)),
+        (format!("{m}:t"), st.at_ms.to_string()),
+        (format!("{m}:tier"), model.tier_name(st.tier).to_string()),
+        (format!("{m}:c"), contributions),
+        (format!("{m}:v"), model.version.to_string()),
+    ]
+}
+
+/// Reads one model's state back from a contact hash; `None` if the contact
+/// has no state in this model.
+pub fn decode_model_state(model: &Model, fields: &HashMap<String, Vec<u8>>) -> Option<ModelState> {
+    let m = &model.name;
+    let get = |f: &str| {
+        fields
+            .get(&format!("{m}:{f}"))
+            .and_then(|v| std::str::from_utf8(v).ok())
+    };
+    let score = get("s")?.parse::<f64>().ok()?;
+    let at_ms = get("t")?.parse::<i64>().ok()?;
+    let tier = model.tier_index(get("tier").unwrap_or(""));
+    let contributions = get("c")
+        .unwrap_or("")
+        .split(';')
+        .filter(|s| !s.is_empty())
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.parse::<f64>().ok()?))
+        })
+        .collect();
+    Some(ModelState {
+        score,
+        at_ms,
+        tier,
+        contributions,
+    })
+}
+
+/// A message waiting in a partition's outbox for the relay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    /// Destination topic.
+    pub topic: String,
+    /// Message key.
+    pub key: Vec<u8>,
+    /// Message payload.
+    pub payload: Vec<u8>,
+    /// Message headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl OutboxEntry {
+    fn to_fields(&self) -> Vec<(String, Vec<u8>)> {
+        let mut f = vec![
+            ("topic".to_string(), self.topic.as_bytes().to_vec()),
+            ("key".to_string(), self.key.clone()),
+            ("payload".to_string(), self.payload.clone()),
+        ];
+        for (k, v) in &self.headers {
+            f.push((format!("h.{k}"), v.clone()));
+        }
+        f
+    }
+
+    fn from_fields(fields: &[(String, Vec<u8>)]) -> Option<Self> {
+        let mut e = OutboxEntry {
+            topic: String::new(),
+            key: vec![],
+            payload: vec![],
+            headers: vec![],
+        };
+        for (k, v) in fields {
+            match k.as_str() {
+                "topic" => e.topic = String::from_utf8(v.clone()).ok()?,
+                "key" => e.key = v.clone(),
+                "payload" => e.payload = v.clone(),
+                h => e.headers.push((h.strip_prefix("h.")?.to_string(), v.clone())),
+            }
+        }
+        (!e.topic.is_empty()).then_some(e)
+    }
+}
+
+/// Everything one partition batch changes, committed in one call.
+#[derive(Debug, Clone, Default)]
+pub struct Commit {
+    /// Owner epoch this instance holds.
+    pub epoch: i64,
+    /// Watermark this batch continues from (`None`: the partition is new).
+    pub expected_watermark: Option<i64>,
+    /// Offset of the last message in the batch.
+    pub new_watermark: i64,
+    /// Contact hashes: contact id and the fields to set.
+    pub contacts: Vec<(String, Vec<(String, String)>)>,
+    /// Leaderboard changes: model, contact id, new entry score (`None` removes).
+    pub leaderboard: Vec<(String, String, Option<f64>)>,
+    /// Alerts and dead letters to relay.
+    pub outbox: Vec<OutboxEntry>,
+}
+
+/// Redis access for one hotlead instance.
+#[derive(Clone)]
+pub struct Store {
+    client: redis::Client,
+    conn: ConnectionManager,
+}
+
+impl Store {
+    /// Connects and loads the `hotlead` function library.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url)?;
+        let mut conn = client.get_connection_manager().await?;
+        redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(FUNCTION_LIBRARY)
+            .query_async::<String>(&mut conn)
+            .await?;
+        Ok(Self { client, conn })
+    }
+
+    /// The client, for blocking calls from librdkafka's rebalance callback.
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// A connection for ad-hoc commands.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Reads the hashes of these contacts (one pipelined round trip).
+    pub async fn load_contacts(
+        &self,
+        keys: &PartitionKeys,
+        contact_ids: &[&str],
+    ) -> Result<Vec<HashMap<String, Vec<u8>>>, StoreError> {
+        if contact_ids.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut pipe = redis::pipe();
+        for c in contact_ids {
+            pipe.cmd("HGETALL").arg(keys.contact(c));
+        }
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Commits one partition batch atomically; returns the outbox length.
+    pub async fn commit(&self, keys: &PartitionKeys, c: &Commit) -> Result<u64, StoreError> {
+        let mut cmd = redis::cmd("FCALL");
+        let mut key_list: Vec<String> = vec![keys.epoch(), keys.watermark(), keys.outbox()];
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut key_index = |k: String, list: &mut Vec<String>| -> usize {
+            *index.entry(k.clone()).or_insert_with(|| {
+                list.push(k);
+                list.len()
+            })
+        };
+        let mut args: Vec<Vec<u8>> = vec![
+            c.epoch.to_string().into_bytes(),
+            c.expected_watermark
+                .map(|w| w.to_string())
+                .unwrap_or_default()
+                .into_bytes(),
+            c.new_watermark.to_string().into_bytes(),
+        ];
+        for (contact, fields) in &c.contacts {
+            if fields.is_empty() {
+                continue;
+            }
+            let i = key_index(keys.contact(contact), &mut key_list);
+            args.push(b"H".to_vec());
+            args.push(i.to_string().into_bytes());
+            args.push(fields.len().to_string().into_bytes());
+            for (f, v) in fields {
+                args.push(f.as_bytes().to_vec());
+                args.push(v.as_bytes().to_vec());
+            }
+        }
+        for (model, contact, z) in &c.leaderboard {
+            let i = key_index(keys.leaderboard(model), &mut key_list);
+            match z {
+                Some(z) => {
+                    args.push(b"Z".to_vec());
+                    args.push(i.to_string().into_bytes());
+                    args.push(format!("{z:?}").into_bytes());
+                }
+                None => {
+                    args.push(b"R".to_vec());
+                    args.push(i.to_string().into_bytes());
+                }
+            }
+            args.push(contact.as_bytes().to_vec());
+        }
+        for e in &c.outbox {
+            let fields = e.to_fields();
+            args.push(b"X".to_vec());
+            args.push(fields.len().to_string().into_bytes());
+            for (f, v) in fields {
+                args.push(f.into_bytes());
+                args.push(v);
+            }
+        }
+        cmd.arg("hotlead_commit").arg(key_list.len()).arg(&key_list).arg(args);
+        match cmd.query_async::<u64>(&mut self.conn.clone()).await {
+            Ok(n) => Ok(n),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Reads up to `count` outbox entries, oldest first, with their stream ids.
+    pub async fn read_outbox(
+        &self,
+        keys: &PartitionKeys,
+        count: usize,
+    ) -> Result<Vec<(String, OutboxEntry)>, StoreError> {
+        let raw: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+            .arg(keys.outbox())
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        raw.into_iter()
+            .map(|(id, fields)| {
+                OutboxEntry::from_fields(&fields)
+                    .map(|e| (id.clone(), e))
+                    .ok_or_else(|| StoreError::Corrupt {
+                        key: keys.outbox(),
+                        message: format!("entry {id} lacks a topic"),
+                    })
+            })
+            .collect()
+    }
+
+    /// Deletes delivered outbox entries.
+    pub async fn delete_outbox(&self, keys: &PartitionKeys, ids: &[String]) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        redis::cmd("XDEL")
+            .arg(keys.outbox())
+            .arg(ids)
+            .query_async::<u64>(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// The watermark of a partition, if it has one.
+    pub async fn watermark(&self, keys: &PartitionKeys) -> Result<Option<i64>, StoreError> {
+        Ok(redis::cmd("GET")
+            .arg(keys.watermark())
+            .query_async(&mut self.conn.clone())
+            .await?)
+    }
+}
+
+/// Claims a partition for a new owner: increments its epoch and reads its
+/// watermark, atomically. Blocking, for librdkafka's rebalance callback.
+pub fn claim_partition(conn: &mut redis::Connection, keys: &PartitionKeys) -> Result<(i64, Option<i64>), StoreError> {
+    let (epoch, wm): (i64, Option<i64>) = redis::pipe()
+        .atomic()
+        .cmd("INCR")
+        .arg(keys.epoch())
+        .cmd("GET")
+        .arg(keys.watermark())
+        .query(conn)?;
+    Ok((epoch, wm))
+}
+
+fn classify(e: redis::RedisError) -> StoreError {
+    match e.code() {
+        Some("FENCED") => StoreError::Fenced(e.detail().unwrap_or_default().to_string()),
+        Some("WATERMARK") => StoreError::WatermarkMismatch(e.detail().unwrap_or_default().to_string()),
+        _ => StoreError::Redis(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::RuleSet;
+
+    #[test]
+    fn model_state_round_trips_exactly() {
+        let m = RuleSet::parse(
+            "models: [{name: m, half_life: 3d, tiers: [{name: warm, enter: 3, exit: 1}], rules: [{id: r, kind: custom, points: 1}]}]",
+            "t",
+        )
+        .unwrap()
+        .models
+        .remove(0);
+        let st = ModelState {
+            score: 0.1 + 0.2,
+            at_ms: 1_760_000_000_123,
+            tier: 1,
+            contributions: [("r".to_string(), 1.0 / 3.0), ("x".to_string(), -2.5e-17)]
+                .into_iter()
+                .collect(),
+        };
+        let fields: HashMap<String, Vec<u8>> = encode_model_state(&m, &st)
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
+        assert_eq!(decode_model_state(&m, &fields), Some(st));
+    }
+
+    #[test]
+    fn hash_tag_comes_first_whatever_the_contact_id() {
+        let k = PartitionKeys::new("interactions", 7);
+        assert_eq!(k.contact("{evil}"), "hl:{interactions:7}:c:{evil}");
+        assert_eq!(k.outbox(), "hl:{interactions:7}:outbox");
+    }
+}

@@ -1,0 +1,143 @@
+//! Logging and metrics: metric names, and one function per notable event that
+//! both logs and counts. Logs never carry personal data: contact ids appear
+//! only hashed ([`contact_hash`]).
+
+use metrics::{counter, gauge, histogram};
+use sha2::{Digest, Sha256};
+use tracing::{debug, error, info, warn};
+
+/// Events read from the input topic, by `outcome` (`scored`, `dead_lettered`).
+pub const EVENTS_TOTAL: &str = "hotlead_events_total";
+/// Dead-lettered events, by `reason`.
+pub const DEAD_LETTERS_TOTAL: &str = "hotlead_dead_letters_total";
+/// Alerts committed to the outbox, by `direction`.
+pub const ALERTS_TOTAL: &str = "hotlead_alerts_total";
+/// Messages the relay delivered to Kafka, by `kind` (`alert`, `dead_letter`).
+pub const RELAYED_TOTAL: &str = "hotlead_relayed_messages_total";
+/// Batch commits, by `result` (`ok`, `fenced`, `error`).
+pub const COMMITS_TOTAL: &str = "hotlead_batch_commits_total";
+/// Time to score and commit one partition batch.
+pub const COMMIT_SECONDS: &str = "hotlead_batch_commit_seconds";
+/// Events per partition batch.
+pub const BATCH_EVENTS: &str = "hotlead_batch_events";
+/// Partitions this instance owns.
+pub const OWNED_PARTITIONS: &str = "hotlead_owned_partitions";
+/// Redis or Kafka failures that were retried, by `operation`.
+pub const RETRIES_TOTAL: &str = "hotlead_retries_total";
+
+/// Describes every metric so `/metrics` shows help text from the start.
+pub fn describe() {
+    metrics::describe_counter!(EVENTS_TOTAL, "Events read from the input topic, by outcome.");
+    metrics::describe_counter!(DEAD_LETTERS_TOTAL, "Events sent to the dead-letter topic, by reason.");
+    metrics::describe_counter!(ALERTS_TOTAL, "Tier-crossing alerts committed, by direction.");
+    metrics::describe_counter!(RELAYED_TOTAL, "Outbox messages delivered to Kafka, by kind.");
+    metrics::describe_counter!(COMMITS_TOTAL, "Partition batch commits to Redis, by result.");
+    metrics::describe_histogram!(
+        COMMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to score and commit one partition batch."
+    );
+    metrics::describe_histogram!(BATCH_EVENTS, "Events in one partition batch.");
+    metrics::describe_gauge!(OWNED_PARTITIONS, "Input partitions this instance owns.");
+    metrics::describe_counter!(
+        RETRIES_TOTAL,
+        "Infrastructure operations retried after a failure, by operation."
+    );
+    for reason in crate::decode::DecodeError::REASONS {
+        counter!(DEAD_LETTERS_TOTAL, "reason" => reason).absolute(0);
+    }
+    for direction in ["heated", "cooled"] {
+        counter!(ALERTS_TOTAL, "direction" => direction).absolute(0);
+    }
+}
+
+/// Sets up structured logging; `RUST_LOG` filters, `json` switches format.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        let _ = builder.json().try_init();
+    } else {
+        let _ = builder.try_init();
+    }
+}
+
+/// A short, stable hash of a contact id, for logs.
+pub fn contact_hash(contact_id: &str) -> String {
+    let d = Sha256::digest(contact_id.as_bytes());
+    d[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An event could not be scored and was dead-lettered.
+pub fn dead_lettered(partition: i32, offset: i64, reason: &'static str, error: &dyn std::fmt::Display) {
+    warn!(partition, offset, reason, error = %error, "Dead-lettered an event that cannot be scored.");
+    counter!(DEAD_LETTERS_TOTAL, "reason" => reason).increment(1);
+    counter!(EVENTS_TOTAL, "outcome" => "dead_lettered").increment(1);
+}
+
+/// A batch of events was scored and committed.
+pub fn batch_committed(partition: i32, events: usize, scored: usize, alerts: &[crate::score::Direction], seconds: f64) {
+    debug!(
+        partition,
+        events,
+        scored,
+        alerts = alerts.len(),
+        "Committed a partition batch."
+    );
+    counter!(EVENTS_TOTAL, "outcome" => "scored").increment(scored as u64);
+    counter!(COMMITS_TOTAL, "result" => "ok").increment(1);
+    histogram!(COMMIT_SECONDS).record(seconds);
+    histogram!(BATCH_EVENTS).record(events as f64);
+    for d in alerts {
+        counter!(ALERTS_TOTAL, "direction" => d.as_str()).increment(1);
+    }
+}
+
+/// A contact crossed a tier.
+pub fn tier_crossed(partition: i32, contact_id: &str, model: &str, from: &str, to: &str, direction: &str) {
+    debug!(partition, contact = %contact_hash(contact_id), model, from, to, direction, "Contact crossed a tier.");
+}
+
+/// This instance lost ownership of a partition while committing.
+pub fn fenced(partition: i32, error: &dyn std::fmt::Display) {
+    warn!(partition, error = %error, "Fenced off a partition: another instance owns it now; its batch is dropped and will be scored by the owner.");
+    counter!(COMMITS_TOTAL, "result" => "fenced").increment(1);
+}
+
+/// An infrastructure operation failed and will be retried.
+pub fn retrying(operation: &'static str, attempt: u32, error: &dyn std::fmt::Display) {
+    warn!(operation, attempt, error = %error, "Retrying after a failure.");
+    counter!(RETRIES_TOTAL, "operation" => operation).increment(1);
+    if operation == "commit" {
+        counter!(COMMITS_TOTAL, "result" => "error").increment(1);
+    }
+}
+
+/// Messages were delivered from an outbox.
+pub fn relayed(partition: i32, alerts: usize, dead_letters: usize) {
+    debug!(partition, alerts, dead_letters, "Relayed outbox messages.");
+    counter!(RELAYED_TOTAL, "kind" => "alert").increment(alerts as u64);
+    counter!(RELAYED_TOTAL, "kind" => "dead_letter").increment(dead_letters as u64);
+}
+
+/// Partitions were assigned to this instance.
+pub fn partitions_assigned(claims: &[(i32, i64, Option<i64>)], owned: usize) {
+    for (partition, epoch, watermark) in claims {
+        info!(partition, epoch, watermark = ?watermark, "Claimed a partition; scoring resumes after its watermark.");
+    }
+    gauge!(OWNED_PARTITIONS).set(owned as f64);
+}
+
+/// Partitions were revoked from this instance.
+pub fn partitions_revoked(partitions: &[i32], owned: usize) {
+    info!(?partitions, "Released partitions.");
+    gauge!(OWNED_PARTITIONS).set(owned as f64);
+}
+
+/// A fatal infrastructure failure: the process is about to exit.
+pub fn fatal(operation: &'static str, error: &dyn std::fmt::Display) {
+    error!(operation, error = %error, "Giving up after repeated failures; exiting for the supervisor to restart.");
+}
