@@ -384,7 +384,7 @@ impl Config {
             .set("acks", "all")
             .set("linger.ms", "5");
         for (k, v) in self.client_config().config_map().iter() {
-            c.set(k, v);
+            c.set(*k, *v);
         }
         c
     }
