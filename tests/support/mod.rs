@@ -1,0 +1,347 @@
+//! Test support: real servers on free loopback ports.
+//!
+//! [`Stack::start`] starts a Tansu broker (SQLite storage) and a
+//! `redis-server`, each in its own temp dir, and stops them on drop. Set
+//! `HOTLEAD_TEST_KAFKA` (bootstrap servers) and `HOTLEAD_TEST_REDIS` (a Redis
+//! URL) to run against external servers instead; every test uses topics with
+//! random names, so runs never see each other's data.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hotlead::config::Config;
+use prost::Message as _;
+use rand::Rng;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::Message;
+
+/// A broker and a Redis for one test.
+pub struct Stack {
+    /// Kafka bootstrap servers.
+    pub brokers: String,
+    /// Redis URL.
+    pub redis_url: String,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for_port(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    panic!("{what} did not listen on 127.0.0.1:{port} within 30s; its log:\n{log}");
+}
+
+fn spawn(cmd: &mut Command, what: &str, log: &Path) -> Child {
+    let out = std::fs::File::create(log).unwrap();
+    cmd.stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what} ({e}); run scripts/setup.sh to install it"))
+}
+
+impl Stack {
+    /// Starts (or connects to) a broker and a Redis.
+    pub fn start() -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let mut children = Vec::new();
+        let brokers = match std::env::var("HOTLEAD_TEST_KAFKA") {
+            Ok(b) => b,
+            Err(_) => {
+                let port = free_port();
+                let url = format!("tcp://127.0.0.1:{port}");
+                let log = dir.path().join("tansu.log");
+                children.push(spawn(
+                    Command::new("tansu")
+                        .arg("broker")
+                        .args(["--listener-url", &url, "--advertised-listener-url", &url])
+                        .args(["--storage-engine", "sqlite://tansu.db"])
+                        .current_dir(dir.path()),
+                    "tansu",
+                    &log,
+                ));
+                wait_for_port(port, "tansu", &log);
+                format!("127.0.0.1:{port}")
+            }
+        };
+        let redis_url = match std::env::var("HOTLEAD_TEST_REDIS") {
+            Ok(r) => r,
+            Err(_) => {
+                let port = free_port();
+                let log = dir.path().join("redis.log");
+                children.push(spawn(
+                    Command::new("redis-server")
+                        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                        .args(["--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"])
+                        .current_dir(dir.path()),
+                    "redis-server",
+                    &log,
+                ));
+                wait_for_port(port, "redis-server", &log);
+                format!("redis://127.0.0.1:{port}")
+            }
+        };
+        Stack {
+            brokers,
+            redis_url,
+            children,
+            _dir: dir,
+        }
+    }
+
+    /// Random topic names for one test: input, alerts, dead letters.
+    pub async fn topics(&self, partitions: i32) -> Topics {
+        let tag: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(8)
+            .map(char::from)
+            .collect();
+        let t = Topics {
+            input: format!("interactions-{tag}"),
+            alerts: format!("sales-alerts-{tag}"),
+            dead_letter: format!("interactions-{tag}.dlq"),
+            partitions,
+            group: format!("hotlead-{tag}"),
+        };
+        let client = hotlead::kafka::client_config(&self.brokers, &[]);
+        hotlead::kafka::create_topics(
+            &client,
+            &[(&t.input, partitions), (&t.alerts, 1), (&t.dead_letter, 1)],
+            1,
+        )
+        .await
+        .unwrap();
+        t
+    }
+
+    /// A hotlead configuration for these servers and topics.
+    pub fn config(&self, topics: &Topics, rules: &Path) -> Config {
+        let env = self.env(topics, rules);
+        Config::from_parts("", env).unwrap()
+    }
+
+    /// The `HOTLEAD_*` environment that configures hotlead for these servers
+    /// and topics (also used to run the binary).
+    pub fn env(&self, topics: &Topics, rules: &Path) -> Vec<(String, String)> {
+        [
+            ("HOTLEAD_KAFKA__BOOTSTRAP_SERVERS", self.brokers.clone()),
+            ("HOTLEAD_KAFKA__GROUP_ID", topics.group.clone()),
+            ("HOTLEAD_REDIS__URL", self.redis_url.clone()),
+            ("HOTLEAD_TOPICS__INPUT", topics.input.clone()),
+            ("HOTLEAD_TOPICS__ALERTS", topics.alerts.clone()),
+            ("HOTLEAD_TOPICS__DEAD_LETTER", topics.dead_letter.clone()),
+            ("HOTLEAD_RULES__PATH", rules.display().to_string()),
+            ("HOTLEAD_PIPELINE__BATCH_WAIT", "5ms".to_string()),
+            ("HOTLEAD_HTTP__LISTEN", String::new()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+
+    /// A synchronous Redis connection.
+    pub fn redis(&self) -> redis::Connection {
+        redis::Client::open(self.redis_url.as_str())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// A producer for test input.
+    pub fn producer(&self) -> FutureProducer {
+        hotlead::kafka::client_config(&self.brokers, &[])
+            .set("linger.ms", "1")
+            .create()
+            .unwrap()
+    }
+
+    /// Produces raw payloads (key, payload) to `topic`; returns each one's
+    /// (partition, offset).
+    pub async fn produce(&self, topic: &str, messages: &[(Vec<u8>, Vec<u8>)]) -> Vec<(i32, i64)> {
+        let p = self.producer();
+        let mut out = Vec::with_capacity(messages.len());
+        for chunk in messages.chunks(500) {
+            let sends = chunk.iter().map(|(k, v)| {
+                p.send_result(FutureRecord::to(topic).key(k).payload(v))
+                    .map_err(|(e, _)| e)
+                    .unwrap()
+            });
+            for d in futures::future::join_all(sends).await {
+                let d = d.unwrap().unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
+                out.push((d.partition, d.offset));
+            }
+        }
+        out
+    }
+
+    /// Produces events keyed by contact id.
+    pub async fn produce_events(&self, topic: &str, events: &[hotlead::proto::InteractionEvent]) -> Vec<(i32, i64)> {
+        let raw: Vec<_> = events
+            .iter()
+            .map(|e| (e.contact_id.clone().into_bytes(), e.encode_to_vec()))
+            .collect();
+        self.produce(topic, &raw).await
+    }
+
+    /// Offset of the last event applied, per partition, from Redis.
+    pub fn watermarks(&self, topics: &Topics) -> HashMap<i32, i64> {
+        let mut r = self.redis();
+        (0..topics.partitions)
+            .filter_map(|p| {
+                let key = hotlead::store::PartitionKeys::new(&topics.input, p).watermark();
+                let w: Option<i64> = redis::cmd("GET").arg(key).query(&mut r).unwrap();
+                w.map(|w| (p, w))
+            })
+            .collect()
+    }
+
+    /// Waits until Redis has applied every message up to these last
+    /// offsets (per partition), or panics after `timeout`.
+    pub async fn wait_applied(&self, topics: &Topics, last: &HashMap<i32, i64>, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let w = self.watermarks(topics);
+            if last.iter().all(|(p, o)| w.get(p).is_some_and(|x| x >= o)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not applied within {timeout:?}: watermarks {w:?}, want {last:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Reads every message on `topic` until `count` have arrived or `wait`
+    /// passes with nothing new.
+    pub async fn read_all(&self, topic: &str, count: usize, wait: Duration) -> Vec<Record> {
+        let consumer: StreamConsumer = hotlead::kafka::client_config(&self.brokers, &[])
+            .set("group.id", format!("reader-{}", rand::random::<u64>()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + wait;
+        while out.len() < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, consumer.recv()).await {
+                Ok(Ok(m)) => out.push(Record {
+                    key: m.key().unwrap_or_default().to_vec(),
+                    payload: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_string(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+                Ok(Err(e)) => panic!("consume failed: {e}"),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+/// One test's topics.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    /// Input topic.
+    pub input: String,
+    /// Alert topic.
+    pub alerts: String,
+    /// Dead-letter topic.
+    pub dead_letter: String,
+    /// Partitions of the input topic.
+    pub partitions: i32,
+    /// Consumer group.
+    pub group: String,
+}
+
+/// A consumed message.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// Key.
+    pub key: Vec<u8>,
+    /// Payload.
+    pub payload: Vec<u8>,
+    /// Headers as text.
+    pub headers: HashMap<String, String>,
+}
+
+/// Writes a rules file into a temp dir that lives as long as the returned guard.
+pub fn rules_file(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rules.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    (dir, path)
+}
+
+/// Runs the pipeline in this process until the returned sender is dropped
+/// or sent to.
+pub fn spawn_pipeline(
+    config: Config,
+    rules_path: &Path,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), hotlead::pipeline::PipelineError>>,
+) {
+    let rules = hotlead::rules::RuleSet::load(rules_path).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let health = std::sync::Arc::new(hotlead::pipeline::Health::default());
+    let handle = tokio::spawn(hotlead::pipeline::run(config, rules, health, async move {
+        let _ = rx.await;
+    }));
+    (tx, handle)
+}
+
+/// The highest offset per partition among delivered messages.
+pub fn last_offsets(delivered: &[(i32, i64)]) -> HashMap<i32, i64> {
+    let mut m = HashMap::new();
+    for (p, o) in delivered {
+        let e = m.entry(*p).or_insert(*o);
+        *e = (*e).max(*o);
+    }
+    m
+}
+
+/// Whether two floats agree to 1e-9 relative.
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12)
+}
