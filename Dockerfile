@@ -1,0 +1,19 @@
+# hotlead container image: a release build on Debian bookworm.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto proto
+COPY src src
+RUN cargo build --release --locked --bin hotlead
+
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 hotlead
+COPY --from=build /src/target/release/hotlead /usr/local/bin/hotlead
+COPY examples /etc/hotlead/examples
+USER hotlead
+ENV HOTLEAD_RULES__PATH=/etc/hotlead/examples/rules.yaml \
+    HOTLEAD_HTTP__LISTEN=0.0.0.0:9464
+EXPOSE 9464
+ENTRYPOINT ["hotlead"]
+CMD ["run"]
