@@ -9,6 +9,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let descriptors = protox::compile(files, ["proto"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("hotlead_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
     prost_build::Config::new().btree_map(["."]).compile_fds(descriptors)?;
     Ok(())
 }

@@ -93,6 +93,7 @@ pub async fn run(
     );
 
     tokio::pin!(shutdown);
+    let mut progress = Progress::new();
     let batch_wait = config.pipeline.batch_wait;
     let batch_max = config.pipeline.batch_max_events;
     loop {
@@ -111,12 +112,14 @@ pub async fn run(
             }
         }
         for (partition, messages) in batches {
+            progress.events += messages.len() as u64;
             if let Some(last) = worker.process(partition, messages).await? {
                 if let Err(e) = consumer.store_offset(&topic, partition, last) {
                     tracing::debug!(partition, error = %e, "Offset not stored (partition no longer assigned).");
                 }
             }
         }
+        progress.maybe_report(&worker.owned);
     }
     health.set_ready(false);
     tracing::info!("Shutting down: committing offsets and leaving the group.");
@@ -126,6 +129,34 @@ pub async fn run(
     }
     consumer.unsubscribe();
     Ok(())
+}
+
+/// A progress line every 30 seconds while events flow.
+struct Progress {
+    events: u64,
+    since: Instant,
+}
+
+impl Progress {
+    const EVERY: Duration = Duration::from_secs(30);
+
+    fn new() -> Self {
+        Self {
+            events: 0,
+            since: Instant::now(),
+        }
+    }
+
+    fn maybe_report(&mut self, owned: &Mutex<Owned>) {
+        let elapsed = self.since.elapsed();
+        if elapsed < Self::EVERY {
+            return;
+        }
+        let partitions = owned.lock().expect("ownership lock").partitions.len();
+        let rate = self.events as f64 / elapsed.as_secs_f64();
+        tracing::info!(events = self.events, per_second = rate.round(), partitions, "Progress.");
+        *self = Self::new();
+    }
 }
 
 /// Adds a received message to its partition's batch; returns 1 if it was a

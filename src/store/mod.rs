@@ -142,6 +142,9 @@ pub fn decode_model_state(model: &Model, fields: &HashMap<String, Vec<u8>>) -> O
     })
 }
 
+/// The fields of one stream entry, in order.
+type StreamFields = Vec<(String, Vec<u8>)>;
+
 /// A message waiting in a partition's outbox for the relay.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEntry {
@@ -320,7 +323,7 @@ impl Store {
         keys: &PartitionKeys,
         count: usize,
     ) -> Result<Vec<(String, OutboxEntry)>, StoreError> {
-        let raw: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let raw: Vec<(String, StreamFields)> = redis::cmd("XRANGE")
             .arg(keys.outbox())
             .arg("-")
             .arg("+")

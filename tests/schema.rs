@@ -1,0 +1,185 @@
+//! The generated protobuf types match the public contract (DESIGN.md
+//! section 2) field for field: names, numbers, types and the oneof.
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+use prost_types::field_descriptor_proto::{Label, Type};
+use prost_types::FileDescriptorSet;
+
+const DESCRIPTOR: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hotlead_descriptor.bin"));
+
+/// A field's number, type, whether it is repeated, and its oneof.
+type Field = (i32, String, bool, Option<String>);
+
+/// message -> field name -> field
+fn fields() -> BTreeMap<String, BTreeMap<String, Field>> {
+    let set = FileDescriptorSet::decode(DESCRIPTOR).unwrap();
+    let mut out = BTreeMap::new();
+    for file in set.file.iter().filter(|f| f.package() == "hotlead.v1") {
+        let mut stack: Vec<(String, &prost_types::DescriptorProto)> =
+            file.message_type.iter().map(|m| (m.name().to_string(), m)).collect();
+        while let Some((name, m)) = stack.pop() {
+            let mut fs = BTreeMap::new();
+            for f in &m.field {
+                let ty = match f.r#type() {
+                    Type::Message | Type::Enum => f.type_name().trim_start_matches('.').to_string(),
+                    t => format!("{t:?}").to_lowercase(),
+                };
+                let oneof = f.oneof_index.map(|i| m.oneof_decl[i as usize].name().to_string());
+                fs.insert(
+                    f.name().to_string(),
+                    (f.number(), ty, f.label() == Label::Repeated, oneof),
+                );
+            }
+            for nested in &m.nested_type {
+                if !nested.options.as_ref().is_some_and(|o| o.map_entry()) {
+                    stack.push((format!("{name}.{}", nested.name()), nested));
+                }
+            }
+            out.insert(name, fs);
+        }
+    }
+    out
+}
+
+fn check(message: &str, want: &[(&str, i32, &str)]) {
+    let all = fields();
+    let got = all.get(message).unwrap_or_else(|| panic!("message {message} missing"));
+    let got: BTreeMap<&str, (i32, &str)> = got.iter().map(|(k, v)| (k.as_str(), (v.0, v.1.as_str()))).collect();
+    let want: BTreeMap<&str, (i32, &str)> = want.iter().map(|(n, i, t)| (*n, (*i, *t))).collect();
+    assert_eq!(got, want, "{message}");
+}
+
+#[test]
+fn interaction_event_matches_the_contract() {
+    check(
+        "InteractionEvent",
+        &[
+            ("event_id", 1, "string"),
+            ("contact_id", 2, "string"),
+            ("account_id", 3, "string"),
+            ("occurred_at", 4, "google.protobuf.Timestamp"),
+            ("page_view", 10, "hotlead.v1.PageView"),
+            ("form_submission", 11, "hotlead.v1.FormSubmission"),
+            ("webinar_attendance", 12, "hotlead.v1.WebinarAttendance"),
+            ("email_engagement", 13, "hotlead.v1.EmailEngagement"),
+            ("content_download", 14, "hotlead.v1.ContentDownload"),
+            ("profile_update", 15, "hotlead.v1.ProfileUpdate"),
+            ("custom", 20, "hotlead.v1.CustomInteraction"),
+            ("context", 30, "hotlead.v1.InteractionEvent.ContextEntry"),
+        ],
+    );
+    let all = fields();
+    let ev = &all["InteractionEvent"];
+    for kind in [
+        "page_view",
+        "form_submission",
+        "webinar_attendance",
+        "email_engagement",
+        "content_download",
+        "profile_update",
+        "custom",
+    ] {
+        assert_eq!(ev[kind].3.as_deref(), Some("interaction"), "{kind} is in the oneof");
+    }
+    assert_eq!(ev["contact_id"].3, None);
+}
+
+#[test]
+fn interaction_kinds_match_the_contract() {
+    check(
+        "PageView",
+        &[
+            ("url", 1, "string"),
+            ("title", 2, "string"),
+            ("duration_seconds", 3, "uint32"),
+            ("referrer", 4, "string"),
+        ],
+    );
+    check(
+        "FormSubmission",
+        &[
+            ("form_id", 1, "string"),
+            ("fields", 2, "hotlead.v1.FormSubmission.FieldsEntry"),
+        ],
+    );
+    check(
+        "WebinarAttendance",
+        &[
+            ("webinar_id", 1, "string"),
+            ("attended", 2, "bool"),
+            ("minutes_attended", 3, "uint32"),
+        ],
+    );
+    check(
+        "EmailEngagement",
+        &[
+            ("campaign_id", 1, "string"),
+            ("action", 2, "hotlead.v1.EmailEngagement.Action"),
+            ("link_url", 3, "string"),
+        ],
+    );
+    check(
+        "ContentDownload",
+        &[("asset_id", 1, "string"), ("asset_type", 2, "string")],
+    );
+    check(
+        "ProfileUpdate",
+        &[("attributes", 1, "hotlead.v1.ProfileUpdate.AttributesEntry")],
+    );
+    check(
+        "CustomInteraction",
+        &[
+            ("name", 1, "string"),
+            ("properties", 2, "hotlead.v1.CustomInteraction.PropertiesEntry"),
+        ],
+    );
+    use hotlead::proto::email_engagement::Action;
+    assert_eq!(
+        [
+            Action::Unspecified as i32,
+            Action::Open as i32,
+            Action::Click as i32,
+            Action::Unsubscribe as i32,
+            Action::Bounce as i32
+        ],
+        [0, 1, 2, 3, 4]
+    );
+}
+
+#[test]
+fn score_alert_matches_the_contract() {
+    check(
+        "ScoreAlert",
+        &[
+            ("alert_id", 1, "string"),
+            ("contact_id", 2, "string"),
+            ("account_id", 3, "string"),
+            ("model", 4, "string"),
+            ("model_version", 5, "uint32"),
+            ("direction", 6, "hotlead.v1.ScoreAlert.Direction"),
+            ("tier", 7, "string"),
+            ("previous_tier", 8, "string"),
+            ("score", 9, "double"),
+            ("threshold", 10, "double"),
+            ("crossed_at", 11, "google.protobuf.Timestamp"),
+            ("trigger_event_id", 12, "string"),
+            ("top_contributions", 13, "hotlead.v1.Contribution"),
+        ],
+    );
+    assert!(
+        fields()["ScoreAlert"]["top_contributions"].2,
+        "top_contributions is repeated"
+    );
+    check("Contribution", &[("rule_id", 1, "string"), ("points", 2, "double")]);
+    use hotlead::proto::score_alert::Direction;
+    assert_eq!(
+        [
+            Direction::Unspecified as i32,
+            Direction::Heated as i32,
+            Direction::Cooled as i32
+        ],
+        [0, 1, 2]
+    );
+}
