@@ -1,17 +1,22 @@
-//! The scoring core: decay math, tiers with hysteresis, and crossings.
+//! The scoring core: decay math, fit, caps, tiers with hysteresis and
+//! cross-model requirements, crossings and explanations.
 //!
-//! Pure functions over [`ModelState`]; nothing here knows Kafka or Redis.
+//! Pure functions over [`ContactState`]; nothing here knows Kafka or Redis.
 //!
-//! A contribution of `p` points made at time `t` is worth
+//! A behaviour contribution of `p` points made at time `t` is worth
 //! `p * 2^(-(now - t) / H)` at `now`, for the model's half-life `H`. The state
 //! keeps `(s, t)` and is updated lazily: an event at `τ >= t` sets
 //! `s = s * 2^(-(τ - t) / H) + p; t = τ`, and a late event `τ < t` adds
 //! `p * 2^(-(t - τ) / H)`. The same set of events therefore gives the same
-//! score whatever their order or batching.
+//! score whatever their order or batching. Fit points score the contact's
+//! current profile attributes and do not decay; a model's score is its
+//! decayed behaviour part plus its fit part.
 
 use std::collections::BTreeMap;
 
-use crate::rules::Model;
+use crate::proto::interaction_event::Interaction;
+use crate::proto::InteractionEvent;
+use crate::rules::{CapLimit, Model, Rule, RuleSet};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
@@ -22,53 +27,118 @@ pub const LEADERBOARD_EPOCH_MS: Millis = 1_704_067_200_000;
 /// How many contributions an alert carries.
 pub const TOP_CONTRIBUTIONS: usize = 5;
 
+/// Window number used for `once` rules: one window for all time.
+pub const ONCE_WINDOW: i64 = i64::MIN;
+
 /// The factor by which points decay over `dt_ms` for half-life `half_life_secs`.
 pub fn decay_factor(dt_ms: Millis, half_life_secs: f64) -> f64 {
     (-(dt_ms as f64) / 1000.0 / half_life_secs).exp2()
 }
 
+/// How much of a capped rule a contact has used in its current window.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CapUse {
+    /// The window number ([`crate::rules::Window::index`], or [`ONCE_WINDOW`]).
+    pub window: i64,
+    /// Matching events counted in the window.
+    pub hits: u32,
+    /// Absolute points counted in the window (before decay).
+    pub points: f64,
+}
+
 /// One contact's state in one model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct ModelState {
-    /// Score at `at_ms`.
+    /// Behaviour score at `at_ms`.
     pub score: f64,
     /// Time of the latest event applied (event time).
     pub at_ms: Millis,
     /// Current tier index: 0 is the base tier, `i` is `model.tiers[i - 1]`.
     pub tier: usize,
-    /// Each rule's share of `score` at `at_ms`; the shares sum to `score`.
+    /// Each behaviour rule's share of `score` at `at_ms`; they sum to `score`.
     pub contributions: BTreeMap<String, f64>,
+    /// Each matching fit rule's points (no decay).
+    pub fit: BTreeMap<String, f64>,
+    /// Use of capped and once-only rules.
+    pub caps: BTreeMap<String, CapUse>,
+    /// When the last alert into each tier was raised (for cooldowns).
+    pub alerted: BTreeMap<String, Millis>,
 }
 
 impl ModelState {
     /// A fresh state at time `at_ms`: score zero, base tier.
     pub fn new(at_ms: Millis) -> Self {
         Self {
-            score: 0.0,
             at_ms,
-            tier: 0,
-            contributions: BTreeMap::new(),
+            ..Self::default()
         }
     }
 
-    /// The score decayed to `now_ms` (no decay before `at_ms`).
-    pub fn score_at(&self, now_ms: Millis, half_life_secs: f64) -> f64 {
+    /// The fit part of the score.
+    pub fn fit_total(&self) -> f64 {
+        self.fit.values().sum()
+    }
+
+    /// The behaviour part decayed to `now_ms` (no decay before `at_ms`).
+    pub fn behaviour_at(&self, now_ms: Millis, half_life_secs: f64) -> f64 {
         self.score * decay_factor((now_ms - self.at_ms).max(0), half_life_secs)
     }
 
-    /// Each rule's share decayed to `now_ms`, largest first.
-    pub fn contributions_at(&self, now_ms: Millis, half_life_secs: f64) -> Vec<(String, f64)> {
+    /// The model score at `now_ms`: behaviour decayed, plus fit.
+    pub fn score_at(&self, now_ms: Millis, half_life_secs: f64) -> f64 {
+        self.behaviour_at(now_ms, half_life_secs) + self.fit_total()
+    }
+
+    /// The score broken down by rule at `now_ms`, largest first; the parts
+    /// sum to [`ModelState::score_at`].
+    pub fn explain(&self, now_ms: Millis, half_life_secs: f64) -> Vec<(String, f64)> {
         let f = decay_factor((now_ms - self.at_ms).max(0), half_life_secs);
         let mut v: Vec<(String, f64)> = self.contributions.iter().map(|(k, c)| (k.clone(), c * f)).collect();
+        for (k, p) in &self.fit {
+            match v.iter_mut().find(|(r, _)| r == k) {
+                Some(e) => e.1 += p,
+                None => v.push((k.clone(), *p)),
+            }
+        }
         v.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         v
     }
 
-    /// The leaderboard score `log2(s) + (t - E) / H`: ordering by it orders
-    /// contacts by current decayed score at any `now`. `None` when `s <= 0`.
-    pub fn leaderboard_score(&self, half_life_secs: f64) -> Option<f64> {
+    /// The leaderboard entry: `log2(s) + (t - E) / H` for a model with
+    /// behaviour rules (ordering by it orders contacts by current decayed
+    /// score at any `now`), the fit score for a fit-only model. `None` when
+    /// the contact has nothing to rank by.
+    pub fn leaderboard_score(&self, model: &Model) -> Option<f64> {
+        if model.rules.is_empty() {
+            let f = self.fit_total();
+            return (f > 0.0).then_some(f);
+        }
         (self.score > 0.0)
-            .then(|| self.score.log2() + (self.at_ms - LEADERBOARD_EPOCH_MS) as f64 / 1000.0 / half_life_secs)
+            .then(|| self.score.log2() + (self.at_ms - LEADERBOARD_EPOCH_MS) as f64 / 1000.0 / model.half_life_secs)
+    }
+}
+
+/// A contact's whole state: its profile and each model's state.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ContactState {
+    /// Profile attributes: value and the event time that set it.
+    pub profile: BTreeMap<String, (String, Millis)>,
+    /// State per model, parallel to the rule set's models.
+    pub models: Vec<Option<ModelState>>,
+}
+
+impl ContactState {
+    /// An empty state for a rule set of `models` models.
+    pub fn new(models: usize) -> Self {
+        Self {
+            profile: BTreeMap::new(),
+            models: vec![None; models],
+        }
+    }
+
+    /// The current profile attributes.
+    pub fn attributes(&self) -> BTreeMap<String, String> {
+        self.profile.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect()
     }
 }
 
@@ -94,6 +164,8 @@ impl Direction {
 /// A tier crossing found while applying an event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Crossing {
+    /// Index of the model in the rule set.
+    pub model: usize,
     /// Up or down.
     pub direction: Direction,
     /// Tier index left.
@@ -107,98 +179,221 @@ pub struct Crossing {
     pub threshold: f64,
     /// When it crossed (event time, or the exact decay time for cooling).
     pub at_ms: Millis,
-    /// True when an event's points caused it; false when decay did.
+    /// True when an event caused it; false when decay did.
     pub by_event: bool,
     /// The largest contributions at `at_ms`.
     pub top_contributions: Vec<(String, f64)>,
 }
 
-/// Applies one event's matched rules to a contact's model state and returns
-/// the tier crossings, in time order.
+/// Applies one event at `at_ms` to a contact: updates the profile, adds the
+/// points of every model's matching rules (within their caps), re-scores fit,
+/// and returns the tier crossings, in time order.
 ///
-/// `matched` holds `(rule_id, points)` for every rule of `model` that matched.
-/// Cooling that happened by decay between the previous event and this one is
+/// Cooling that happened by decay since the contact's previous event is
 /// reported at the exact time the score fell below the exit threshold.
-pub fn apply(model: &Model, state: &mut ModelState, event_ms: Millis, matched: &[(&str, f64)]) -> Vec<Crossing> {
-    let h = model.half_life_secs;
+pub fn apply_event(
+    rules: &RuleSet,
+    contact: &mut ContactState,
+    event: &InteractionEvent,
+    at_ms: Millis,
+) -> Vec<Crossing> {
+    contact.models.resize(rules.models.len(), None);
+    if let Some(Interaction::ProfileUpdate(p)) = &event.interaction {
+        for (k, v) in &p.attributes {
+            let newer = contact
+                .profile
+                .get(k)
+                .is_none_or(|(old, t)| *t < at_ms || (*t == at_ms && old <= v));
+            if newer {
+                contact.profile.insert(k.clone(), (v.clone(), at_ms));
+            }
+        }
+    }
+    let attributes = contact.attributes();
     let mut crossings = Vec::new();
-    let factor = if event_ms > state.at_ms {
-        // Decay to the event time; report any cooling on the way.
-        let decayed = state.score * decay_factor(event_ms - state.at_ms, h);
-        let to = tier_down(model, state.tier, decayed);
-        if to < state.tier {
-            let threshold = model.tiers[to].exit; // exit of tier `to + 1`
-            let dt_secs = h * (state.score / threshold).log2();
-            let at_ms = state.at_ms + (dt_secs * 1000.0).ceil() as Millis;
-            let at_ms = at_ms.min(event_ms);
-            crossings.push(Crossing {
-                direction: Direction::Cooled,
-                from: state.tier,
-                to,
-                score: state.score_at(at_ms, h),
-                threshold,
-                at_ms,
-                by_event: false,
-                top_contributions: top(state.contributions_at(at_ms, h)),
-            });
-            state.tier = to;
+    // Phase 1: every model's score moves to the event time and takes its points.
+    for (i, model) in rules.models.iter().enumerate() {
+        let fit: BTreeMap<String, f64> = model
+            .fit_parts(&attributes)
+            .into_iter()
+            .map(|(k, p)| (k.to_string(), p))
+            .collect();
+        let matched: Vec<&Rule> = model.matches(event).collect();
+        let slot = &mut contact.models[i];
+        if slot.is_none() && matched.is_empty() && fit.is_empty() {
+            continue;
         }
-        let f = decay_factor(event_ms - state.at_ms, h);
-        state.score *= f;
-        for c in state.contributions.values_mut() {
-            *c *= f;
+        let st = slot.get_or_insert_with(|| ModelState::new(at_ms));
+        crossings.extend(advance(i, model, st, at_ms));
+        let factor = if at_ms >= st.at_ms {
+            1.0
+        } else {
+            decay_factor(st.at_ms - at_ms, model.half_life_secs)
+        };
+        for rule in matched {
+            let p = capped_points(rule, st, at_ms);
+            if p != 0.0 {
+                st.score += p * factor;
+                *st.contributions.entry(rule.id.clone()).or_insert(0.0) += p * factor;
+            }
         }
-        state.at_ms = event_ms;
-        1.0
-    } else {
-        decay_factor(state.at_ms - event_ms, h)
-    };
-    if matched.is_empty() {
-        return crossings;
+        st.fit = fit;
     }
-    for (rule, points) in matched {
-        let p = points * factor;
-        state.score += p;
-        *state.contributions.entry((*rule).to_string()).or_insert(0.0) += p;
-    }
-    let from = state.tier;
-    let up = tier_up(model, from, state.score);
-    let (to, direction, threshold) = if up > from {
-        (up, Direction::Heated, model.tiers[up - 1].enter)
-    } else {
-        let down = tier_down(model, from, state.score);
-        if down == from {
-            return crossings;
+    // Phase 2: tiers, with every model's new score known.
+    let totals: Vec<Option<f64>> = contact
+        .models
+        .iter()
+        .zip(&rules.models)
+        .map(|(s, m)| s.as_ref().map(|s| s.score_at(at_ms, m.half_life_secs)))
+        .collect();
+    for (i, model) in rules.models.iter().enumerate() {
+        let Some(st) = contact.models[i].as_mut() else { continue };
+        let when = st.at_ms.max(at_ms);
+        let total = st.score_at(when, model.half_life_secs);
+        let other = |m: usize| totals[m].unwrap_or(0.0);
+        let from = st.tier;
+        let up = tier_up(model, from, total, &other);
+        let (to, direction, threshold) = if up > from {
+            (up, Direction::Heated, model.tiers[up - 1].enter)
+        } else {
+            let down = tier_down(model, from, total, &other);
+            if down == from {
+                continue;
+            }
+            (down, Direction::Cooled, model.tiers[down].exit)
+        };
+        st.tier = to;
+        if direction == Direction::Heated {
+            let tier = &model.tiers[to - 1];
+            let last = st.alerted.get(&tier.name).copied();
+            if let (Some(cooldown), Some(last)) = (tier.cooldown_ms, last) {
+                if when - last < cooldown {
+                    continue;
+                }
+            }
+            st.alerted.insert(tier.name.clone(), when);
         }
-        (down, Direction::Cooled, model.tiers[down].exit)
-    };
-    state.tier = to;
-    crossings.push(Crossing {
-        direction,
-        from,
-        to,
-        score: state.score,
-        threshold,
-        at_ms: state.at_ms,
-        by_event: true,
-        top_contributions: top(state.contributions_at(state.at_ms, h)),
-    });
+        crossings.push(Crossing {
+            model: i,
+            direction,
+            from,
+            to,
+            score: total,
+            threshold,
+            at_ms: when,
+            by_event: true,
+            top_contributions: top(st.explain(when, model.half_life_secs)),
+        });
+    }
     crossings
 }
 
+/// Decays a model's state to `at_ms` (if later) and reports cooling that
+/// happened on the way, at its exact time.
+fn advance(index: usize, model: &Model, st: &mut ModelState, at_ms: Millis) -> Option<Crossing> {
+    if at_ms <= st.at_ms {
+        return None;
+    }
+    let h = model.half_life_secs;
+    let fit = st.fit_total();
+    let decayed = st.behaviour_at(at_ms, h) + fit;
+    // Requirements on other models are checked at events, not during decay.
+    let to = tier_down(model, st.tier, decayed, &|_| f64::INFINITY);
+    let crossing = (to < st.tier).then(|| {
+        let threshold = model.tiers[to].exit; // exit of tier `to + 1`
+        let behaviour_at_threshold = threshold - fit;
+        let crossed = if st.score > 0.0 && behaviour_at_threshold > 0.0 {
+            let dt_ms = (h * (st.score / behaviour_at_threshold).log2() * 1000.0).ceil() as Millis;
+            (st.at_ms + dt_ms.max(0)).min(at_ms)
+        } else {
+            st.at_ms
+        };
+        Crossing {
+            model: index,
+            direction: Direction::Cooled,
+            from: st.tier,
+            to,
+            score: st.score_at(crossed, h),
+            threshold,
+            at_ms: crossed,
+            by_event: false,
+            top_contributions: top(st.explain(crossed, h)),
+        }
+    });
+    if let Some(c) = &crossing {
+        st.tier = c.to;
+    }
+    let f = decay_factor(at_ms - st.at_ms, h);
+    st.score *= f;
+    for c in st.contributions.values_mut() {
+        *c *= f;
+    }
+    st.at_ms = at_ms;
+    crossing
+}
+
+/// The points a matching rule adds at `at_ms`, given its cap or `once`, and
+/// the cap use updated.
+fn capped_points(rule: &Rule, st: &mut ModelState, at_ms: Millis) -> f64 {
+    let window = match (rule.once, rule.cap) {
+        (true, _) => ONCE_WINDOW,
+        (false, Some(cap)) => cap.per.index(at_ms),
+        (false, None) => return rule.points,
+    };
+    let used = st.caps.entry(rule.id.clone()).or_insert(CapUse {
+        window,
+        hits: 0,
+        points: 0.0,
+    });
+    if used.window < window {
+        *used = CapUse {
+            window,
+            hits: 0,
+            points: 0.0,
+        };
+    } else if used.window > window {
+        // A late event in a window already closed: its cap use is no longer
+        // known, so it does not count.
+        return 0.0;
+    }
+    let p = match (rule.once, rule.cap.map(|c| c.limit)) {
+        (true, _) if used.hits >= 1 => 0.0,
+        (false, Some(CapLimit::Hits(n))) if used.hits >= n => 0.0,
+        (false, Some(CapLimit::Points(n))) => rule.points.signum() * rule.points.abs().min((n - used.points).max(0.0)),
+        _ => rule.points,
+    };
+    if p != 0.0 {
+        used.hits += 1;
+        used.points += p.abs();
+    }
+    p
+}
+
+/// Whether a tier's requirements on other models hold, at enter (`true`) or
+/// at exit (`false`) thresholds.
+fn requirements_hold(model: &Model, tier: usize, entering: bool, other: &dyn Fn(usize) -> f64) -> bool {
+    model.tiers[tier - 1]
+        .requires
+        .iter()
+        .all(|r| other(r.model) >= if entering { r.enter } else { r.exit })
+}
+
 /// The tier reached from `tier` by heating: every higher tier whose `enter`
-/// the score reaches.
-fn tier_up(model: &Model, mut tier: usize, score: f64) -> usize {
-    while tier < model.tiers.len() && score >= model.tiers[tier].enter {
+/// the score reaches, with its requirements met.
+fn tier_up(model: &Model, mut tier: usize, score: f64, other: &dyn Fn(usize) -> f64) -> usize {
+    while tier < model.tiers.len()
+        && score >= model.tiers[tier].enter
+        && requirements_hold(model, tier + 1, true, other)
+    {
         tier += 1;
     }
     tier
 }
 
 /// The tier reached from `tier` by cooling: down while the score is below the
-/// current tier's `exit`.
-fn tier_down(model: &Model, mut tier: usize, score: f64) -> usize {
-    while tier > 0 && score < model.tiers[tier - 1].exit {
+/// current tier's `exit` or its requirements fall below their exits.
+fn tier_down(model: &Model, mut tier: usize, score: f64, other: &dyn Fn(usize) -> f64) -> usize {
+    while tier > 0 && (score < model.tiers[tier - 1].exit || !requirements_hold(model, tier, false, other)) {
         tier -= 1;
     }
     tier
@@ -212,15 +407,17 @@ fn top(mut v: Vec<(String, f64)>) -> Vec<(String, f64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::RuleSet;
+    use crate::proto::{FormSubmission, PageView, ProfileUpdate};
     use proptest::prelude::*;
 
     const DAY_MS: Millis = 86_400_000;
     const T0: Millis = 1_760_000_000_000;
 
-    fn model() -> Model {
-        RuleSet::parse(
-            r#"
+    fn rules(text: &str) -> RuleSet {
+        RuleSet::parse(text, "test").unwrap()
+    }
+
+    const ONE: &str = r#"
 models:
   - name: m
     half_life: 1d
@@ -228,95 +425,270 @@ models:
       - { name: warm, enter: 30, exit: 20 }
       - { name: hot, enter: 60, exit: 45 }
     rules:
-      - { id: a, kind: page_view, points: 10 }
-"#,
-            "test",
-        )
-        .unwrap()
-        .models
-        .remove(0)
+      - { id: a, when: { kind: page_view, url: /a }, points: 10 }
+      - { id: big, when: { kind: page_view, url: /big }, points: 40 }
+      - { id: neg, when: { kind: page_view, url: /neg }, points: -6 }
+"#;
+
+    fn page(url: &str) -> InteractionEvent {
+        InteractionEvent {
+            interaction: Some(Interaction::PageView(PageView {
+                url: url.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    fn profile(pairs: &[(&str, &str)]) -> InteractionEvent {
+        InteractionEvent {
+            interaction: Some(Interaction::ProfileUpdate(ProfileUpdate {
+                attributes: pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            })),
+            ..Default::default()
+        }
     }
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-300)
     }
 
+    fn score(rs: &RuleSet, c: &ContactState, m: usize, at: Millis) -> f64 {
+        c.models[m].as_ref().unwrap().score_at(at, rs.models[m].half_life_secs)
+    }
+
     #[test]
-    fn points_halve_every_half_life() {
-        let m = model();
-        let mut s = ModelState::new(T0);
-        apply(&m, &mut s, T0, &[("a", 40.0)]);
-        apply(&m, &mut s, T0 + DAY_MS, &[("a", 10.0)]);
-        assert!(close(s.score, 30.0), "{}", s.score);
-        assert!(close(s.score_at(T0 + 2 * DAY_MS, m.half_life_secs), 15.0));
-        // A late event made at T0 is worth a half at T0 + 1d.
-        apply(&m, &mut s, T0, &[("b", 8.0)]);
-        assert!(close(s.score, 34.0), "{}", s.score);
-        assert!(close(s.contributions["a"] + s.contributions["b"], s.score));
+    fn points_halve_every_half_life_and_late_events_count_decayed() {
+        let rs = rules(ONE);
+        let mut c = ContactState::new(1);
+        apply_event(&rs, &mut c, &page("/big"), T0);
+        apply_event(&rs, &mut c, &page("/a"), T0 + DAY_MS);
+        assert!(close(score(&rs, &c, 0, T0 + DAY_MS), 30.0));
+        assert!(close(score(&rs, &c, 0, T0 + 2 * DAY_MS), 15.0));
+        apply_event(&rs, &mut c, &page("/a"), T0);
+        assert!(close(score(&rs, &c, 0, T0 + DAY_MS), 35.0));
     }
 
     #[test]
     fn heats_in_one_step_to_the_highest_tier_reached() {
-        let m = model();
-        let mut s = ModelState::new(T0);
-        let c = apply(&m, &mut s, T0, &[("a", 65.0)]);
-        assert_eq!(c.len(), 1);
-        assert_eq!((c[0].direction, c[0].from, c[0].to), (Direction::Heated, 0, 2));
-        assert_eq!(c[0].threshold, 60.0);
-        assert_eq!(c[0].score, 65.0);
-        assert_eq!(c[0].top_contributions, vec![("a".to_string(), 65.0)]);
+        let rs = rules(ONE);
+        let mut c = ContactState::new(1);
+        apply_event(&rs, &mut c, &page("/big"), T0);
+        let x = apply_event(&rs, &mut c, &page("/big"), T0);
+        assert_eq!(x.len(), 1);
+        assert_eq!(
+            (x[0].direction, x[0].from, x[0].to, x[0].threshold),
+            (Direction::Heated, 1, 2, 60.0)
+        );
+        assert_eq!(x[0].top_contributions, vec![("big".to_string(), 80.0)]);
     }
 
     #[test]
     fn hysteresis_holds_between_exit_and_enter() {
-        let m = model();
-        let mut s = ModelState::new(T0);
-        assert_eq!(apply(&m, &mut s, T0, &[("a", 31.0)]).len(), 1);
-        // Down to 25 by a negative rule: still warm (exit is 20).
-        assert!(apply(&m, &mut s, T0, &[("n", -6.0)]).is_empty());
-        // Back to 31: no second HEATED.
-        assert!(apply(&m, &mut s, T0, &[("a", 6.0)]).is_empty());
-        assert_eq!(s.tier, 1);
+        let rs = rules(ONE);
+        let mut c = ContactState::new(1);
+        for _ in 0..3 {
+            apply_event(&rs, &mut c, &page("/a"), T0);
+        }
+        assert_eq!(c.models[0].as_ref().unwrap().tier, 1);
+        // 30 -> 24 -> 34 -> 28 -> 38: hovering around enter, never below exit.
+        for url in ["/neg", "/a", "/neg", "/a"] {
+            assert!(apply_event(&rs, &mut c, &page(url), T0).is_empty(), "no flapping");
+        }
     }
 
     #[test]
     fn cooling_by_decay_is_reported_at_the_exact_crossing_time() {
-        let m = model();
-        let mut s = ModelState::new(T0);
-        apply(&m, &mut s, T0, &[("a", 80.0)]);
-        // 80 -> below 45 after log2(80/45) days; next event three days later.
-        let c = apply(&m, &mut s, T0 + 3 * DAY_MS, &[("a", 1.0)]);
-        assert_eq!(c.len(), 1, "{c:?}");
-        assert_eq!((c[0].direction, c[0].from, c[0].to), (Direction::Cooled, 2, 0));
-        assert!(!c[0].by_event);
-        assert_eq!(c[0].threshold, 20.0);
-        let expect = T0 + (86_400_000.0 * (80.0f64 / 20.0).log2()).ceil() as Millis;
-        assert_eq!(c[0].at_ms, expect);
-        assert!(close(c[0].score, 20.0) || c[0].score < 20.0);
-        assert!((c[0].score - 20.0).abs() < 1e-6);
+        let rs = rules(ONE);
+        let mut c = ContactState::new(1);
+        apply_event(&rs, &mut c, &page("/big"), T0);
+        apply_event(&rs, &mut c, &page("/big"), T0);
+        let x = apply_event(&rs, &mut c, &page("/a"), T0 + 3 * DAY_MS);
+        assert_eq!(x.len(), 1, "{x:?}");
+        assert_eq!(
+            (x[0].direction, x[0].from, x[0].to, x[0].by_event),
+            (Direction::Cooled, 2, 0, false)
+        );
+        assert_eq!(x[0].threshold, 20.0);
+        assert_eq!(
+            x[0].at_ms,
+            T0 + (86_400_000.0 * (80.0f64 / 20.0).log2()).ceil() as Millis
+        );
+        assert!((x[0].score - 20.0).abs() < 1e-6);
+    }
+
+    const CAPS: &str = r#"
+models:
+  - name: m
+    half_life: 30d
+    rules:
+      - { id: view, when: { kind: page_view, url: { prefix: / } }, points: 2, cap: { hits: 3, per: day } }
+      - { id: form, when: { kind: form_submission }, points: 25, cap: { points: 30, per: week } }
+      - { id: signup, when: { kind: form_submission, form_id: newsletter }, points: 12, once: true }
+"#;
+
+    fn form(id: &str) -> InteractionEvent {
+        InteractionEvent {
+            interaction: Some(Interaction::FormSubmission(FormSubmission {
+                form_id: id.into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn caps_limit_hits_points_and_once() {
+        let rs = rules(CAPS);
+        let mut c = ContactState::new(1);
+        for _ in 0..200 {
+            apply_event(&rs, &mut c, &page("/blog"), T0);
+        }
+        let st = c.models[0].as_ref().unwrap();
+        assert_eq!(st.caps["view"].hits, 3);
+        assert!(close(st.contributions["view"], 6.0), "200 views count 3 times");
+        // The next day the cap starts over.
+        apply_event(&rs, &mut c, &page("/blog"), T0 + DAY_MS);
+        assert_eq!(c.models[0].as_ref().unwrap().caps["view"].hits, 1);
+        let mut c = ContactState::new(1);
+        for _ in 0..3 {
+            apply_event(&rs, &mut c, &form("newsletter"), T0);
+        }
+        let st = c.models[0].as_ref().unwrap();
+        assert!(close(st.contributions["form"], 30.0), "25 + 5 of a 30-point weekly cap");
+        assert!(close(st.contributions["signup"], 12.0), "once per contact");
+        // Long after, `once` still holds.
+        apply_event(&rs, &mut c, &form("newsletter"), T0 + 400 * DAY_MS);
+        assert_eq!(c.models[0].as_ref().unwrap().caps["signup"].hits, 1);
+    }
+
+    const FIT: &str = r#"
+models:
+  - name: engagement
+    half_life: 1d
+    tiers:
+      - { name: warm, enter: 30, exit: 20 }
+      - name: sales-ready
+        enter: 60
+        exit: 50
+        requires: { fit: 30 }
+    rules:
+      - { id: big, when: { kind: page_view }, points: 35 }
+  - name: fit
+    half_life: 1d
+    tiers:
+      - { name: good, enter: 30, exit: 30 }
+    fit:
+      - { id: manager, when: { job_title: { regex: (?i)manager } }, points: 10 }
+      - { id: founder, when: { job_title: Founder }, points: 20 }
+      - { id: tech, when: { industry: [software, technology] }, points: 15 }
+"#;
+
+    #[test]
+    fn fit_follows_the_current_profile_and_does_not_decay() {
+        let rs = rules(FIT);
+        let mut c = ContactState::new(2);
+        apply_event(
+            &rs,
+            &mut c,
+            &profile(&[("job_title", "Sales Manager"), ("industry", "software")]),
+            T0,
+        );
+        assert!(close(score(&rs, &c, 1, T0 + 100 * DAY_MS), 25.0), "fit does not decay");
+        apply_event(&rs, &mut c, &profile(&[("job_title", "Founder")]), T0 + DAY_MS);
+        let st = c.models[1].as_ref().unwrap();
+        assert_eq!(
+            st.fit.keys().collect::<Vec<_>>(),
+            ["founder", "tech"],
+            "the manager points are gone"
+        );
+        assert_eq!(st.tier, 1);
+        // An older profile fact arriving late does not win over a newer one.
+        apply_event(&rs, &mut c, &profile(&[("job_title", "Sales Manager")]), T0);
+        assert!(close(score(&rs, &c, 1, T0 + DAY_MS), 35.0));
+    }
+
+    #[test]
+    fn a_cross_model_tier_needs_both_models() {
+        let rs = rules(FIT);
+        let mut c = ContactState::new(2);
+        apply_event(&rs, &mut c, &page("/x"), T0);
+        let x = apply_event(&rs, &mut c, &page("/x"), T0);
+        assert_eq!(
+            c.models[0].as_ref().unwrap().tier,
+            1,
+            "70 points but fit is 0: warm only"
+        );
+        assert!(x.is_empty());
+        let x = apply_event(
+            &rs,
+            &mut c,
+            &profile(&[("job_title", "Founder"), ("industry", "software")]),
+            T0 + 1,
+        );
+        let names: Vec<(&str, &str)> = x
+            .iter()
+            .map(|c| (rs.models[c.model].name.as_str(), rs.models[c.model].tier_name(c.to)))
+            .collect();
+        assert_eq!(names, [("engagement", "sales-ready"), ("fit", "good")]);
+        // Losing fit drops sales-ready back to warm.
+        let x = apply_event(
+            &rs,
+            &mut c,
+            &profile(&[("job_title", "Student"), ("industry", "retail")]),
+            T0 + 2,
+        );
+        assert!(
+            x.iter()
+                .any(|c| c.model == 0 && c.direction == Direction::Cooled && c.to == 1),
+            "{x:?}"
+        );
+    }
+
+    #[test]
+    fn cooldown_suppresses_a_repeat_alert_into_a_tier() {
+        let rs = rules(&ONE.replace(
+            "{ name: warm, enter: 30, exit: 20 }",
+            "{ name: warm, enter: 30, exit: 20, cooldown: 2d }",
+        ));
+        let mut c = ContactState::new(1);
+        let mut alerts = 0;
+        // Warm, cool by decay, warm again a day later: the second is suppressed.
+        for (url, at) in [
+            ("/a", T0),
+            ("/a", T0),
+            ("/a", T0),
+            ("/a", T0 + DAY_MS),
+            ("/a", T0 + DAY_MS),
+            ("/a", T0 + DAY_MS),
+        ] {
+            alerts += apply_event(&rs, &mut c, &page(url), at)
+                .iter()
+                .filter(|x| x.direction == Direction::Heated)
+                .count();
+        }
+        assert_eq!(alerts, 1);
+        assert_eq!(c.models[0].as_ref().unwrap().tier, 1, "the tier is still tracked");
     }
 
     #[test]
     fn leaderboard_order_is_current_score_order() {
-        let h = 86_400.0;
+        let m = &rules(ONE).models[0];
         let a = ModelState {
             score: 50.0,
             at_ms: T0,
-            tier: 0,
-            contributions: BTreeMap::new(),
+            ..ModelState::default()
         };
         let b = ModelState {
             score: 30.0,
             at_ms: T0 + DAY_MS,
-            tier: 0,
-            contributions: BTreeMap::new(),
+            ..ModelState::default()
         };
-        // At T0 + 1d: a is worth 25, b 30.
-        assert!(b.leaderboard_score(h).unwrap() > a.leaderboard_score(h).unwrap());
-        let z = b.leaderboard_score(h).unwrap();
+        assert!(b.leaderboard_score(m).unwrap() > a.leaderboard_score(m).unwrap());
+        let z = b.leaderboard_score(m).unwrap();
         let now = T0 + 3 * DAY_MS;
-        let value = (z - (now - LEADERBOARD_EPOCH_MS) as f64 / 1000.0 / h).exp2();
-        assert!(close(value, b.score_at(now, h)));
+        let value = (z - (now - LEADERBOARD_EPOCH_MS) as f64 / 1000.0 / m.half_life_secs).exp2();
+        assert!(close(value, b.score_at(now, m.half_life_secs)));
     }
 
     proptest! {
@@ -324,43 +696,61 @@ models:
         /// stored form between batches) gives the same score.
         #[test]
         fn score_is_independent_of_order_and_batching(
-            events in prop::collection::vec((0i64..30 * DAY_MS, -20.0f64..50.0), 1..40),
+            events in prop::collection::vec((0i64..30 * DAY_MS, 0usize..3), 1..40),
             seed in any::<u64>(),
             cuts in prop::collection::vec(any::<bool>(), 40),
         ) {
-            let m = model();
-            let score_of = |order: &[(i64, f64)], cut: &[bool]| {
-                let mut s: Option<ModelState> = None;
-                for (i, (t, p)) in order.iter().enumerate() {
-                    let st = s.get_or_insert_with(|| ModelState::new(T0 + t));
-                    apply(&m, st, T0 + t, &[("a", *p)]);
+            let rs = rules(ONE);
+            let urls = ["/a", "/big", "/neg"];
+            let run = |order: &[(i64, usize)], cut: &[bool]| {
+                let mut c = ContactState::new(1);
+                for (i, (t, u)) in order.iter().enumerate() {
+                    apply_event(&rs, &mut c, &page(urls[*u]), T0 + t);
                     if cut[i % cut.len()] {
-                        let fields: std::collections::HashMap<String, Vec<u8>> =
-                            crate::store::encode_model_state(&m, st)
-                                .into_iter()
-                                .map(|(k, v)| (k, v.into_bytes()))
-                                .collect();
-                        s = Some(crate::store::decode_model_state(&m, &fields).unwrap());
+                        c = crate::store::round_trip(&rs, &c);
                     }
                 }
-                s.unwrap()
+                c.models[0].clone().unwrap()
             };
-            let base = score_of(&events, &[false]);
+            let base = run(&events, &[false]);
             let mut shuffled = events.clone();
             let mut x = seed;
             for i in (1..shuffled.len()).rev() {
                 x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                 shuffled.swap(i, (x >> 33) as usize % (i + 1));
             }
-            let other = score_of(&shuffled, &cuts);
-            let last = events.iter().map(|e| e.0).max().unwrap();
-            prop_assert_eq!(base.at_ms, T0 + last);
-            prop_assert_eq!(other.at_ms, T0 + last);
-            let scale: f64 = events.iter().map(|e| e.1.abs()).sum::<f64>().max(1.0);
-            prop_assert!((base.score - other.score).abs() <= 1e-9 * scale,
-                "{} vs {}", base.score, other.score);
-            let sum: f64 = other.contributions.values().sum();
-            prop_assert!((sum - other.score).abs() <= 1e-9 * scale);
+            let other = run(&shuffled, &cuts);
+            prop_assert_eq!(base.at_ms, other.at_ms);
+            let scale = 50.0 * events.len() as f64;
+            prop_assert!((base.score - other.score).abs() <= 1e-9 * scale, "{} vs {}", base.score, other.score);
+        }
+
+        /// The explanation's parts sum to the score at any time.
+        #[test]
+        fn explanation_parts_sum_to_the_score(
+            events in prop::collection::vec((0i64..30 * DAY_MS, 0usize..5), 1..40),
+            later in 0i64..60 * DAY_MS,
+        ) {
+            let rs = rules(FIT);
+            let mut c = ContactState::new(2);
+            for (t, k) in &events {
+                let e = match k {
+                    0 => page("/x"),
+                    1 => profile(&[("job_title", "Founder")]),
+                    2 => profile(&[("job_title", "IT Manager")]),
+                    3 => profile(&[("industry", "software")]),
+                    _ => profile(&[("industry", "retail")]),
+                };
+                apply_event(&rs, &mut c, &e, T0 + t);
+            }
+            for (m, model) in rs.models.iter().enumerate() {
+                if let Some(st) = &c.models[m] {
+                    let now = st.at_ms + later;
+                    let parts: f64 = st.explain(now, model.half_life_secs).iter().map(|p| p.1).sum();
+                    let total = st.score_at(now, model.half_life_secs);
+                    prop_assert!((parts - total).abs() <= 1e-9 * total.abs().max(1.0), "{} vs {}", parts, total);
+                }
+            }
         }
     }
 }

@@ -22,9 +22,9 @@ models:
       - { name: warm, enter: 30, exit: 20 }
       - { name: hot, enter: 60, exit: 45 }
     rules:
-      - { id: page-view, kind: page_view, points: 10 }
-      - { id: form, kind: form_submission, points: 25 }
-      - { id: webinar, kind: webinar_attendance, points: 30 }
+      - { id: page-view, when: { kind: page_view }, points: 10 }
+      - { id: form, when: { kind: form_submission }, points: 25 }
+      - { id: webinar, when: { kind: webinar_attendance }, points: 30 }
 "#;
 
 fn t0() -> i64 {

@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use crate::decode::{self, DecodeError, Limits};
 use crate::proto::{score_alert, Contribution, ScoreAlert};
 use crate::rules::RuleSet;
-use crate::score::{self, Crossing, Direction, Millis, ModelState};
-use crate::store::{decode_model_state, encode_model_state, Commit, OutboxEntry, ACCOUNT_FIELD};
+use crate::score::{self, ContactState, Crossing, Direction, Millis};
+use crate::store::{decode_contact, encode_contact, Commit, OutboxEntry};
 use crate::telemetry;
 
 /// A message read from the input topic.
@@ -91,8 +91,7 @@ pub fn score_batch(
 ) -> ScoredBatch {
     struct Contact {
         account: Option<String>,
-        models: Vec<Option<ModelState>>,
-        dirty: bool,
+        state: ContactState,
     }
     let mut out = ScoredBatch::default();
     let mut contacts: HashMap<String, Contact> = HashMap::new();
@@ -110,76 +109,55 @@ pub fn score_batch(
         let ev = &valid.event;
         let contact = contacts.entry(ev.contact_id.clone()).or_insert_with(|| {
             order.push(ev.contact_id.clone());
-            let empty = HashMap::new();
-            let fields = loaded.get(&ev.contact_id).unwrap_or(&empty);
-            Contact {
-                account: fields
-                    .get(ACCOUNT_FIELD)
-                    .and_then(|v| String::from_utf8(v.clone()).ok()),
-                models: rules.models.iter().map(|m| decode_model_state(m, fields)).collect(),
-                dirty: false,
-            }
+            let (account, state) = match loaded.get(&ev.contact_id) {
+                Some(fields) => decode_contact(rules, fields),
+                None => (None, ContactState::new(rules.models.len())),
+            };
+            Contact { account, state }
         });
-        if !ev.account_id.is_empty() && contact.account.as_deref() != Some(ev.account_id.as_str()) {
+        if !ev.account_id.is_empty() {
             contact.account = Some(ev.account_id.clone());
-            contact.dirty = true;
         }
-        for (model, state) in rules.models.iter().zip(contact.models.iter_mut()) {
-            let matched: Vec<(&str, f64)> = model.matches(ev).map(|r| (r.id.as_str(), r.points)).collect();
-            if matched.is_empty() && state.is_none() {
-                continue;
-            }
-            let st = state.get_or_insert_with(|| ModelState::new(valid.at_ms));
-            let crossings = score::apply(model, st, valid.at_ms, &matched);
-            contact.dirty = true;
-            for c in crossings {
-                let alert = build_alert(
-                    target,
-                    offset,
-                    &ev.event_id,
-                    &ev.contact_id,
-                    contact.account.as_deref(),
-                    model,
-                    &c,
-                );
-                telemetry::tier_crossed(
-                    target.partition,
-                    &ev.contact_id,
-                    &model.name,
-                    model.tier_name(c.from),
-                    model.tier_name(c.to),
-                    c.direction.as_str(),
-                );
-                out.alerts.push(c.direction);
-                out.commit.outbox.push(OutboxEntry {
-                    topic: target.alerts_topic.to_string(),
-                    key: ev.contact_id.as_bytes().to_vec(),
-                    payload: alert.encode_to_vec(),
-                    headers: vec![],
-                });
-            }
+        for c in score::apply_event(rules, &mut contact.state, ev, valid.at_ms) {
+            let model = &rules.models[c.model];
+            let alert = build_alert(
+                target,
+                offset,
+                &ev.event_id,
+                &ev.contact_id,
+                contact.account.as_deref(),
+                model,
+                &c,
+            );
+            telemetry::tier_crossed(
+                target.partition,
+                &ev.contact_id,
+                &model.name,
+                model.tier_name(c.from),
+                model.tier_name(c.to),
+                c.direction.as_str(),
+            );
+            out.alerts.push(c.direction);
+            out.commit.outbox.push(OutboxEntry {
+                topic: target.alerts_topic.to_string(),
+                key: ev.contact_id.as_bytes().to_vec(),
+                payload: alert.encode_to_vec(),
+                headers: vec![],
+            });
         }
     }
     for id in order {
         let c = &contacts[&id];
-        if !c.dirty {
-            continue;
-        }
-        let mut fields = Vec::new();
-        if let Some(a) = &c.account {
-            fields.push((ACCOUNT_FIELD.to_string(), a.clone()));
-        }
-        for (model, st) in rules.models.iter().zip(&c.models) {
+        for (model, st) in rules.models.iter().zip(&c.state.models) {
             if let Some(st) = st {
-                fields.extend(encode_model_state(model, st));
-                out.commit.leaderboard.push((
-                    model.name.clone(),
-                    id.clone(),
-                    st.leaderboard_score(model.half_life_secs),
-                ));
+                out.commit
+                    .leaderboard
+                    .push((model.name.clone(), id.clone(), st.leaderboard_score(model)));
             }
         }
-        out.commit.contacts.push((id, fields));
+        out.commit
+            .contacts
+            .push((id.clone(), encode_contact(rules, c.account.as_deref(), &c.state)));
     }
     out
 }

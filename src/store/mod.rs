@@ -12,13 +12,13 @@
 //! | `hl:{interactions:7}:wm` | string | offset of the last event applied |
 //! | `hl:{interactions:7}:epoch` | string | owner epoch; fences stale owners |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use redis::aio::ConnectionManager;
 
-use crate::rules::Model;
-use crate::score::ModelState;
+use crate::rules::{Model, RuleSet};
+use crate::score::{CapUse, ContactState, ModelState};
 
 /// The Redis Function library, loaded at start-up.
 pub const FUNCTION_LIBRARY: &str = include_str!("commit.lua");
@@ -90,25 +90,58 @@ impl PartitionKeys {
 
 /// Hash field holding the contact's account id.
 pub const ACCOUNT_FIELD: &str = "account";
+/// Hash field holding the contact's profile attributes as JSON
+/// (`{"job_title": ["Founder", <event time ms>]}`).
+pub const PROFILE_FIELD: &str = "profile";
 
-/// The hash fields of one model's state: `<model>:s` score, `<model>:t`
-/// time (ms), `<model>:tier`, `<model>:c` contributions as `rule=points;...`
-/// and `<model>:v` the model version that last scored it. Floats are written
-/// in their shortest exact form, so a round trip loses nothing.
+fn join<T>(map: &BTreeMap<String, T>, value: impl Fn(&T) -> String) -> String {
+    let mut out = String::new();
+    for (k, v) in map {
+        if !out.is_empty() {
+            out.push(';');
+        }
+        let _ = write!(out, "{k}={}", value(v));
+    }
+    out
+}
+
+fn split<T>(text: Option<&str>, value: impl Fn(&str) -> Option<T>) -> BTreeMap<String, T> {
+    text.unwrap_or("")
+        .split(';')
+        .filter(|s| !s.is_empty())
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), value(v)?))
+        })
+        .collect()
+}
+
+/// The hash fields of one model's state. Floats are written in their
+/// shortest exact form, so a round trip loses nothing:
+///
+/// | field | holds |
+/// |---|---|
+/// | `<model>:s` | behaviour score at `<model>:t` |
+/// | `<model>:t` | time of the latest event applied (ms) |
+/// | `<model>:tier` | current tier |
+/// | `<model>:c` | behaviour contributions, `rule=points;...` at `<model>:t` |
+/// | `<model>:f` | fit points, `rule=points;...` |
+/// | `<model>:k` | cap use, `rule=window:hits:points;...` |
+/// | `<model>:a` | last alert into each tier, `tier=ms;...` |
+/// | `<model>:v` | the model version that last scored it |
 pub fn encode_model_state(model: &Model, st: &ModelState) -> Vec<(String, String)> {
     let m = &model.name;
-    let mut contributions = String::new();
-    for (rule, points) in &st.contributions {
-        if !contributions.is_empty() {
-            contributions.push(';');
-        }
-        let _ = write!(contributions, "{rule}={points:?}");
-    }
     vec![
         (format!("{m}:s"), format!("{:?}", st.score)),
         (format!("{m}:t"), st.at_ms.to_string()),
         (format!("{m}:tier"), model.tier_name(st.tier).to_string()),
-        (format!("{m}:c"), contributions),
+        (format!("{m}:c"), join(&st.contributions, |p| format!("{p:?}"))),
+        (format!("{m}:f"), join(&st.fit, |p| format!("{p:?}"))),
+        (
+            format!("{m}:k"),
+            join(&st.caps, |u| format!("{}:{}:{:?}", u.window, u.hits, u.points)),
+        ),
+        (format!("{m}:a"), join(&st.alerted, |t| t.to_string())),
         (format!("{m}:v"), model.version.to_string()),
     ]
 }
@@ -125,21 +158,64 @@ pub fn decode_model_state(model: &Model, fields: &HashMap<String, Vec<u8>>) -> O
     let score = get("s")?.parse::<f64>().ok()?;
     let at_ms = get("t")?.parse::<i64>().ok()?;
     let tier = model.tier_index(get("tier").unwrap_or(""));
-    let contributions = get("c")
-        .unwrap_or("")
-        .split(';')
-        .filter(|s| !s.is_empty())
-        .filter_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            Some((k.to_string(), v.parse::<f64>().ok()?))
-        })
-        .collect();
     Some(ModelState {
         score,
         at_ms,
         tier,
-        contributions,
+        contributions: split(get("c"), |v| v.parse().ok()),
+        fit: split(get("f"), |v| v.parse().ok()),
+        caps: split(get("k"), |v| {
+            let mut it = v.splitn(3, ':');
+            Some(CapUse {
+                window: it.next()?.parse().ok()?,
+                hits: it.next()?.parse().ok()?,
+                points: it.next()?.parse().ok()?,
+            })
+        }),
+        alerted: split(get("a"), |v| v.parse().ok()),
     })
+}
+
+/// The hash fields of a contact's whole state.
+pub fn encode_contact(rules: &RuleSet, account: Option<&str>, c: &ContactState) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    if let Some(a) = account {
+        fields.push((ACCOUNT_FIELD.to_string(), a.to_string()));
+    }
+    if !c.profile.is_empty() {
+        fields.push((
+            PROFILE_FIELD.to_string(),
+            serde_json::to_string(&c.profile).unwrap_or_default(),
+        ));
+    }
+    for (model, st) in rules.models.iter().zip(&c.models) {
+        if let Some(st) = st {
+            fields.extend(encode_model_state(model, st));
+        }
+    }
+    fields
+}
+
+/// Reads a contact's state (and account id) back from its hash.
+pub fn decode_contact(rules: &RuleSet, fields: &HashMap<String, Vec<u8>>) -> (Option<String>, ContactState) {
+    let account = fields
+        .get(ACCOUNT_FIELD)
+        .and_then(|v| String::from_utf8(v.clone()).ok());
+    let profile = fields
+        .get(PROFILE_FIELD)
+        .and_then(|v| serde_json::from_slice(v).ok())
+        .unwrap_or_default();
+    let models = rules.models.iter().map(|m| decode_model_state(m, fields)).collect();
+    (account, ContactState { profile, models })
+}
+
+/// Encodes and decodes a contact state, as a commit and a later read do.
+pub fn round_trip(rules: &RuleSet, c: &ContactState) -> ContactState {
+    let fields: HashMap<String, Vec<u8>> = encode_contact(rules, None, c)
+        .into_iter()
+        .map(|(k, v)| (k, v.into_bytes()))
+        .collect();
+    decode_contact(rules, &fields).1
 }
 
 /// The fields of one stream entry, in order.
@@ -392,14 +468,12 @@ mod tests {
     use crate::rules::RuleSet;
 
     #[test]
-    fn model_state_round_trips_exactly() {
-        let m = RuleSet::parse(
-            "models: [{name: m, half_life: 3d, tiers: [{name: warm, enter: 3, exit: 1}], rules: [{id: r, kind: custom, points: 1}]}]",
+    fn contact_state_round_trips_exactly() {
+        let rules = RuleSet::parse(
+            "models: [{name: m, half_life: 3d, tiers: [{name: warm, enter: 3, exit: 1}], rules: [{id: r, when: {kind: custom}, points: 1}]}]",
             "t",
         )
-        .unwrap()
-        .models
-        .remove(0);
+        .unwrap();
         let st = ModelState {
             score: 0.1 + 0.2,
             at_ms: 1_760_000_000_123,
@@ -407,12 +481,26 @@ mod tests {
             contributions: [("r".to_string(), 1.0 / 3.0), ("x".to_string(), -2.5e-17)]
                 .into_iter()
                 .collect(),
-        };
-        let fields: HashMap<String, Vec<u8>> = encode_model_state(&m, &st)
+            fit: [("f".to_string(), 15.0)].into_iter().collect(),
+            caps: [(
+                "r".to_string(),
+                CapUse {
+                    window: crate::score::ONCE_WINDOW,
+                    hits: 1,
+                    points: 0.7,
+                },
+            )]
             .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect();
-        assert_eq!(decode_model_state(&m, &fields), Some(st));
+            .collect(),
+            alerted: [("warm".to_string(), 17)].into_iter().collect(),
+        };
+        let c = ContactState {
+            profile: [("job_title".to_string(), ("VP; Sales = \"x\"".to_string(), 5))]
+                .into_iter()
+                .collect(),
+            models: vec![Some(st)],
+        };
+        assert_eq!(round_trip(&rules, &c), c);
     }
 
     #[test]
