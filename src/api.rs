@@ -46,7 +46,5 @@ pub async fn serve(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, health))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(metrics, health)).with_graceful_shutdown(shutdown).await
 }

@@ -67,6 +67,14 @@ pub enum RulesCommand {
         /// The rules file.
         file: PathBuf,
     },
+    /// Score events from a JSON lines file offline and print each contact's
+    /// scores, tiers, breakdown and crossings.
+    Test {
+        /// The rules file.
+        file: PathBuf,
+        /// Events, one JSON object per line (see docs/rules.md).
+        events: PathBuf,
+    },
 }
 
 /// `hotlead simulate`.
@@ -96,6 +104,11 @@ pub struct SimulateArgs {
     /// Make every Nth event unscorable (to exercise the dead-letter topic); 0 never.
     #[arg(long, default_value_t = 0)]
     pub poison_every: u64,
+    /// Write the events to this JSON lines file (for `hotlead rules test`)
+    /// instead of producing them; needs `--total`. Events are a minute apart,
+    /// ending now.
+    #[arg(long)]
+    pub jsonl: Option<PathBuf>,
 }
 
 /// `hotlead alerts`.
@@ -131,9 +144,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     crate::telemetry::init_logging(cli.log_json);
     let load_config = || Config::load(cli.config.as_deref()).context("invalid configuration");
     match cli.command {
-        Command::Rules {
-            command: RulesCommand::Check { file },
-        } => Ok(rules_check(&file)),
+        Command::Rules { command: RulesCommand::Check { file } } => Ok(rules_check(&file)),
+        Command::Rules { command: RulesCommand::Test { file, events } } => Ok(rules_test(&file, &events)),
         Command::Run(args) => {
             let mut config = load_config()?;
             if let Some(r) = args.rules {
@@ -160,11 +172,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let t = &config.topics;
             crate::kafka::create_topics(
                 &client,
-                &[
-                    (&t.input, args.partitions),
-                    (&t.alerts, args.partitions),
-                    (&t.dead_letter, 1),
-                ],
+                &[(&t.input, args.partitions), (&t.alerts, args.partitions), (&t.dead_letter, 1)],
                 args.replication,
             )
             .await?;
@@ -185,11 +193,8 @@ fn rules_check(file: &std::path::Path) -> std::process::ExitCode {
     match RuleSet::load(file) {
         Ok(rs) => {
             for m in &rs.models {
-                let tiers: Vec<String> = m
-                    .tiers
-                    .iter()
-                    .map(|t| format!("{} ≥{} (exit <{})", t.name, t.enter, t.exit))
-                    .collect();
+                let tiers: Vec<String> =
+                    m.tiers.iter().map(|t| format!("{} ≥{} (exit <{})", t.name, t.enter, t.exit)).collect();
                 println!(
                     "{}: model `{}` v{}: {} rules, half-life {}, tiers: {} | {}",
                     file.display(),
@@ -211,12 +216,45 @@ fn rules_check(file: &std::path::Path) -> std::process::ExitCode {
     }
 }
 
+fn rules_test(file: &std::path::Path, events: &std::path::Path) -> std::process::ExitCode {
+    let rules = match RuleSet::load(file) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let text = match std::fs::read_to_string(events) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", events.display());
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let mut parsed = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match crate::replay::parse_event(line) {
+            Ok(e) => parsed.push(e),
+            Err(e) => {
+                eprintln!("error: {}:{}: {e}", events.display(), i + 1);
+                return std::process::ExitCode::from(1);
+            }
+        }
+    }
+    print!("{}", crate::replay::render(&crate::replay::replay(&rules, &parsed)));
+    std::process::ExitCode::SUCCESS
+}
+
 async fn run_scorer(config: Config) -> anyhow::Result<std::process::ExitCode> {
-    let rules = RuleSet::load(&config.rules.path)?;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     crate::telemetry::describe();
+    let rules = Arc::new(crate::reload::LiveRules::load(&config.rules.path)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         crate::shutdown_signal().await;
@@ -241,12 +279,42 @@ async fn run_scorer(config: Config) -> anyhow::Result<std::process::ExitCode> {
             }
         });
     }
+    let interval = config.rules.reload_interval;
+    let watcher = rules.clone();
+    let watch_stop = stopped();
+    tokio::spawn(async move {
+        if interval.is_zero() {
+            // SIGHUP only: a tick that never comes in practice.
+            watcher.watch(Duration::from_secs(100 * 365 * 86_400), watch_stop).await;
+        } else {
+            watcher.watch(interval, watch_stop).await;
+        }
+    });
     crate::pipeline::run(config, rules, health, stopped()).await?;
     tracing::info!("Stopped cleanly.");
     Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.jsonl {
+        anyhow::ensure!(args.total > 0, "--jsonl needs --total: how many events to write");
+        let mut sim = Simulator::new(&SimConfig {
+            contacts: args.contacts,
+            zipf_exponent: args.zipf,
+            seed: args.seed,
+            ..SimConfig::default()
+        });
+        let end = crate::decode::now_ms() / 1000 * 1000;
+        let start = end - (args.total as i64 - 1) * 60_000;
+        let mut out = String::new();
+        for i in 0..args.total as i64 {
+            out.push_str(&crate::replay::to_json(&sim.next_event(start + i * 60_000)));
+            out.push('\n');
+        }
+        std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("simulate: wrote {} events to {}", args.total, path.display());
+        return Ok(());
+    }
     let mut client = kafka_client(config, args.brokers.as_deref());
     client.set("linger.ms", "20").set("enable.idempotence", "true");
     let producer: FutureProducer = client.create()?;
@@ -260,16 +328,8 @@ async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     eprintln!(
         "Simulating {} contacts into {topic} at {} events/s{} (seed {}) ...",
         args.contacts,
-        if args.rate > 0.0 {
-            args.rate.to_string()
-        } else {
-            "max".into()
-        },
-        if args.total > 0 {
-            format!(", {} events", args.total)
-        } else {
-            String::new()
-        },
+        if args.rate > 0.0 { args.rate.to_string() } else { "max".into() },
+        if args.total > 0 { format!(", {} events", args.total) } else { String::new() },
         args.seed
     );
     let shutdown = crate::shutdown_signal().shared();
@@ -282,11 +342,7 @@ async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         if (args.total > 0 && sent >= args.total) || shutdown.clone().now_or_never().is_some() {
             break;
         }
-        let due = if args.rate > 0.0 {
-            (start.elapsed().as_secs_f64() * args.rate) as u64 + 1
-        } else {
-            sent + 1000
-        };
+        let due = if args.rate > 0.0 { (start.elapsed().as_secs_f64() * args.rate) as u64 + 1 } else { sent + 1000 };
         let due = if args.total > 0 { due.min(args.total) } else { due };
         while sent < due {
             let now = crate::decode::now_ms();
@@ -326,10 +382,7 @@ async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
             }
         }
         if last_report.elapsed() >= Duration::from_secs(10) {
-            eprintln!(
-                "simulate: {sent} events sent ({:.0}/s)",
-                sent as f64 / start.elapsed().as_secs_f64()
-            );
+            eprintln!("simulate: {sent} events sent ({:.0}/s)", sent as f64 / start.elapsed().as_secs_f64());
             last_report = Instant::now();
         }
         if args.rate > 0.0 {
@@ -342,10 +395,7 @@ async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "Event not delivered.");
         }
     }
-    eprintln!(
-        "simulate: done, {sent} events sent, {failed} failed, in {:.1}s",
-        start.elapsed().as_secs_f64()
-    );
+    eprintln!("simulate: done, {sent} events sent, {failed} failed, in {:.1}s", start.elapsed().as_secs_f64());
     if failed > 0 {
         anyhow::bail!("{failed} events were not delivered");
     }

@@ -81,11 +81,7 @@ pub struct Topics {
 
 impl Default for Topics {
     fn default() -> Self {
-        Self {
-            input: "interactions".into(),
-            alerts: "sales-alerts".into(),
-            dead_letter: "interactions.dlq".into(),
-        }
+        Self { input: "interactions".into(), alerts: "sales-alerts".into(), dead_letter: "interactions.dlq".into() }
     }
 }
 
@@ -99,9 +95,7 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self {
-            url: "redis://127.0.0.1:6379".into(),
-        }
+        Self { url: "redis://127.0.0.1:6379".into() }
     }
 }
 
@@ -111,13 +105,15 @@ impl Default for RedisConfig {
 pub struct RulesConfig {
     /// Path of the YAML rules file.
     pub path: PathBuf,
+    /// How often the file is checked for changes, e.g. `2s`; `0s` checks
+    /// only on SIGHUP.
+    #[serde(deserialize_with = "duration")]
+    pub reload_interval: Duration,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        Self {
-            path: "examples/rules.yaml".into(),
-        }
+        Self { path: "examples/rules.yaml".into(), reload_interval: Duration::from_secs(2) }
     }
 }
 
@@ -161,9 +157,7 @@ pub struct HttpConfig {
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:9464".into(),
-        }
+        Self { listen: "127.0.0.1:9464".into() }
     }
 }
 
@@ -227,10 +221,8 @@ impl Config {
     /// `HOTLEAD_*` overrides and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let text = match path {
-            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
-                path: p.display().to_string(),
-                source,
-            })?,
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|source| ConfigError::Io { path: p.display().to_string(), source })?,
             None => String::new(),
         };
         Self::from_parts(&text, std::env::vars())
@@ -239,10 +231,8 @@ impl Config {
     /// Builds a configuration from TOML text and `(name, value)` environment
     /// pairs; only names starting with `HOTLEAD_` and containing `__` apply.
     pub fn from_parts(toml_text: &str, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, ConfigError> {
-        let mut table: toml::Table = toml::from_str(toml_text).map_err(|e| ConfigError::Parse {
-            field: "(file)".into(),
-            message: e.to_string(),
-        })?;
+        let mut table: toml::Table = toml::from_str(toml_text)
+            .map_err(|e| ConfigError::Parse { field: "(file)".into(), message: e.to_string() })?;
         for (name, value) in env {
             let Some(rest) = name.strip_prefix("HOTLEAD_") else {
                 continue;
@@ -256,9 +246,7 @@ impl Config {
             } else {
                 (field.to_ascii_lowercase(), env_value(&value))
             };
-            let entry = table
-                .entry(section.clone())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            let entry = table.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
             match entry {
                 toml::Value::Table(t) => {
                     t.insert(field, value);
@@ -271,20 +259,14 @@ impl Config {
                 }
             }
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| ConfigError::Parse {
-                field: e.path().to_string(),
-                message: e.into_inner().to_string(),
-            })?;
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| ConfigError::Parse { field: e.path().to_string(), message: e.into_inner().to_string() })?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &str, message: String| ConfigError::Invalid {
-            field: field.into(),
-            message,
-        };
+        let invalid = |field: &str, message: String| ConfigError::Invalid { field: field.into(), message };
         if self.kafka.get("bootstrap.servers").is_none_or(|s| s.trim().is_empty()) {
             return Err(invalid(
                 "kafka.bootstrap.servers",
@@ -305,9 +287,7 @@ impl Config {
         ] {
             if name.is_empty()
                 || name.len() > 249
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
             {
                 return Err(invalid(field, format!("`{name}` is not a valid Kafka topic name")));
             }
@@ -315,28 +295,19 @@ impl Config {
         if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
             return Err(invalid(
                 "redis.url",
-                format!(
-                    "`{}` is not a Redis URL ({e}); write e.g. `redis://127.0.0.1:6379`",
-                    self.redis.url
-                ),
+                format!("`{}` is not a Redis URL ({e}); write e.g. `redis://127.0.0.1:6379`", self.redis.url),
             ));
         }
         if self.pipeline.batch_max_events == 0 {
             return Err(invalid("pipeline.batch_max_events", "must be at least 1".into()));
         }
         if self.pipeline.max_contact_id_bytes == 0 || self.pipeline.max_message_bytes == 0 {
-            return Err(invalid(
-                "pipeline.max_message_bytes",
-                "limits must be at least 1 byte".into(),
-            ));
+            return Err(invalid("pipeline.max_message_bytes", "limits must be at least 1 byte".into()));
         }
         if !self.http.listen.is_empty() && self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
                 "http.listen",
-                format!(
-                    "`{}` is not an address; write e.g. `127.0.0.1:9464`, or empty to disable",
-                    self.http.listen
-                ),
+                format!("`{}` is not an address; write e.g. `127.0.0.1:9464`, or empty to disable", self.http.listen),
             ));
         }
         Ok(())
@@ -380,9 +351,7 @@ impl Config {
     /// idempotent, every replica acknowledges.
     pub fn producer_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5");
+        c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
         for (k, v) in self.client_config().config_map().iter() {
             c.set(*k, *v);
         }
@@ -425,10 +394,7 @@ mod tests {
         assert_eq!(c.topics.input, "interactions");
         assert_eq!(c.group_id(), "hotlead");
         assert_eq!(c.consumer_config().get("enable.auto.offset.store"), Some("false"));
-        assert_eq!(
-            c.consumer_config().get("partition.assignment.strategy"),
-            Some("cooperative-sticky")
-        );
+        assert_eq!(c.consumer_config().get("partition.assignment.strategy"), Some("cooperative-sticky"));
         assert_eq!(c.producer_config().get("enable.idempotence"), Some("true"));
     }
 

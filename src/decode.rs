@@ -22,11 +22,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_message_bytes: 1024 * 1024,
-            max_contact_id_bytes: 256,
-            max_future_skew_ms: 3_600_000,
-        }
+        Self { max_message_bytes: 1024 * 1024, max_contact_id_bytes: 256, max_future_skew_ms: 3_600_000 }
     }
 }
 
@@ -123,20 +119,14 @@ pub fn decode(payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Result
         Some(b) => b,
     };
     if bytes.len() > limits.max_message_bytes {
-        return Err(DecodeError::Oversized {
-            size: bytes.len(),
-            limit: limits.max_message_bytes,
-        });
+        return Err(DecodeError::Oversized { size: bytes.len(), limit: limits.max_message_bytes });
     }
     let event = InteractionEvent::decode(bytes).map_err(|e| DecodeError::Undecodable(e.to_string()))?;
     if event.contact_id.is_empty() {
         return Err(DecodeError::MissingContactId);
     }
     if event.contact_id.len() > limits.max_contact_id_bytes {
-        return Err(DecodeError::ContactIdTooLong {
-            size: event.contact_id.len(),
-            limit: limits.max_contact_id_bytes,
-        });
+        return Err(DecodeError::ContactIdTooLong { size: event.contact_id.len(), limit: limits.max_contact_id_bytes });
     }
     let ts = event.occurred_at.as_ref().ok_or(DecodeError::MissingTimestamp)?;
     if ts.seconds <= 0 || !(0..1_000_000_000).contains(&ts.nanos) || ts.seconds > 253_402_300_799 {
@@ -144,10 +134,7 @@ pub fn decode(payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Result
     }
     let at_ms = ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000;
     if at_ms - now_ms > limits.max_future_skew_ms {
-        return Err(DecodeError::FutureTimestamp {
-            ahead_ms: at_ms - now_ms,
-            limit_ms: limits.max_future_skew_ms,
-        });
+        return Err(DecodeError::FutureTimestamp { ahead_ms: at_ms - now_ms, limit_ms: limits.max_future_skew_ms });
     }
     if event.interaction.is_none() {
         return Err(DecodeError::NoInteraction);
@@ -157,17 +144,12 @@ pub fn decode(payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Result
 
 /// The current wall-clock time in milliseconds.
 pub fn now_ms() -> Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// A protobuf timestamp for milliseconds since the Unix epoch.
 pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: ms.div_euclid(1000),
-        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
-    }
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
 }
 
 #[cfg(test)]
@@ -183,18 +165,13 @@ mod tests {
             event_id: "e1".into(),
             contact_id: "c1".into(),
             occurred_at: Some(timestamp(NOW - 5)),
-            interaction: Some(Interaction::PageView(PageView {
-                url: "/pricing".into(),
-                ..Default::default()
-            })),
+            interaction: Some(Interaction::PageView(PageView { url: "/pricing".into(), ..Default::default() })),
             ..Default::default()
         }
     }
 
     fn reason(e: &InteractionEvent) -> Result<Millis, &'static str> {
-        decode(Some(&e.encode_to_vec()), &Limits::default(), NOW)
-            .map(|v| v.at_ms)
-            .map_err(|e| e.reason())
+        decode(Some(&e.encode_to_vec()), &Limits::default(), NOW).map(|v| v.at_ms).map_err(|e| e.reason())
     }
 
     #[test]
@@ -206,10 +183,7 @@ mod tests {
     fn names_the_reason_for_each_kind_of_bad_input() {
         let l = Limits::default();
         assert_eq!(decode(None, &l, NOW).unwrap_err().reason(), "empty");
-        assert_eq!(
-            decode(Some(&[0xff, 0xff, 0xff]), &l, NOW).unwrap_err().reason(),
-            "undecodable"
-        );
+        assert_eq!(decode(Some(&[0xff, 0xff, 0xff]), &l, NOW).unwrap_err().reason(), "undecodable");
         let big = vec![0u8; l.max_message_bytes + 1];
         assert_eq!(decode(Some(&big), &l, NOW).unwrap_err().reason(), "oversized");
         let mut e = event();

@@ -64,17 +64,9 @@ pub fn format_alert(a: &ScoreAlert) -> String {
             format!("{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
         })
         .unwrap_or_default();
-    let account = if a.account_id.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", a.account_id)
-    };
+    let account = if a.account_id.is_empty() { String::new() } else { format!(" ({})", a.account_id) };
     let cmp = if a.score >= a.threshold { "≥" } else { "<" };
-    let why: Vec<String> = a
-        .top_contributions
-        .iter()
-        .map(|c| format!("{} {:.1}", c.rule_id, c.points))
-        .collect();
+    let why: Vec<String> = a.top_contributions.iter().map(|c| format!("{} {:.1}", c.rule_id, c.points)).collect();
     format!(
         "{when}  {arrow}  {contact}{account}  {model} v{version}: {prev} → {tier}  score {score:.1} {cmp} {threshold}  why: {why}",
         contact = a.contact_id,

@@ -10,7 +10,8 @@
 //!
 //! - [`proto`]: the generated `hotlead.v1` event and alert types.
 //! - [`config`]: the configuration file, environment overrides, validation.
-//! - [`rules`]: the rules file: models, rules, half-lives, tiers.
+//! - [`rules`]: the rules language: models, conditions, caps, fit, tiers.
+//! - [`reload`]: the rules in force, reloaded on change or SIGHUP.
 //! - [`decode`]: raw payload -> validated event, or a dead-letter reason.
 //! - [`score`]: pure decay math, tiers with hysteresis, crossings.
 //! - [`store`]: Redis keys, the atomic batch commit, the outbox.
@@ -19,6 +20,7 @@
 //! - [`telemetry`]: metric names, logging, one function per notable event.
 //! - [`kafka`]: topic administration and the alert reader.
 //! - [`simulate`]: a realistic, seeded stream of interaction events.
+//! - [`replay`]: `hotlead rules test`: events from JSON lines, scored offline.
 //! - [`cli`]: the `hotlead` command line.
 
 pub mod api;
@@ -27,6 +29,8 @@ pub mod config;
 pub mod decode;
 pub mod kafka;
 pub mod pipeline;
+pub mod reload;
+pub mod replay;
 pub mod rules;
 pub mod score;
 pub mod simulate;

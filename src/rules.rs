@@ -185,15 +185,13 @@ pub fn event_field<'a>(event: &'a InteractionEvent, path: &str) -> Option<Value<
         },
         Interaction::EmailEngagement(e) => match path {
             "campaign_id" => s(&e.campaign_id),
-            "action" => Some(Value::Str(
-                match crate::proto::email_engagement::Action::try_from(e.action) {
-                    Ok(crate::proto::email_engagement::Action::Open) => "open",
-                    Ok(crate::proto::email_engagement::Action::Click) => "click",
-                    Ok(crate::proto::email_engagement::Action::Unsubscribe) => "unsubscribe",
-                    Ok(crate::proto::email_engagement::Action::Bounce) => "bounce",
-                    _ => "unspecified",
-                },
-            )),
+            "action" => Some(Value::Str(match crate::proto::email_engagement::Action::try_from(e.action) {
+                Ok(crate::proto::email_engagement::Action::Open) => "open",
+                Ok(crate::proto::email_engagement::Action::Click) => "click",
+                Ok(crate::proto::email_engagement::Action::Unsubscribe) => "unsubscribe",
+                Ok(crate::proto::email_engagement::Action::Bounce) => "bounce",
+                _ => "unspecified",
+            })),
             "link_url" => s(&e.link_url),
             _ => None,
         },
@@ -429,11 +427,7 @@ impl<'de> Deserialize<'de> for Cap {
         let limit = match (raw.hits, raw.points) {
             (Some(h), None) if h > 0 => CapLimit::Hits(h),
             (None, Some(p)) if p.is_finite() && p > 0.0 => CapLimit::Points(p),
-            _ => {
-                return Err(serde::de::Error::custom(
-                    "a cap needs exactly one of `hits` or `points`, above zero",
-                ))
-            }
+            _ => return Err(serde::de::Error::custom("a cap needs exactly one of `hits` or `points`, above zero")),
         };
         Ok(Cap { limit, per: raw.per })
     }
@@ -460,11 +454,7 @@ impl Rule {
     /// Whether an event matches this rule.
     pub fn matches(&self, event: &InteractionEvent) -> bool {
         InteractionKind::of(event) == Some(self.kind)
-            && self
-                .when
-                .0
-                .iter()
-                .all(|(path, c)| c.holds(event_field(event, path).as_ref()))
+            && self.when.0.iter().all(|(path, c)| c.holds(event_field(event, path).as_ref()))
     }
 }
 
@@ -483,10 +473,7 @@ impl FitRule {
     /// Whether a profile (attribute -> value) matches this rule.
     pub fn matches(&self, profile: &BTreeMap<String, String>) -> bool {
         self.when.0.iter().all(|(attr, c)| {
-            let v = profile
-                .get(attr)
-                .filter(|v| !v.is_empty())
-                .map(|v| Value::Str(v.as_str()));
+            let v = profile.get(attr).filter(|v| !v.is_empty()).map(|v| Value::Str(v.as_str()));
             c.holds(v.as_ref())
         })
     }
@@ -563,28 +550,12 @@ impl Model {
 
     /// The fit points of a profile, by fit rule, for the rules that match.
     pub fn fit_parts(&self, profile: &BTreeMap<String, String>) -> Vec<(&str, f64)> {
-        self.fit
-            .iter()
-            .filter(|r| r.matches(profile))
-            .map(|r| (r.id.as_str(), r.points))
-            .collect()
+        self.fit.iter().filter(|r| r.matches(profile)).map(|r| (r.id.as_str(), r.points)).collect()
     }
 
     /// Whether two models define the same scoring (version aside).
     pub fn same_definition(&self, other: &Model) -> bool {
-        format!(
-            "{:?}",
-            Model {
-                version: 0,
-                ..self.clone()
-            }
-        ) == format!(
-            "{:?}",
-            Model {
-                version: 0,
-                ..other.clone()
-            }
-        )
+        format!("{:?}", Model { version: 0, ..self.clone() }) == format!("{:?}", Model { version: 0, ..other.clone() })
     }
 }
 
@@ -628,8 +599,7 @@ impl<'de> Deserialize<'de> for Name {
         let s = String::deserialize(d)?;
         let ok = !s.is_empty()
             && s.len() <= 64
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if ok {
             Ok(Name(s))
         } else {
@@ -648,9 +618,9 @@ impl<'de> Deserialize<'de> for HalfLife {
         match humantime::parse_duration(&s) {
             Ok(x) if !x.is_zero() => Ok(HalfLife(x)),
             Ok(_) => Err(serde::de::Error::custom("must be greater than zero")),
-            Err(e) => Err(serde::de::Error::custom(format!(
-                "`{s}` is not a duration ({e}); write e.g. `14d` or `36h`"
-            ))),
+            Err(e) => {
+                Err(serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. `14d` or `36h`")))
+            }
         }
     }
 }
@@ -708,30 +678,15 @@ impl<'de> Deserialize<'de> for WhenWithKind {
         let conditions: Conditions =
             serde_yaml::from_value(serde_yaml::Value::Mapping(m)).map_err(serde::de::Error::custom)?;
         for (path, _) in &conditions.0 {
-            let known = kind
-                .fields()
-                .iter()
-                .chain(COMMON_FIELDS)
-                .any(|f| match f.strip_suffix('.') {
-                    Some(map) => path
-                        .strip_prefix(map)
-                        .and_then(|k| k.strip_prefix('.'))
-                        .is_some_and(|k| !k.is_empty()),
-                    None => path == f,
-                });
+            let known = kind.fields().iter().chain(COMMON_FIELDS).any(|f| match f.strip_suffix('.') {
+                Some(map) => path.strip_prefix(map).and_then(|k| k.strip_prefix('.')).is_some_and(|k| !k.is_empty()),
+                None => path == f,
+            });
             if !known {
                 let mut all: Vec<&str> = kind.fields().to_vec();
                 all.extend(COMMON_FIELDS);
-                let all: Vec<String> = all
-                    .iter()
-                    .map(|f| {
-                        if f.ends_with('.') {
-                            format!("{f}<key>")
-                        } else {
-                            f.to_string()
-                        }
-                    })
-                    .collect();
+                let all: Vec<String> =
+                    all.iter().map(|f| if f.ends_with('.') { format!("{f}<key>") } else { f.to_string() }).collect();
                 return Err(serde::de::Error::custom(format!(
                     "`{path}` is not a field of {}; use one of: {}",
                     kind.as_str(),
@@ -768,10 +723,8 @@ fn find_line(text: &str, needle: &str) -> Option<usize> {
 impl RuleSet {
     /// Reads and validates a rules file.
     pub fn load(path: &Path) -> Result<Self, RulesError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RulesError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| RulesError::Io { path: path.display().to_string(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -784,11 +737,7 @@ impl RuleSet {
             field: e.path().to_string(),
             message: e.into_inner().to_string(),
         })?;
-        let invalid = |field: String, message: String| RulesError::Invalid {
-            path: origin.to_string(),
-            field,
-            message,
-        };
+        let invalid = |field: String, message: String| RulesError::Invalid { path: origin.to_string(), field, message };
         if raw.models.is_empty() {
             return Err(invalid("models".into(), "at least one model is required".into()));
         }
@@ -796,22 +745,12 @@ impl RuleSet {
         let mut models: Vec<Model> = Vec::with_capacity(raw.models.len());
         for (mi, m) in raw.models.into_iter().enumerate() {
             let at = |f: &str| format!("models[{mi}].{f}");
-            let line = |needle: &str| {
-                find_line(text, needle)
-                    .map(|l| format!(" (line {l})"))
-                    .unwrap_or_default()
-            };
+            let line = |needle: &str| find_line(text, needle).map(|l| format!(" (line {l})")).unwrap_or_default();
             if names[..mi].contains(&m.name.0) {
-                return Err(invalid(
-                    at("name"),
-                    format!("model `{}` is defined twice{}", m.name.0, line(&m.name.0)),
-                ));
+                return Err(invalid(at("name"), format!("model `{}` is defined twice{}", m.name.0, line(&m.name.0))));
             }
             if m.rules.is_empty() && m.fit.is_empty() {
-                return Err(invalid(
-                    at("rules"),
-                    format!("model `{}` has no rules and no fit rules", m.name.0),
-                ));
+                return Err(invalid(at("rules"), format!("model `{}` has no rules and no fit rules", m.name.0)));
             }
             let mut tiers: Vec<Tier> = Vec::new();
             for (ti, t) in m.tiers.into_iter().enumerate() {
@@ -824,10 +763,7 @@ impl RuleSet {
                     ));
                 }
                 if !(t.enter.is_finite() && t.enter > 0.0) {
-                    return Err(invalid(
-                        tat("enter"),
-                        format!("must be a number greater than zero{here}"),
-                    ));
+                    return Err(invalid(tat("enter"), format!("must be a number greater than zero{here}")));
                 }
                 if !(t.exit.is_finite() && t.exit > 0.0 && t.exit <= t.enter) {
                     return Err(invalid(
@@ -852,10 +788,7 @@ impl RuleSet {
                 let cooldown_ms = match &t.cooldown {
                     None => None,
                     Some(c) => Some(humantime::parse_duration(c).map_err(|e| {
-                        invalid(
-                            tat("cooldown"),
-                            format!("`{c}` is not a duration ({e}); write e.g. `7d`{here}"),
-                        )
+                        invalid(tat("cooldown"), format!("`{c}` is not a duration ({e}); write e.g. `7d`{here}"))
                     })?)
                     .map(|d| d.as_millis() as Millis),
                 };
@@ -887,29 +820,12 @@ impl RuleSet {
                             "a tier cannot require its own model".into(),
                         ));
                     }
-                    requires.push(Requirement {
-                        model: idx,
-                        model_name: other,
-                        enter,
-                        exit,
-                    });
+                    requires.push(Requirement { model: idx, model_name: other, enter, exit });
                 }
-                tiers.push(Tier {
-                    name: t.name.0,
-                    enter: t.enter,
-                    exit: t.exit,
-                    cooldown_ms,
-                    requires,
-                });
+                tiers.push(Tier { name: t.name.0, enter: t.enter, exit: t.exit, cooldown_ms, requires });
             }
             let mut ids: Vec<&str> = Vec::new();
-            for (i, id) in m
-                .rules
-                .iter()
-                .map(|r| &r.id.0)
-                .chain(m.fit.iter().map(|r| &r.id.0))
-                .enumerate()
-            {
+            for (i, id) in m.rules.iter().map(|r| &r.id.0).chain(m.fit.iter().map(|r| &r.id.0)).enumerate() {
                 if ids.contains(&id.as_str()) {
                     let field = if i < m.rules.len() {
                         format!("rules[{i}].id")
@@ -918,10 +834,7 @@ impl RuleSet {
                     };
                     return Err(invalid(
                         at(&field),
-                        format!(
-                            "rule id `{id}` is used twice in the model{}",
-                            line(&format!("id: {id}"))
-                        ),
+                        format!("rule id `{id}` is used twice in the model{}", line(&format!("id: {id}"))),
                     ));
                 }
                 ids.push(id);
@@ -929,10 +842,7 @@ impl RuleSet {
             for (ri, r) in m.rules.iter().enumerate() {
                 let here = line(&format!("id: {}", r.id.0));
                 if !r.points.is_finite() {
-                    return Err(invalid(
-                        at(&format!("rules[{ri}].points")),
-                        format!("must be a finite number{here}"),
-                    ));
+                    return Err(invalid(at(&format!("rules[{ri}].points")), format!("must be a finite number{here}")));
                 }
                 if r.once && r.cap.is_some() {
                     return Err(invalid(
@@ -943,10 +853,7 @@ impl RuleSet {
             }
             for (fi, f) in m.fit.iter().enumerate() {
                 if !f.points.is_finite() {
-                    return Err(invalid(
-                        at(&format!("fit[{fi}].points")),
-                        "must be a finite number".into(),
-                    ));
+                    return Err(invalid(at(&format!("fit[{fi}].points")), "must be a finite number".into()));
                 }
             }
             models.push(Model {
@@ -967,15 +874,7 @@ impl RuleSet {
                         once: r.once,
                     })
                     .collect(),
-                fit: m
-                    .fit
-                    .into_iter()
-                    .map(|f| FitRule {
-                        id: f.id.0,
-                        when: f.when,
-                        points: f.points,
-                    })
-                    .collect(),
+                fit: m.fit.into_iter().map(|f| FitRule { id: f.id.0, when: f.when, points: f.points }).collect(),
             });
         }
         Ok(RuleSet { models })
@@ -1047,10 +946,7 @@ models:
 
     fn page(url: &str) -> InteractionEvent {
         InteractionEvent {
-            interaction: Some(Interaction::PageView(PageView {
-                url: url.into(),
-                ..Default::default()
-            })),
+            interaction: Some(Interaction::PageView(PageView { url: url.into(), ..Default::default() })),
             ..Default::default()
         }
     }
@@ -1063,20 +959,9 @@ models:
         assert_eq!(m.tiers[1].cooldown_ms, Some(7 * 86_400_000));
         assert_eq!(
             m.tiers[2].requires,
-            vec![Requirement {
-                model: 1,
-                model_name: "fit".into(),
-                enter: 30.0,
-                exit: 30.0
-            }]
+            vec![Requirement { model: 1, model_name: "fit".into(), enter: 30.0, exit: 30.0 }]
         );
-        assert_eq!(
-            m.rules[0].cap,
-            Some(Cap {
-                limit: CapLimit::Hits(3),
-                per: Window::Day
-            })
-        );
+        assert_eq!(m.rules[0].cap, Some(Cap { limit: CapLimit::Hits(3), per: Window::Day }));
         assert!(m.rules[3].once);
         assert_eq!(rs.models[1].fit.len(), 2);
     }
@@ -1099,10 +984,7 @@ models:
         assert!(!m.rules[1].matches(&webinar(true, 29)));
         assert!(!m.rules[1].matches(&webinar(false, 45)));
         let email = |action: i32| InteractionEvent {
-            interaction: Some(Interaction::EmailEngagement(EmailEngagement {
-                action,
-                ..Default::default()
-            })),
+            interaction: Some(Interaction::EmailEngagement(EmailEngagement { action, ..Default::default() })),
             ..Default::default()
         };
         assert!(m.rules[2].matches(&email(3)));
@@ -1122,9 +1004,7 @@ models:
         let fit = &rs.models[1];
         let parts = fit.fit_parts(&profile(&[("industry", "software"), ("job_title", "VP Sales")]));
         assert_eq!(parts, vec![("tech", 15.0), ("leader", 20.0)]);
-        assert!(fit
-            .fit_parts(&profile(&[("industry", "retail"), ("job_title", "Vice")]))
-            .is_empty());
+        assert!(fit.fit_parts(&profile(&[("industry", "retail"), ("job_title", "Vice")])).is_empty());
     }
 
     #[test]
@@ -1143,25 +1023,13 @@ models:
     #[test]
     fn broken_files_are_refused_naming_line_and_field() {
         let e = parse(&GOOD.replace("exit: 45, cooldown", "exit: 70, cooldown")).unwrap_err();
-        assert!(
-            e.contains("models[0].tiers[1]") && e.contains("line 8") && e.contains("flap"),
-            "{e}"
-        );
+        assert!(e.contains("models[0].tiers[1]") && e.contains("line 8") && e.contains("flap"), "{e}");
         let e = parse(&GOOD.replace("points: 10\n", "points: 10\n        weight: 2\n")).unwrap_err();
-        assert!(
-            e.contains("models[0].rules[0]") && e.contains("weight") && e.contains("line"),
-            "{e}"
-        );
+        assert!(e.contains("models[0].rules[0]") && e.contains("weight") && e.contains("line"), "{e}");
         let e = parse(&GOOD.replace("(?i)", "(?i")).unwrap_err();
-        assert!(
-            e.contains("models[1].fit[1].when") && e.contains("invalid regex") && e.contains("line"),
-            "{e}"
-        );
+        assert!(e.contains("models[1].fit[1].when") && e.contains("invalid regex") && e.contains("line"), "{e}");
         let e = parse(&GOOD.replace("url: { prefix", "form_id: { prefix")).unwrap_err();
-        assert!(
-            e.contains("models[0].rules[0].when") && e.contains("not a field of page_view"),
-            "{e}"
-        );
+        assert!(e.contains("models[0].rules[0].when") && e.contains("not a field of page_view"), "{e}");
         let e = parse(&GOOD.replace("kind: page_view", "kind: pageview")).unwrap_err();
         assert!(e.contains("models[0].rules[0].when") && e.contains("pageview"), "{e}");
         let e = parse(&GOOD.replace("requires: { fit: 30 }", "requires: { fitness: 30 }")).unwrap_err();
@@ -1175,33 +1043,17 @@ models:
     #[test]
     fn windows_follow_the_calendar() {
         let ms = |s: &str| {
-            humantime::parse_rfc3339(s)
-                .unwrap()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_millis() as i64
+            humantime::parse_rfc3339(s).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
         };
-        assert_eq!(
-            Window::Day.index(ms("2026-11-23T23:59:59Z")) + 1,
-            Window::Day.index(ms("2026-11-24T00:00:00Z"))
-        );
+        assert_eq!(Window::Day.index(ms("2026-11-23T23:59:59Z")) + 1, Window::Day.index(ms("2026-11-24T00:00:00Z")));
         // 2026-11-23 is a Monday.
-        assert_eq!(
-            Window::Week.index(ms("2026-11-22T23:59:59Z")) + 1,
-            Window::Week.index(ms("2026-11-23T00:00:00Z"))
-        );
-        assert_eq!(
-            Window::Week.index(ms("2026-11-23T00:00:00Z")),
-            Window::Week.index(ms("2026-11-29T23:59:59Z"))
-        );
+        assert_eq!(Window::Week.index(ms("2026-11-22T23:59:59Z")) + 1, Window::Week.index(ms("2026-11-23T00:00:00Z")));
+        assert_eq!(Window::Week.index(ms("2026-11-23T00:00:00Z")), Window::Week.index(ms("2026-11-29T23:59:59Z")));
         assert_eq!(
             Window::Month.index(ms("2026-02-28T12:00:00Z")) + 1,
             Window::Month.index(ms("2026-03-01T00:00:00Z"))
         );
-        assert_eq!(
-            Window::Month.index(ms("2024-02-29T12:00:00Z")),
-            Window::Month.index(ms("2024-02-01T00:00:00Z"))
-        );
+        assert_eq!(Window::Month.index(ms("2024-02-29T12:00:00Z")), Window::Month.index(ms("2024-02-01T00:00:00Z")));
     }
 
     #[test]
@@ -1212,14 +1064,8 @@ models:
         let changed = old.succeed(parse(&GOOD.replace("points: 10\n", "points: 11\n")).unwrap());
         assert_eq!(changed.models[0].version, 4, "changed without a version bump: raised");
         assert_eq!(changed.models[1].version, 1, "unchanged model keeps its version");
-        let bumped = old.succeed(
-            parse(
-                &GOOD
-                    .replace("version: 3", "version: 9")
-                    .replace("points: 10\n", "points: 11\n"),
-            )
-            .unwrap(),
-        );
+        let bumped = old
+            .succeed(parse(&GOOD.replace("version: 3", "version: 9").replace("points: 10\n", "points: 11\n")).unwrap());
         assert_eq!(bumped.models[0].version, 9);
     }
 }

@@ -68,10 +68,7 @@ pub struct ModelState {
 impl ModelState {
     /// A fresh state at time `at_ms`: score zero, base tier.
     pub fn new(at_ms: Millis) -> Self {
-        Self {
-            at_ms,
-            ..Self::default()
-        }
+        Self { at_ms, ..Self::default() }
     }
 
     /// The fit part of the score.
@@ -130,10 +127,7 @@ pub struct ContactState {
 impl ContactState {
     /// An empty state for a rule set of `models` models.
     pub fn new(models: usize) -> Self {
-        Self {
-            profile: BTreeMap::new(),
-            models: vec![None; models],
-        }
+        Self { profile: BTreeMap::new(), models: vec![None; models] }
     }
 
     /// The current profile attributes.
@@ -200,10 +194,7 @@ pub fn apply_event(
     contact.models.resize(rules.models.len(), None);
     if let Some(Interaction::ProfileUpdate(p)) = &event.interaction {
         for (k, v) in &p.attributes {
-            let newer = contact
-                .profile
-                .get(k)
-                .is_none_or(|(old, t)| *t < at_ms || (*t == at_ms && old <= v));
+            let newer = contact.profile.get(k).is_none_or(|(old, t)| *t < at_ms || (*t == at_ms && old <= v));
             if newer {
                 contact.profile.insert(k.clone(), (v.clone(), at_ms));
             }
@@ -213,11 +204,8 @@ pub fn apply_event(
     let mut crossings = Vec::new();
     // Phase 1: every model's score moves to the event time and takes its points.
     for (i, model) in rules.models.iter().enumerate() {
-        let fit: BTreeMap<String, f64> = model
-            .fit_parts(&attributes)
-            .into_iter()
-            .map(|(k, p)| (k.to_string(), p))
-            .collect();
+        let fit: BTreeMap<String, f64> =
+            model.fit_parts(&attributes).into_iter().map(|(k, p)| (k.to_string(), p)).collect();
         let matched: Vec<&Rule> = model.matches(event).collect();
         let slot = &mut contact.models[i];
         if slot.is_none() && matched.is_empty() && fit.is_empty() {
@@ -225,11 +213,7 @@ pub fn apply_event(
         }
         let st = slot.get_or_insert_with(|| ModelState::new(at_ms));
         crossings.extend(advance(i, model, st, at_ms));
-        let factor = if at_ms >= st.at_ms {
-            1.0
-        } else {
-            decay_factor(st.at_ms - at_ms, model.half_life_secs)
-        };
+        let factor = if at_ms >= st.at_ms { 1.0 } else { decay_factor(st.at_ms - at_ms, model.half_life_secs) };
         for rule in matched {
             let p = capped_points(rule, st, at_ms);
             if p != 0.0 {
@@ -340,17 +324,9 @@ fn capped_points(rule: &Rule, st: &mut ModelState, at_ms: Millis) -> f64 {
         (false, Some(cap)) => cap.per.index(at_ms),
         (false, None) => return rule.points,
     };
-    let used = st.caps.entry(rule.id.clone()).or_insert(CapUse {
-        window,
-        hits: 0,
-        points: 0.0,
-    });
+    let used = st.caps.entry(rule.id.clone()).or_insert(CapUse { window, hits: 0, points: 0.0 });
     if used.window < window {
-        *used = CapUse {
-            window,
-            hits: 0,
-            points: 0.0,
-        };
+        *used = CapUse { window, hits: 0, points: 0.0 };
     } else if used.window > window {
         // A late event in a window already closed: its cap use is no longer
         // known, so it does not count.
@@ -372,10 +348,7 @@ fn capped_points(rule: &Rule, st: &mut ModelState, at_ms: Millis) -> f64 {
 /// Whether a tier's requirements on other models hold, at enter (`true`) or
 /// at exit (`false`) thresholds.
 fn requirements_hold(model: &Model, tier: usize, entering: bool, other: &dyn Fn(usize) -> f64) -> bool {
-    model.tiers[tier - 1]
-        .requires
-        .iter()
-        .all(|r| other(r.model) >= if entering { r.enter } else { r.exit })
+    model.tiers[tier - 1].requires.iter().all(|r| other(r.model) >= if entering { r.enter } else { r.exit })
 }
 
 /// The tier reached from `tier` by heating: every higher tier whose `enter`
@@ -432,10 +405,7 @@ models:
 
     fn page(url: &str) -> InteractionEvent {
         InteractionEvent {
-            interaction: Some(Interaction::PageView(PageView {
-                url: url.into(),
-                ..Default::default()
-            })),
+            interaction: Some(Interaction::PageView(PageView { url: url.into(), ..Default::default() })),
             ..Default::default()
         }
     }
@@ -476,10 +446,7 @@ models:
         apply_event(&rs, &mut c, &page("/big"), T0);
         let x = apply_event(&rs, &mut c, &page("/big"), T0);
         assert_eq!(x.len(), 1);
-        assert_eq!(
-            (x[0].direction, x[0].from, x[0].to, x[0].threshold),
-            (Direction::Heated, 1, 2, 60.0)
-        );
+        assert_eq!((x[0].direction, x[0].from, x[0].to, x[0].threshold), (Direction::Heated, 1, 2, 60.0));
         assert_eq!(x[0].top_contributions, vec![("big".to_string(), 80.0)]);
     }
 
@@ -505,15 +472,9 @@ models:
         apply_event(&rs, &mut c, &page("/big"), T0);
         let x = apply_event(&rs, &mut c, &page("/a"), T0 + 3 * DAY_MS);
         assert_eq!(x.len(), 1, "{x:?}");
-        assert_eq!(
-            (x[0].direction, x[0].from, x[0].to, x[0].by_event),
-            (Direction::Cooled, 2, 0, false)
-        );
+        assert_eq!((x[0].direction, x[0].from, x[0].to, x[0].by_event), (Direction::Cooled, 2, 0, false));
         assert_eq!(x[0].threshold, 20.0);
-        assert_eq!(
-            x[0].at_ms,
-            T0 + (86_400_000.0 * (80.0f64 / 20.0).log2()).ceil() as Millis
-        );
+        assert_eq!(x[0].at_ms, T0 + (86_400_000.0 * (80.0f64 / 20.0).log2()).ceil() as Millis);
         assert!((x[0].score - 20.0).abs() < 1e-6);
     }
 
@@ -529,10 +490,7 @@ models:
 
     fn form(id: &str) -> InteractionEvent {
         InteractionEvent {
-            interaction: Some(Interaction::FormSubmission(FormSubmission {
-                form_id: id.into(),
-                ..Default::default()
-            })),
+            interaction: Some(Interaction::FormSubmission(FormSubmission { form_id: id.into(), ..Default::default() })),
             ..Default::default()
         }
     }
@@ -588,20 +546,11 @@ models:
     fn fit_follows_the_current_profile_and_does_not_decay() {
         let rs = rules(FIT);
         let mut c = ContactState::new(2);
-        apply_event(
-            &rs,
-            &mut c,
-            &profile(&[("job_title", "Sales Manager"), ("industry", "software")]),
-            T0,
-        );
+        apply_event(&rs, &mut c, &profile(&[("job_title", "Sales Manager"), ("industry", "software")]), T0);
         assert!(close(score(&rs, &c, 1, T0 + 100 * DAY_MS), 25.0), "fit does not decay");
         apply_event(&rs, &mut c, &profile(&[("job_title", "Founder")]), T0 + DAY_MS);
         let st = c.models[1].as_ref().unwrap();
-        assert_eq!(
-            st.fit.keys().collect::<Vec<_>>(),
-            ["founder", "tech"],
-            "the manager points are gone"
-        );
+        assert_eq!(st.fit.keys().collect::<Vec<_>>(), ["founder", "tech"], "the manager points are gone");
         assert_eq!(st.tier, 1);
         // An older profile fact arriving late does not win over a newer one.
         apply_event(&rs, &mut c, &profile(&[("job_title", "Sales Manager")]), T0);
@@ -614,58 +563,30 @@ models:
         let mut c = ContactState::new(2);
         apply_event(&rs, &mut c, &page("/x"), T0);
         let x = apply_event(&rs, &mut c, &page("/x"), T0);
-        assert_eq!(
-            c.models[0].as_ref().unwrap().tier,
-            1,
-            "70 points but fit is 0: warm only"
-        );
+        assert_eq!(c.models[0].as_ref().unwrap().tier, 1, "70 points but fit is 0: warm only");
         assert!(x.is_empty());
-        let x = apply_event(
-            &rs,
-            &mut c,
-            &profile(&[("job_title", "Founder"), ("industry", "software")]),
-            T0 + 1,
-        );
-        let names: Vec<(&str, &str)> = x
-            .iter()
-            .map(|c| (rs.models[c.model].name.as_str(), rs.models[c.model].tier_name(c.to)))
-            .collect();
+        let x = apply_event(&rs, &mut c, &profile(&[("job_title", "Founder"), ("industry", "software")]), T0 + 1);
+        let names: Vec<(&str, &str)> =
+            x.iter().map(|c| (rs.models[c.model].name.as_str(), rs.models[c.model].tier_name(c.to))).collect();
         assert_eq!(names, [("engagement", "sales-ready"), ("fit", "good")]);
         // Losing fit drops sales-ready back to warm.
-        let x = apply_event(
-            &rs,
-            &mut c,
-            &profile(&[("job_title", "Student"), ("industry", "retail")]),
-            T0 + 2,
-        );
-        assert!(
-            x.iter()
-                .any(|c| c.model == 0 && c.direction == Direction::Cooled && c.to == 1),
-            "{x:?}"
-        );
+        let x = apply_event(&rs, &mut c, &profile(&[("job_title", "Student"), ("industry", "retail")]), T0 + 2);
+        assert!(x.iter().any(|c| c.model == 0 && c.direction == Direction::Cooled && c.to == 1), "{x:?}");
     }
 
     #[test]
     fn cooldown_suppresses_a_repeat_alert_into_a_tier() {
-        let rs = rules(&ONE.replace(
-            "{ name: warm, enter: 30, exit: 20 }",
-            "{ name: warm, enter: 30, exit: 20, cooldown: 2d }",
-        ));
+        let rs = rules(
+            &ONE.replace("{ name: warm, enter: 30, exit: 20 }", "{ name: warm, enter: 30, exit: 20, cooldown: 2d }"),
+        );
         let mut c = ContactState::new(1);
         let mut alerts = 0;
         // Warm, cool by decay, warm again a day later: the second is suppressed.
-        for (url, at) in [
-            ("/a", T0),
-            ("/a", T0),
-            ("/a", T0),
-            ("/a", T0 + DAY_MS),
-            ("/a", T0 + DAY_MS),
-            ("/a", T0 + DAY_MS),
-        ] {
-            alerts += apply_event(&rs, &mut c, &page(url), at)
-                .iter()
-                .filter(|x| x.direction == Direction::Heated)
-                .count();
+        for (url, at) in
+            [("/a", T0), ("/a", T0), ("/a", T0), ("/a", T0 + DAY_MS), ("/a", T0 + DAY_MS), ("/a", T0 + DAY_MS)]
+        {
+            alerts +=
+                apply_event(&rs, &mut c, &page(url), at).iter().filter(|x| x.direction == Direction::Heated).count();
         }
         assert_eq!(alerts, 1);
         assert_eq!(c.models[0].as_ref().unwrap().tier, 1, "the tier is still tracked");
@@ -674,16 +595,8 @@ models:
     #[test]
     fn leaderboard_order_is_current_score_order() {
         let m = &rules(ONE).models[0];
-        let a = ModelState {
-            score: 50.0,
-            at_ms: T0,
-            ..ModelState::default()
-        };
-        let b = ModelState {
-            score: 30.0,
-            at_ms: T0 + DAY_MS,
-            ..ModelState::default()
-        };
+        let a = ModelState { score: 50.0, at_ms: T0, ..ModelState::default() };
+        let b = ModelState { score: 30.0, at_ms: T0 + DAY_MS, ..ModelState::default() };
         assert!(b.leaderboard_score(m).unwrap() > a.leaderboard_score(m).unwrap());
         let z = b.leaderboard_score(m).unwrap();
         let now = T0 + 3 * DAY_MS;

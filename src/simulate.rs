@@ -52,13 +52,7 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        Self {
-            contacts: 2000,
-            zipf_exponent: 1.05,
-            seed: 42,
-            buyer_share: 0.15,
-            researcher_share: 0.30,
-        }
+        Self { contacts: 2000, zipf_exponent: 1.05, seed: 42, buyer_share: 0.15, researcher_share: 0.30 }
     }
 }
 
@@ -73,40 +67,16 @@ pub struct Simulator {
     seed: u64,
 }
 
-const TITLES: &[&str] = &[
-    "Founder",
-    "CTO",
-    "VP Marketing",
-    "Senior Manager",
-    "Manager",
-    "Engineer",
-    "Analyst",
-    "Student",
-];
-const INDUSTRIES: &[&str] = &[
-    "software",
-    "technology",
-    "manufacturing",
-    "retail",
-    "finance",
-    "education",
-    "healthcare",
-];
+const TITLES: &[&str] =
+    &["Founder", "CTO", "VP Marketing", "Senior Manager", "Manager", "Engineer", "Analyst", "Student"];
+const INDUSTRIES: &[&str] =
+    &["software", "technology", "manufacturing", "retail", "finance", "education", "healthcare"];
 const SIZES: &[&str] = &["1-10", "11-50", "51-200", "201-1000", "1000+"];
 const COUNTRIES: &[&str] = &["US", "DE", "GB", "FR", "NL", "IN", "BR", "JP"];
-const BLOG: &[&str] = &[
-    "/blog/lead-scoring-101",
-    "/blog/decay-explained",
-    "/blog/intent-signals",
-    "/blog/sales-handoff",
-    "/",
-];
-const DOCS: &[&str] = &[
-    "/docs/tutorials/first-model",
-    "/docs/tutorials/tiers",
-    "/docs/api",
-    "/docs/integrations/kafka",
-];
+const BLOG: &[&str] =
+    &["/blog/lead-scoring-101", "/blog/decay-explained", "/blog/intent-signals", "/blog/sales-handoff", "/"];
+const DOCS: &[&str] =
+    &["/docs/tutorials/first-model", "/docs/tutorials/tiers", "/docs/api", "/docs/integrations/kafka"];
 
 impl Simulator {
     /// A simulator for `config`.
@@ -134,15 +104,7 @@ impl Simulator {
                 }
             })
             .collect();
-        Self {
-            rng,
-            cdf,
-            personas,
-            steps: vec![0; n],
-            accounts: (n / 4).max(1),
-            counter: 0,
-            seed: config.seed,
-        }
+        Self { rng, cdf, personas, steps: vec![0; n], accounts: (n / 4).max(1), counter: 0, seed: config.seed }
     }
 
     /// The persona of contact `index`.
@@ -162,11 +124,7 @@ impl Simulator {
         let step = self.steps[i];
         self.steps[i] += 1;
         self.counter += 1;
-        let interaction = if step == 0 {
-            self.profile(i)
-        } else {
-            self.interaction(self.personas[i], step)
-        };
+        let interaction = if step == 0 { self.profile(i) } else { self.interaction(self.personas[i], step) };
         let mut context = BTreeMap::new();
         context.insert(
             "channel".to_string(),
@@ -185,25 +143,13 @@ impl Simulator {
 
     fn profile(&mut self, i: usize) -> Interaction {
         let senior = self.personas[i] == Persona::Buyer;
-        let title = if senior {
-            TITLES[self.rng.random_range(0..4)]
-        } else {
-            TITLES[self.rng.random_range(0..TITLES.len())]
-        };
+        let title =
+            if senior { TITLES[self.rng.random_range(0..4)] } else { TITLES[self.rng.random_range(0..TITLES.len())] };
         let mut attributes = BTreeMap::new();
         attributes.insert("job_title".into(), title.into());
-        attributes.insert(
-            "industry".into(),
-            INDUSTRIES[self.rng.random_range(0..INDUSTRIES.len())].into(),
-        );
-        attributes.insert(
-            "company_size".into(),
-            SIZES[self.rng.random_range(0..SIZES.len())].into(),
-        );
-        attributes.insert(
-            "country".into(),
-            COUNTRIES[self.rng.random_range(0..COUNTRIES.len())].into(),
-        );
+        attributes.insert("industry".into(), INDUSTRIES[self.rng.random_range(0..INDUSTRIES.len())].into());
+        attributes.insert("company_size".into(), SIZES[self.rng.random_range(0..SIZES.len())].into());
+        attributes.insert("country".into(), COUNTRIES[self.rng.random_range(0..COUNTRIES.len())].into());
         Interaction::ProfileUpdate(ProfileUpdate { attributes })
     }
 
@@ -220,21 +166,14 @@ impl Simulator {
         Interaction::EmailEngagement(EmailEngagement {
             campaign_id: format!("nurture-{}", self.rng.random_range(1..6)),
             action: action as i32,
-            link_url: if action == Action::Click {
-                "/pricing".into()
-            } else {
-                String::new()
-            },
+            link_url: if action == Action::Click { "/pricing".into() } else { String::new() },
         })
     }
 
     fn form(&mut self, form_id: &str) -> Interaction {
         let mut fields = BTreeMap::new();
         fields.insert("email_domain".into(), "example.com".into());
-        Interaction::FormSubmission(FormSubmission {
-            form_id: form_id.into(),
-            fields,
-        })
+        Interaction::FormSubmission(FormSubmission { form_id: form_id.into(), fields })
     }
 
     fn webinar(&mut self, attended: bool) -> Interaction {
@@ -318,10 +257,7 @@ mod tests {
 
     #[test]
     fn activity_is_skewed_and_buyers_escalate() {
-        let cfg = SimConfig {
-            contacts: 1000,
-            ..SimConfig::default()
-        };
+        let cfg = SimConfig { contacts: 1000, ..SimConfig::default() };
         let mut s = Simulator::new(&cfg);
         let mut per_contact = vec![0usize; 1000];
         let mut buyer_forms = Vec::new();
@@ -338,10 +274,7 @@ mod tests {
         let mut sorted = per_contact.clone();
         sorted.sort_unstable_by(|a, b| b.cmp(a));
         let top: usize = sorted[..10].iter().sum();
-        assert!(
-            top * 5 > 20_000 / 2,
-            "top 10 of 1000 contacts should make a large share; got {top}"
-        );
+        assert!(top * 5 > 20_000 / 2, "top 10 of 1000 contacts should make a large share; got {top}");
         assert!(!buyer_forms.is_empty(), "some buyers reach the demo request");
         // A buyer's demo request comes after their pricing visits (step 8).
         assert!(buyer_forms.iter().all(|&i| per_contact[i] >= 9));

@@ -22,6 +22,10 @@ pub const COMMIT_SECONDS: &str = "hotlead_batch_commit_seconds";
 pub const BATCH_EVENTS: &str = "hotlead_batch_events";
 /// Partitions this instance owns.
 pub const OWNED_PARTITIONS: &str = "hotlead_owned_partitions";
+/// Rules reloads, by `result` (`ok`, `refused`).
+pub const RULES_RELOADS_TOTAL: &str = "hotlead_rules_reloads_total";
+/// The version in force of each model, by `model`.
+pub const RULES_VERSION: &str = "hotlead_rules_version";
 /// Redis or Kafka failures that were retried, by `operation`.
 pub const RETRIES_TOTAL: &str = "hotlead_retries_total";
 
@@ -39,10 +43,7 @@ pub fn describe() {
     );
     metrics::describe_histogram!(BATCH_EVENTS, "Events in one partition batch.");
     metrics::describe_gauge!(OWNED_PARTITIONS, "Input partitions this instance owns.");
-    metrics::describe_counter!(
-        RETRIES_TOTAL,
-        "Infrastructure operations retried after a failure, by operation."
-    );
+    metrics::describe_counter!(RETRIES_TOTAL, "Infrastructure operations retried after a failure, by operation.");
     for reason in crate::decode::DecodeError::REASONS {
         counter!(DEAD_LETTERS_TOTAL, "reason" => reason).absolute(0);
     }
@@ -55,9 +56,7 @@ pub fn describe() {
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         let _ = builder.json().try_init();
     } else {
@@ -80,13 +79,7 @@ pub fn dead_lettered(partition: i32, offset: i64, reason: &'static str, error: &
 
 /// A batch of events was scored and committed.
 pub fn batch_committed(partition: i32, events: usize, scored: usize, alerts: &[crate::score::Direction], seconds: f64) {
-    debug!(
-        partition,
-        events,
-        scored,
-        alerts = alerts.len(),
-        "Committed a partition batch."
-    );
+    debug!(partition, events, scored, alerts = alerts.len(), "Committed a partition batch.");
     counter!(EVENTS_TOTAL, "outcome" => "scored").increment(scored as u64);
     counter!(COMMITS_TOTAL, "result" => "ok").increment(1);
     histogram!(COMMIT_SECONDS).record(seconds);
@@ -140,4 +133,25 @@ pub fn partitions_revoked(partitions: &[i32], owned: usize) {
 /// A fatal infrastructure failure: the process is about to exit.
 pub fn fatal(operation: &'static str, error: &dyn std::fmt::Display) {
     error!(operation, error = %error, "Giving up after repeated failures; exiting for the supervisor to restart.");
+}
+
+/// Records the versions of a rule set now in force.
+pub fn rules_in_force(rules: &crate::rules::RuleSet) {
+    for m in &rules.models {
+        gauge!(RULES_VERSION, "model" => m.name.clone()).set(f64::from(m.version));
+    }
+}
+
+/// A reloaded rules file was swapped in.
+pub fn rules_reloaded(rules: &crate::rules::RuleSet) {
+    let versions: Vec<String> = rules.models.iter().map(|m| format!("{} v{}", m.name, m.version)).collect();
+    info!(models = %versions.join(", "), "Reloaded rules; later events are scored with them.");
+    counter!(RULES_RELOADS_TOTAL, "result" => "ok").increment(1);
+    rules_in_force(rules);
+}
+
+/// A changed rules file was invalid and refused.
+pub fn rules_refused(error: &dyn std::fmt::Display) {
+    error!(error = %error, "Refused the changed rules file; the rules in force keep scoring.");
+    counter!(RULES_RELOADS_TOTAL, "result" => "refused").increment(1);
 }

@@ -33,14 +33,8 @@ fn t0() -> i64 {
 
 fn event(id: &str, contact: &str, at_ms: i64, kind: &str) -> InteractionEvent {
     let interaction = match kind {
-        "page" => Interaction::PageView(PageView {
-            url: "/pricing".into(),
-            ..Default::default()
-        }),
-        "form" => Interaction::FormSubmission(FormSubmission {
-            form_id: "demo".into(),
-            ..Default::default()
-        }),
+        "page" => Interaction::PageView(PageView { url: "/pricing".into(), ..Default::default() }),
+        "form" => Interaction::FormSubmission(FormSubmission { form_id: "demo".into(), ..Default::default() }),
         "webinar" => Interaction::WebinarAttendance(WebinarAttendance {
             webinar_id: "w1".into(),
             attended: true,
@@ -62,11 +56,7 @@ fn contact_field(stack: &Stack, topics: &Topics, contact: &str, field: &str) -> 
     let mut r = stack.redis();
     (0..topics.partitions).find_map(|p| {
         let key = hotlead::store::PartitionKeys::new(&topics.input, p).contact(contact);
-        redis::cmd("HGET")
-            .arg(key)
-            .arg(field)
-            .query::<Option<String>>(&mut r)
-            .unwrap()
+        redis::cmd("HGET").arg(key).arg(field).query::<Option<String>>(&mut r).unwrap()
     })
 }
 
@@ -103,10 +93,8 @@ async fn scores_and_alerts_are_exact() {
         d,
     ];
     let delivered = stack.produce_events(&topics.input, &events).await;
-    let (stop, handle) = spawn_pipeline(stack.config(&topics, &rules), &rules);
-    stack
-        .wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(60))
-        .await;
+    let running = spawn_pipeline(stack.config(&topics, &rules), &rules);
+    stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(60)).await;
 
     // Exact scores: p * 2^(-(t_last - t)/H), H = 1 day.
     let expect = [
@@ -119,41 +107,24 @@ async fn scores_and_alerts_are_exact() {
         let got = score_of(&stack, &topics, contact);
         assert!(close(got, want), "{contact}: score {got}, want {want}");
     }
-    assert_eq!(
-        contact_field(&stack, &topics, "alice", "engagement:t"),
-        Some((t0 + 2 * DAY).to_string())
-    );
-    assert_eq!(
-        contact_field(&stack, &topics, "alice", "engagement:tier").as_deref(),
-        Some("hot")
-    );
-    assert_eq!(
-        contact_field(&stack, &topics, "bob", "engagement:tier").as_deref(),
-        Some("cold")
-    );
-    assert_eq!(
-        contact_field(&stack, &topics, "dana", "account").as_deref(),
-        Some("acme")
-    );
+    assert_eq!(contact_field(&stack, &topics, "alice", "engagement:t"), Some((t0 + 2 * DAY).to_string()));
+    assert_eq!(contact_field(&stack, &topics, "alice", "engagement:tier").as_deref(), Some("hot"));
+    assert_eq!(contact_field(&stack, &topics, "bob", "engagement:tier").as_deref(), Some("cold"));
+    assert_eq!(contact_field(&stack, &topics, "dana", "account").as_deref(), Some("acme"));
 
     // The exact alert set.
     let records = stack.read_all(&topics.alerts, 8, Duration::from_secs(20)).await;
     let more = stack.read_all(&topics.alerts, 9, Duration::from_secs(2)).await;
     assert_eq!(more.len(), 8, "exactly eight alerts");
-    let alerts: Vec<ScoreAlert> = records
-        .iter()
-        .map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap())
-        .collect();
+    let alerts: Vec<ScoreAlert> = records.iter().map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap()).collect();
     for (r, a) in records.iter().zip(&alerts) {
         assert_eq!(r.key, a.contact_id.as_bytes(), "alerts are keyed by contact id");
         assert_eq!((a.model.as_str(), a.model_version), ("engagement", 7));
     }
     let heated = score_alert::Direction::Heated as i32;
     let cooled = score_alert::Direction::Cooled as i32;
-    let mut got: Vec<(String, String, i32, f64)> = alerts
-        .iter()
-        .map(|a| (a.contact_id.clone(), a.tier.clone(), a.direction, a.score))
-        .collect();
+    let mut got: Vec<(String, String, i32, f64)> =
+        alerts.iter().map(|a| (a.contact_id.clone(), a.tier.clone(), a.direction, a.score)).collect();
     got.sort_by(|a, b| (&a.0, &a.1, a.2).cmp(&(&b.0, &b.1, b.2)).then(a.3.total_cmp(&b.3)));
     let want = [
         // Alice's 30 decays below warm's exit (20) before her webinar on
@@ -172,36 +143,13 @@ async fn scores_and_alerts_are_exact() {
         assert_eq!((g.0.as_str(), g.1.as_str(), g.2), (w.0, w.1, w.2), "{got:?}");
         assert!((g.3 - w.3).abs() <= 1e-6 * w.3, "{g:?} vs {w:?}");
     }
-    let by = |c: &str, tier: &str| {
-        alerts
-            .iter()
-            .rev()
-            .find(|a| a.contact_id == c && a.tier == tier)
-            .unwrap()
-    };
+    let by = |c: &str, tier: &str| alerts.iter().rev().find(|a| a.contact_id == c && a.tier == tier).unwrap();
     let hot = by("alice", "hot");
-    assert_eq!(
-        (hot.previous_tier.as_str(), hot.threshold, hot.trigger_event_id.as_str()),
-        ("warm", 60.0, "a4")
-    );
-    let top: BTreeMap<&str, f64> = hot
-        .top_contributions
-        .iter()
-        .map(|c| (c.rule_id.as_str(), c.points))
-        .collect();
-    assert!(
-        close(top["form"], 37.5) && close(top["webinar"], 30.0) && close(top["page-view"], 2.5),
-        "{top:?}"
-    );
+    assert_eq!((hot.previous_tier.as_str(), hot.threshold, hot.trigger_event_id.as_str()), ("warm", 60.0, "a4"));
+    let top: BTreeMap<&str, f64> = hot.top_contributions.iter().map(|c| (c.rule_id.as_str(), c.points)).collect();
+    assert!(close(top["form"], 37.5) && close(top["webinar"], 30.0) && close(top["page-view"], 2.5), "{top:?}");
     let cool = by("bob", "cold");
-    assert_eq!(
-        (
-            cool.previous_tier.as_str(),
-            cool.threshold,
-            cool.trigger_event_id.as_str()
-        ),
-        ("warm", 20.0, "")
-    );
+    assert_eq!((cool.previous_tier.as_str(), cool.threshold, cool.trigger_event_id.as_str()), ("warm", 20.0, ""));
     let cooled_at = cool.crossed_at.as_ref().unwrap();
     let exact = t0 + (DAY as f64 * (30.0f64 / 20.0).log2()).ceil() as i64;
     assert_eq!(cooled_at.seconds * 1000 + i64::from(cooled_at.nanos) / 1_000_000, exact);
@@ -213,33 +161,20 @@ async fn scores_and_alerts_are_exact() {
     assert_eq!(ids.len(), 8, "alert ids are distinct");
 
     // Nothing is dead-lettered; leaderboards rank by current score.
-    assert!(stack
-        .read_all(&topics.dead_letter, 1, Duration::from_secs(1))
-        .await
-        .is_empty());
+    assert!(stack.read_all(&topics.dead_letter, 1, Duration::from_secs(1)).await.is_empty());
     let mut r = stack.redis();
     let mut ranked: Vec<(String, f64)> = Vec::new();
     for p in 0..topics.partitions {
         let key = hotlead::store::PartitionKeys::new(&topics.input, p).leaderboard("engagement");
-        let v: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(key)
-            .arg(0)
-            .arg(-1)
-            .arg("WITHSCORES")
-            .query(&mut r)
-            .unwrap();
+        let v: Vec<(String, f64)> =
+            redis::cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES").query(&mut r).unwrap();
         ranked.extend(v);
     }
     ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
     let order: Vec<&str> = ranked.iter().map(|(c, _)| c.as_str()).collect();
-    assert_eq!(
-        order,
-        ["alice", "bob", "carol", "dana"],
-        "at t0 + 3d: 70/2, 13.75, 30/4, 30/8"
-    );
+    assert_eq!(order, ["alice", "bob", "carol", "dana"], "at t0 + 3d: 70/2, 13.75, 30/4, 30/8");
 
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    running.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,24 +189,16 @@ async fn poison_input_is_dead_lettered_and_later_events_are_scored() {
     future.occurred_at = Some(hotlead::decode::timestamp(now + 365 * DAY));
     let messages: Vec<(Vec<u8>, Vec<u8>)> = vec![
         (b"zed".to_vec(), event("ok1", "zed", now, "page").encode_to_vec()),
-        (
-            b"junk".to_vec(),
-            b"\x08\x96\x01 this is not an interaction event \xff\xff".to_vec(),
-        ),
+        (b"junk".to_vec(), b"\x08\x96\x01 this is not an interaction event \xff\xff".to_vec()),
         (b"".to_vec(), no_contact.encode_to_vec()),
         (b"zed".to_vec(), future.encode_to_vec()),
         (b"zed".to_vec(), event("ok2", "zed", now, "form").encode_to_vec()),
     ];
     let delivered = stack.produce(&topics.input, &messages).await;
-    let (stop, handle) = spawn_pipeline(stack.config(&topics, &rules), &rules);
-    stack
-        .wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(60))
-        .await;
+    let running = spawn_pipeline(stack.config(&topics, &rules), &rules);
+    stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(60)).await;
 
-    assert!(
-        close(score_of(&stack, &topics, "zed"), 35.0),
-        "both valid events scored"
-    );
+    assert!(close(score_of(&stack, &topics, "zed"), 35.0), "both valid events scored");
     let dlq = stack.read_all(&topics.dead_letter, 3, Duration::from_secs(20)).await;
     assert_eq!(dlq.len(), 3);
     let reasons: Vec<&str> = dlq.iter().map(|r| r.headers["hotlead.reason"].as_str()).collect();
@@ -285,6 +212,5 @@ async fn poison_input_is_dead_lettered_and_later_events_are_scored() {
     assert_eq!(dlq[0].payload, messages[1].1, "the original payload is kept");
     assert_eq!(dlq[0].key, b"junk");
 
-    stop.send(()).unwrap();
-    handle.await.unwrap().unwrap();
+    running.finish().await;
 }

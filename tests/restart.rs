@@ -59,11 +59,7 @@ async fn every_event_counts_once_across_kill_and_restart() {
     let log = log_dir.path().join("hotlead.log");
 
     let base = hotlead::decode::now_ms() - 5 * 86_400_000;
-    let mut sim = Simulator::new(&SimConfig {
-        contacts: 300,
-        seed: 7,
-        ..SimConfig::default()
-    });
+    let mut sim = Simulator::new(&SimConfig { contacts: 300, seed: 7, ..SimConfig::default() });
     let events: Vec<_> = (0..EVENTS).map(|i| sim.next_event(base + i as i64 * 60_000)).collect();
     let delivered = stack.produce_events(&topics.input, &events).await;
     let total = EVENTS as i64;
@@ -74,10 +70,7 @@ async fn every_event_counts_once_across_kill_and_restart() {
     first.kill().unwrap();
     first.wait().unwrap();
     let after_kill = applied(&stack, &topics);
-    assert!(
-        after_kill < total,
-        "the kill must land mid-stream ({after_kill} of {total} applied)"
-    );
+    assert!(after_kill < total, "the kill must land mid-stream ({after_kill} of {total} applied)");
 
     // Restart, then stop gracefully mid-stream.
     let mut second = start_hotlead(&stack, &topics, &rules_path, &log);
@@ -90,9 +83,7 @@ async fn every_event_counts_once_across_kill_and_restart() {
 
     // Restart and finish.
     let mut third = start_hotlead(&stack, &topics, &rules_path, &log);
-    stack
-        .wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(120))
-        .await;
+    stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(120)).await;
     let pid = third.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     assert!(third.wait().unwrap().success());
@@ -129,26 +120,15 @@ async fn every_event_counts_once_across_kill_and_restart() {
             want_alerts.insert(ScoreAlert::decode(e.payload.as_slice()).unwrap().alert_id);
         }
     }
-    assert!(
-        want_scores.len() > 100,
-        "the stream should score many contacts ({})",
-        want_scores.len()
-    );
-    assert!(
-        want_alerts.len() > 20,
-        "the stream should raise alerts ({})",
-        want_alerts.len()
-    );
+    assert!(want_scores.len() > 100, "the stream should score many contacts ({})", want_scores.len());
+    assert!(want_alerts.len() > 20, "the stream should raise alerts ({})", want_alerts.len());
 
     let mut r = stack.redis();
     let mut mismatched = Vec::new();
     for (contact, (p, want)) in &want_scores {
         let key = hotlead::store::PartitionKeys::new(&topics.input, *p).contact(contact);
         let got: Option<String> = redis::cmd("HGET").arg(key).arg("engagement:s").query(&mut r).unwrap();
-        let (got, want): (f64, f64) = (
-            got.unwrap_or_default().parse().unwrap_or(f64::NAN),
-            want.parse().unwrap(),
-        );
+        let (got, want): (f64, f64) = (got.unwrap_or_default().parse().unwrap_or(f64::NAN), want.parse().unwrap());
         if !close(got, want) {
             mismatched.push((contact.clone(), got, want));
         }
@@ -156,10 +136,8 @@ async fn every_event_counts_once_across_kill_and_restart() {
     assert!(mismatched.is_empty(), "scores differ from the oracle: {mismatched:?}");
 
     let records = stack.read_all(&topics.alerts, usize::MAX, Duration::from_secs(5)).await;
-    let got_alerts: BTreeSet<String> = records
-        .iter()
-        .map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap().alert_id)
-        .collect();
+    let got_alerts: BTreeSet<String> =
+        records.iter().map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap().alert_id).collect();
     let lost: Vec<_> = want_alerts.difference(&got_alerts).collect();
     let unexpected: Vec<_> = got_alerts.difference(&want_alerts).collect();
     eprintln!(
@@ -170,8 +148,5 @@ async fn every_event_counts_once_across_kill_and_restart() {
         lost.len(),
         unexpected.len()
     );
-    assert!(
-        lost.is_empty() && unexpected.is_empty(),
-        "lost {lost:?}, unexpected {unexpected:?}"
-    );
+    assert!(lost.is_empty() && unexpected.is_empty(), "lost {lost:?}, unexpected {unexpected:?}");
 }

@@ -27,10 +27,7 @@ fn fields() -> BTreeMap<String, BTreeMap<String, Field>> {
                     t => format!("{t:?}").to_lowercase(),
                 };
                 let oneof = f.oneof_index.map(|i| m.oneof_decl[i as usize].name().to_string());
-                fs.insert(
-                    f.name().to_string(),
-                    (f.number(), ty, f.label() == Label::Repeated, oneof),
-                );
+                fs.insert(f.name().to_string(), (f.number(), ty, f.label() == Label::Repeated, oneof));
             }
             for nested in &m.nested_type {
                 if !nested.options.as_ref().is_some_and(|o| o.map_entry()) {
@@ -90,50 +87,22 @@ fn interaction_event_matches_the_contract() {
 fn interaction_kinds_match_the_contract() {
     check(
         "PageView",
-        &[
-            ("url", 1, "string"),
-            ("title", 2, "string"),
-            ("duration_seconds", 3, "uint32"),
-            ("referrer", 4, "string"),
-        ],
+        &[("url", 1, "string"), ("title", 2, "string"), ("duration_seconds", 3, "uint32"), ("referrer", 4, "string")],
     );
-    check(
-        "FormSubmission",
-        &[
-            ("form_id", 1, "string"),
-            ("fields", 2, "hotlead.v1.FormSubmission.FieldsEntry"),
-        ],
-    );
+    check("FormSubmission", &[("form_id", 1, "string"), ("fields", 2, "hotlead.v1.FormSubmission.FieldsEntry")]);
     check(
         "WebinarAttendance",
-        &[
-            ("webinar_id", 1, "string"),
-            ("attended", 2, "bool"),
-            ("minutes_attended", 3, "uint32"),
-        ],
+        &[("webinar_id", 1, "string"), ("attended", 2, "bool"), ("minutes_attended", 3, "uint32")],
     );
     check(
         "EmailEngagement",
-        &[
-            ("campaign_id", 1, "string"),
-            ("action", 2, "hotlead.v1.EmailEngagement.Action"),
-            ("link_url", 3, "string"),
-        ],
+        &[("campaign_id", 1, "string"), ("action", 2, "hotlead.v1.EmailEngagement.Action"), ("link_url", 3, "string")],
     );
-    check(
-        "ContentDownload",
-        &[("asset_id", 1, "string"), ("asset_type", 2, "string")],
-    );
-    check(
-        "ProfileUpdate",
-        &[("attributes", 1, "hotlead.v1.ProfileUpdate.AttributesEntry")],
-    );
+    check("ContentDownload", &[("asset_id", 1, "string"), ("asset_type", 2, "string")]);
+    check("ProfileUpdate", &[("attributes", 1, "hotlead.v1.ProfileUpdate.AttributesEntry")]);
     check(
         "CustomInteraction",
-        &[
-            ("name", 1, "string"),
-            ("properties", 2, "hotlead.v1.CustomInteraction.PropertiesEntry"),
-        ],
+        &[("name", 1, "string"), ("properties", 2, "hotlead.v1.CustomInteraction.PropertiesEntry")],
     );
     use hotlead::proto::email_engagement::Action;
     assert_eq!(
@@ -168,18 +137,8 @@ fn score_alert_matches_the_contract() {
             ("top_contributions", 13, "hotlead.v1.Contribution"),
         ],
     );
-    assert!(
-        fields()["ScoreAlert"]["top_contributions"].2,
-        "top_contributions is repeated"
-    );
+    assert!(fields()["ScoreAlert"]["top_contributions"].2, "top_contributions is repeated");
     check("Contribution", &[("rule_id", 1, "string"), ("points", 2, "double")]);
     use hotlead::proto::score_alert::Direction;
-    assert_eq!(
-        [
-            Direction::Unspecified as i32,
-            Direction::Heated as i32,
-            Direction::Cooled as i32
-        ],
-        [0, 1, 2]
-    );
+    assert_eq!([Direction::Unspecified as i32, Direction::Heated as i32, Direction::Cooled as i32], [0, 1, 2]);
 }

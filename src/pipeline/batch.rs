@@ -65,10 +65,7 @@ pub fn decode_all(
     limits: &Limits,
     now_ms: Millis,
 ) -> Vec<(i64, Result<decode::ValidEvent, DecodeError>)> {
-    messages
-        .iter()
-        .map(|m| (m.offset, decode::decode(m.payload.as_deref(), limits, now_ms)))
-        .collect()
+    messages.iter().map(|m| (m.offset, decode::decode(m.payload.as_deref(), limits, now_ms))).collect()
 }
 
 /// Deterministic alert id: the same crossing (source partition and offset of
@@ -120,15 +117,8 @@ pub fn score_batch(
         }
         for c in score::apply_event(rules, &mut contact.state, ev, valid.at_ms) {
             let model = &rules.models[c.model];
-            let alert = build_alert(
-                target,
-                offset,
-                &ev.event_id,
-                &ev.contact_id,
-                contact.account.as_deref(),
-                model,
-                &c,
-            );
+            let alert =
+                build_alert(target, offset, &ev.event_id, &ev.contact_id, contact.account.as_deref(), model, &c);
             telemetry::tier_crossed(
                 target.partition,
                 &ev.contact_id,
@@ -150,14 +140,10 @@ pub fn score_batch(
         let c = &contacts[&id];
         for (model, st) in rules.models.iter().zip(&c.state.models) {
             if let Some(st) = st {
-                out.commit
-                    .leaderboard
-                    .push((model.name.clone(), id.clone(), st.leaderboard_score(model)));
+                out.commit.leaderboard.push((model.name.clone(), id.clone(), st.leaderboard_score(model)));
             }
         }
-        out.commit
-            .contacts
-            .push((id.clone(), encode_contact(rules, c.account.as_deref(), &c.state)));
+        out.commit.contacts.push((id.clone(), encode_contact(rules, c.account.as_deref(), &c.state)));
     }
     out
 }
@@ -173,14 +159,7 @@ fn build_alert(
 ) -> ScoreAlert {
     let tier = model.tier_name(c.to);
     ScoreAlert {
-        alert_id: alert_id(
-            target.input_topic,
-            target.partition,
-            offset,
-            &model.name,
-            tier,
-            c.direction,
-        ),
+        alert_id: alert_id(target.input_topic, target.partition, offset, &model.name, tier, c.direction),
         contact_id: contact_id.to_string(),
         account_id: account.unwrap_or_default().to_string(),
         model: model.name.clone(),
@@ -194,18 +173,11 @@ fn build_alert(
         score: c.score,
         threshold: c.threshold,
         crossed_at: Some(decode::timestamp(c.at_ms)),
-        trigger_event_id: if c.by_event {
-            event_id.to_string()
-        } else {
-            String::new()
-        },
+        trigger_event_id: if c.by_event { event_id.to_string() } else { String::new() },
         top_contributions: c
             .top_contributions
             .iter()
-            .map(|(rule_id, points)| Contribution {
-                rule_id: rule_id.clone(),
-                points: *points,
-            })
+            .map(|(rule_id, points)| Contribution { rule_id: rule_id.clone(), points: *points })
             .collect(),
     }
 }
@@ -219,10 +191,7 @@ fn dead_letter(target: &BatchTarget<'_>, msg: &InputMessage, e: &DecodeError) ->
             (HEADER_REASON.into(), e.reason().as_bytes().to_vec()),
             (HEADER_ERROR.into(), e.to_string().into_bytes()),
             (HEADER_SOURCE_TOPIC.into(), target.input_topic.as_bytes().to_vec()),
-            (
-                HEADER_SOURCE_PARTITION.into(),
-                target.partition.to_string().into_bytes(),
-            ),
+            (HEADER_SOURCE_PARTITION.into(), target.partition.to_string().into_bytes()),
             (HEADER_SOURCE_OFFSET.into(), msg.offset.to_string().into_bytes()),
         ],
     }

@@ -50,11 +50,7 @@ impl PipelineContext {
     }
 
     fn claim(&self, tpl: &mut TopicPartitionList) {
-        let partitions: Vec<i32> = tpl
-            .elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        let partitions: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
         let mut claims = Vec::with_capacity(partitions.len());
         for p in partitions {
             let keys = PartitionKeys::new(&self.topic, p);
@@ -68,24 +64,14 @@ impl PipelineContext {
         }
         let mut owned = self.owned.lock().expect("ownership lock");
         for (p, epoch, watermark) in &claims {
-            owned.partitions.insert(
-                *p,
-                Ownership {
-                    epoch: *epoch,
-                    watermark: *watermark,
-                },
-            );
+            owned.partitions.insert(*p, Ownership { epoch: *epoch, watermark: *watermark });
             owned.relay_pending.insert(*p);
         }
         telemetry::partitions_assigned(&claims, owned.partitions.len());
     }
 
     fn release(&self, tpl: &TopicPartitionList) {
-        let partitions: Vec<i32> = tpl
-            .elements_for_topic(&self.topic)
-            .iter()
-            .map(|e| e.partition())
-            .collect();
+        let partitions: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
         let mut owned = self.owned.lock().expect("ownership lock");
         for p in &partitions {
             owned.partitions.remove(p);

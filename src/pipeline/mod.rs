@@ -23,7 +23,7 @@ use rdkafka::Message;
 
 use crate::config::Config;
 use crate::decode::{now_ms, Limits};
-use crate::rules::RuleSet;
+use crate::reload::LiveRules;
 use crate::store::{PartitionKeys, Store, StoreError};
 use crate::telemetry;
 
@@ -65,7 +65,7 @@ impl Health {
 /// flight, relays, commits offsets and leaves the group.
 pub async fn run(
     config: Config,
-    rules: RuleSet,
+    rules: Arc<LiveRules>,
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PipelineError> {
@@ -76,21 +76,9 @@ pub async fn run(
     let consumer: StreamConsumer<PipelineContext> = config.consumer_config().create_with_context(context)?;
     consumer.subscribe(&[&topic])?;
     let producer: FutureProducer = config.producer_config().create()?;
-    let worker = Worker {
-        config: &config,
-        rules: &rules,
-        store,
-        producer,
-        owned,
-        limits: config.limits(),
-    };
+    let worker = Worker { config: &config, rules: &rules, store, producer, owned, limits: config.limits() };
     health.set_ready(true);
-    tracing::info!(
-        topic,
-        group = config.group_id(),
-        models = rules.models.len(),
-        "Scoring."
-    );
+    tracing::info!(topic, group = config.group_id(), models = rules.current().models.len(), "Scoring.");
 
     tokio::pin!(shutdown);
     let mut progress = Progress::new();
@@ -141,10 +129,7 @@ impl Progress {
     const EVERY: Duration = Duration::from_secs(30);
 
     fn new() -> Self {
-        Self {
-            events: 0,
-            since: Instant::now(),
-        }
+        Self { events: 0, since: Instant::now() }
     }
 
     fn maybe_report(&mut self, owned: &Mutex<Owned>) {
@@ -183,7 +168,7 @@ fn gather(
 
 struct Worker<'a> {
     config: &'a Config,
-    rules: &'a RuleSet,
+    rules: &'a LiveRules,
     store: Store,
     producer: FutureProducer,
     owned: Arc<Mutex<Owned>>,
@@ -204,37 +189,20 @@ impl Worker<'_> {
     async fn relay(&self, partition: i32) -> Result<(), PipelineError> {
         let keys = PartitionKeys::new(&self.config.topics.input, partition);
         let alerts = &self.config.topics.alerts;
-        retry(
-            "relay",
-            || relay::relay_partition(&self.store, &self.producer, &keys, partition, alerts),
-            |_| true,
-        )
-        .await?;
+        retry("relay", || relay::relay_partition(&self.store, &self.producer, &keys, partition, alerts), |_| true)
+            .await?;
         Ok(())
     }
 
     /// Scores, commits and relays one partition's messages; returns the last
     /// offset whose effects are durable, for the caller to store.
     async fn process(&self, partition: i32, messages: Vec<InputMessage>) -> Result<Option<i64>, PipelineError> {
-        let Some(own) = self
-            .owned
-            .lock()
-            .expect("ownership lock")
-            .partitions
-            .get(&partition)
-            .copied()
-        else {
-            tracing::debug!(
-                partition,
-                n = messages.len(),
-                "Dropped messages of a partition no longer owned."
-            );
+        let Some(own) = self.owned.lock().expect("ownership lock").partitions.get(&partition).copied() else {
+            tracing::debug!(partition, n = messages.len(), "Dropped messages of a partition no longer owned.");
             return Ok(None);
         };
-        let messages: Vec<InputMessage> = messages
-            .into_iter()
-            .filter(|m| own.watermark.is_none_or(|w| m.offset > w))
-            .collect();
+        let messages: Vec<InputMessage> =
+            messages.into_iter().filter(|m| own.watermark.is_none_or(|w| m.offset > w)).collect();
         let Some(last) = messages.last().map(|m| m.offset) else {
             return Ok(None);
         };
@@ -251,10 +219,8 @@ impl Worker<'_> {
         let started = Instant::now();
         let keys = PartitionKeys::new(&self.config.topics.input, partition);
         let decoded = batch::decode_all(&messages, &self.limits, now_ms());
-        let mut ids: Vec<&str> = decoded
-            .iter()
-            .filter_map(|(_, r)| r.as_ref().ok().map(|v| v.event.contact_id.as_str()))
-            .collect();
+        let mut ids: Vec<&str> =
+            decoded.iter().filter_map(|(_, r)| r.as_ref().ok().map(|v| v.event.contact_id.as_str())).collect();
         ids.sort_unstable();
         ids.dedup();
         let hashes = retry("load_contacts", || self.store.load_contacts(&keys, &ids), |_| true).await?;
@@ -265,17 +231,12 @@ impl Worker<'_> {
             alerts_topic: &self.config.topics.alerts,
             dead_letter_topic: &self.config.topics.dead_letter,
         };
-        let mut scored = batch::score_batch(self.rules, &target, &messages, decoded, &loaded);
+        let rules = self.rules.current();
+        let mut scored = batch::score_batch(&rules, &target, &messages, decoded, &loaded);
         scored.commit.epoch = own.epoch;
         scored.commit.expected_watermark = own.watermark;
         scored.commit.new_watermark = last;
-        match retry(
-            "commit",
-            || self.store.commit(&keys, &scored.commit),
-            |e: &StoreError| !e.is_ownership(),
-        )
-        .await
-        {
+        match retry("commit", || self.store.commit(&keys, &scored.commit), |e: &StoreError| !e.is_ownership()).await {
             Ok(_) => {}
             Err(e) if e.is_ownership() => {
                 telemetry::fenced(partition, &e);

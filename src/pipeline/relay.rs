@@ -51,18 +51,12 @@ pub async fn relay_partition(
             for (k, v) in &e.headers {
                 headers = headers.insert(Header { key: k, value: Some(v) });
             }
-            let record = FutureRecord::to(&e.topic)
-                .key(&e.key)
-                .payload(&e.payload)
-                .headers(headers);
+            let record = FutureRecord::to(&e.topic).key(&e.key).payload(&e.payload).headers(headers);
             producer.send(record, Duration::from_secs(30))
         });
         for (result, (_, e)) in join_all(sends).await.into_iter().zip(&entries) {
             if let Err((error, _)) = result {
-                return Err(RelayError::Delivery {
-                    topic: e.topic.clone(),
-                    error,
-                });
+                return Err(RelayError::Delivery { topic: e.topic.clone(), error });
             }
         }
         let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();

@@ -62,9 +62,7 @@ pub struct PartitionKeys {
 impl PartitionKeys {
     /// Keys for `topic` partition `partition`.
     pub fn new(topic: &str, partition: i32) -> Self {
-        Self {
-            tag: format!("hl:{{{topic}:{partition}}}"),
-        }
+        Self { tag: format!("hl:{{{topic}:{partition}}}") }
     }
     /// A contact's hash.
     pub fn contact(&self, contact_id: &str) -> String {
@@ -137,10 +135,7 @@ pub fn encode_model_state(model: &Model, st: &ModelState) -> Vec<(String, String
         (format!("{m}:tier"), model.tier_name(st.tier).to_string()),
         (format!("{m}:c"), join(&st.contributions, |p| format!("{p:?}"))),
         (format!("{m}:f"), join(&st.fit, |p| format!("{p:?}"))),
-        (
-            format!("{m}:k"),
-            join(&st.caps, |u| format!("{}:{}:{:?}", u.window, u.hits, u.points)),
-        ),
+        (format!("{m}:k"), join(&st.caps, |u| format!("{}:{}:{:?}", u.window, u.hits, u.points))),
         (format!("{m}:a"), join(&st.alerted, |t| t.to_string())),
         (format!("{m}:v"), model.version.to_string()),
     ]
@@ -150,11 +145,7 @@ pub fn encode_model_state(model: &Model, st: &ModelState) -> Vec<(String, String
 /// has no state in this model.
 pub fn decode_model_state(model: &Model, fields: &HashMap<String, Vec<u8>>) -> Option<ModelState> {
     let m = &model.name;
-    let get = |f: &str| {
-        fields
-            .get(&format!("{m}:{f}"))
-            .and_then(|v| std::str::from_utf8(v).ok())
-    };
+    let get = |f: &str| fields.get(&format!("{m}:{f}")).and_then(|v| std::str::from_utf8(v).ok());
     let score = get("s")?.parse::<f64>().ok()?;
     let at_ms = get("t")?.parse::<i64>().ok()?;
     let tier = model.tier_index(get("tier").unwrap_or(""));
@@ -183,10 +174,7 @@ pub fn encode_contact(rules: &RuleSet, account: Option<&str>, c: &ContactState) 
         fields.push((ACCOUNT_FIELD.to_string(), a.to_string()));
     }
     if !c.profile.is_empty() {
-        fields.push((
-            PROFILE_FIELD.to_string(),
-            serde_json::to_string(&c.profile).unwrap_or_default(),
-        ));
+        fields.push((PROFILE_FIELD.to_string(), serde_json::to_string(&c.profile).unwrap_or_default()));
     }
     for (model, st) in rules.models.iter().zip(&c.models) {
         if let Some(st) = st {
@@ -198,23 +186,16 @@ pub fn encode_contact(rules: &RuleSet, account: Option<&str>, c: &ContactState) 
 
 /// Reads a contact's state (and account id) back from its hash.
 pub fn decode_contact(rules: &RuleSet, fields: &HashMap<String, Vec<u8>>) -> (Option<String>, ContactState) {
-    let account = fields
-        .get(ACCOUNT_FIELD)
-        .and_then(|v| String::from_utf8(v.clone()).ok());
-    let profile = fields
-        .get(PROFILE_FIELD)
-        .and_then(|v| serde_json::from_slice(v).ok())
-        .unwrap_or_default();
+    let account = fields.get(ACCOUNT_FIELD).and_then(|v| String::from_utf8(v.clone()).ok());
+    let profile = fields.get(PROFILE_FIELD).and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
     let models = rules.models.iter().map(|m| decode_model_state(m, fields)).collect();
     (account, ContactState { profile, models })
 }
 
 /// Encodes and decodes a contact state, as a commit and a later read do.
 pub fn round_trip(rules: &RuleSet, c: &ContactState) -> ContactState {
-    let fields: HashMap<String, Vec<u8>> = encode_contact(rules, None, c)
-        .into_iter()
-        .map(|(k, v)| (k, v.into_bytes()))
-        .collect();
+    let fields: HashMap<String, Vec<u8>> =
+        encode_contact(rules, None, c).into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
     decode_contact(rules, &fields).1
 }
 
@@ -248,12 +229,7 @@ impl OutboxEntry {
     }
 
     fn from_fields(fields: &[(String, Vec<u8>)]) -> Option<Self> {
-        let mut e = OutboxEntry {
-            topic: String::new(),
-            key: vec![],
-            payload: vec![],
-            headers: vec![],
-        };
+        let mut e = OutboxEntry { topic: String::new(), key: vec![], payload: vec![], headers: vec![] };
         for (k, v) in fields {
             match k.as_str() {
                 "topic" => e.topic = String::from_utf8(v.clone()).ok()?,
@@ -343,10 +319,7 @@ impl Store {
         };
         let mut args: Vec<Vec<u8>> = vec![
             c.epoch.to_string().into_bytes(),
-            c.expected_watermark
-                .map(|w| w.to_string())
-                .unwrap_or_default()
-                .into_bytes(),
+            c.expected_watermark.map(|w| w.to_string()).unwrap_or_default().into_bytes(),
             c.new_watermark.to_string().into_bytes(),
         ];
         for (contact, fields) in &c.contacts {
@@ -409,12 +382,10 @@ impl Store {
             .await?;
         raw.into_iter()
             .map(|(id, fields)| {
-                OutboxEntry::from_fields(&fields)
-                    .map(|e| (id.clone(), e))
-                    .ok_or_else(|| StoreError::Corrupt {
-                        key: keys.outbox(),
-                        message: format!("entry {id} lacks a topic"),
-                    })
+                OutboxEntry::from_fields(&fields).map(|e| (id.clone(), e)).ok_or_else(|| StoreError::Corrupt {
+                    key: keys.outbox(),
+                    message: format!("entry {id} lacks a topic"),
+                })
             })
             .collect()
     }
@@ -424,33 +395,21 @@ impl Store {
         if ids.is_empty() {
             return Ok(());
         }
-        redis::cmd("XDEL")
-            .arg(keys.outbox())
-            .arg(ids)
-            .query_async::<u64>(&mut self.conn.clone())
-            .await?;
+        redis::cmd("XDEL").arg(keys.outbox()).arg(ids).query_async::<u64>(&mut self.conn.clone()).await?;
         Ok(())
     }
 
     /// The watermark of a partition, if it has one.
     pub async fn watermark(&self, keys: &PartitionKeys) -> Result<Option<i64>, StoreError> {
-        Ok(redis::cmd("GET")
-            .arg(keys.watermark())
-            .query_async(&mut self.conn.clone())
-            .await?)
+        Ok(redis::cmd("GET").arg(keys.watermark()).query_async(&mut self.conn.clone()).await?)
     }
 }
 
 /// Claims a partition for a new owner: increments its epoch and reads its
 /// watermark, atomically. Blocking, for librdkafka's rebalance callback.
 pub fn claim_partition(conn: &mut redis::Connection, keys: &PartitionKeys) -> Result<(i64, Option<i64>), StoreError> {
-    let (epoch, wm): (i64, Option<i64>) = redis::pipe()
-        .atomic()
-        .cmd("INCR")
-        .arg(keys.epoch())
-        .cmd("GET")
-        .arg(keys.watermark())
-        .query(conn)?;
+    let (epoch, wm): (i64, Option<i64>) =
+        redis::pipe().atomic().cmd("INCR").arg(keys.epoch()).cmd("GET").arg(keys.watermark()).query(conn)?;
     Ok((epoch, wm))
 }
 
@@ -478,26 +437,15 @@ mod tests {
             score: 0.1 + 0.2,
             at_ms: 1_760_000_000_123,
             tier: 1,
-            contributions: [("r".to_string(), 1.0 / 3.0), ("x".to_string(), -2.5e-17)]
+            contributions: [("r".to_string(), 1.0 / 3.0), ("x".to_string(), -2.5e-17)].into_iter().collect(),
+            fit: [("f".to_string(), 15.0)].into_iter().collect(),
+            caps: [("r".to_string(), CapUse { window: crate::score::ONCE_WINDOW, hits: 1, points: 0.7 })]
                 .into_iter()
                 .collect(),
-            fit: [("f".to_string(), 15.0)].into_iter().collect(),
-            caps: [(
-                "r".to_string(),
-                CapUse {
-                    window: crate::score::ONCE_WINDOW,
-                    hits: 1,
-                    points: 0.7,
-                },
-            )]
-            .into_iter()
-            .collect(),
             alerted: [("warm".to_string(), 17)].into_iter().collect(),
         };
         let c = ContactState {
-            profile: [("job_title".to_string(), ("VP; Sales = \"x\"".to_string(), 5))]
-                .into_iter()
-                .collect(),
+            profile: [("job_title".to_string(), ("VP; Sales = \"x\"".to_string(), 5))].into_iter().collect(),
             models: vec![Some(st)],
         };
         assert_eq!(round_trip(&rules, &c), c);

@@ -108,21 +108,12 @@ impl Stack {
                 format!("redis://127.0.0.1:{port}")
             }
         };
-        Stack {
-            brokers,
-            redis_url,
-            children,
-            _dir: dir,
-        }
+        Stack { brokers, redis_url, children, _dir: dir }
     }
 
     /// Random topic names for one test: input, alerts, dead letters.
     pub async fn topics(&self, partitions: i32) -> Topics {
-        let tag: String = rand::rng()
-            .sample_iter(rand::distr::Alphanumeric)
-            .take(8)
-            .map(char::from)
-            .collect();
+        let tag: String = rand::rng().sample_iter(rand::distr::Alphanumeric).take(8).map(char::from).collect();
         let t = Topics {
             input: format!("interactions-{tag}"),
             alerts: format!("sales-alerts-{tag}"),
@@ -131,13 +122,9 @@ impl Stack {
             group: format!("hotlead-{tag}"),
         };
         let client = hotlead::kafka::client_config(&self.brokers, &[]);
-        hotlead::kafka::create_topics(
-            &client,
-            &[(&t.input, partitions), (&t.alerts, 1), (&t.dead_letter, 1)],
-            1,
-        )
-        .await
-        .unwrap();
+        hotlead::kafka::create_topics(&client, &[(&t.input, partitions), (&t.alerts, 1), (&t.dead_letter, 1)], 1)
+            .await
+            .unwrap();
         t
     }
 
@@ -168,18 +155,12 @@ impl Stack {
 
     /// A synchronous Redis connection.
     pub fn redis(&self) -> redis::Connection {
-        redis::Client::open(self.redis_url.as_str())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+        redis::Client::open(self.redis_url.as_str()).unwrap().get_connection().unwrap()
     }
 
     /// A producer for test input.
     pub fn producer(&self) -> FutureProducer {
-        hotlead::kafka::client_config(&self.brokers, &[])
-            .set("linger.ms", "1")
-            .create()
-            .unwrap()
+        hotlead::kafka::client_config(&self.brokers, &[]).set("linger.ms", "1").create().unwrap()
     }
 
     /// Produces raw payloads (key, payload) to `topic`; returns each one's
@@ -188,11 +169,9 @@ impl Stack {
         let p = self.producer();
         let mut out = Vec::with_capacity(messages.len());
         for chunk in messages.chunks(500) {
-            let sends = chunk.iter().map(|(k, v)| {
-                p.send_result(FutureRecord::to(topic).key(k).payload(v))
-                    .map_err(|(e, _)| e)
-                    .unwrap()
-            });
+            let sends = chunk
+                .iter()
+                .map(|(k, v)| p.send_result(FutureRecord::to(topic).key(k).payload(v)).map_err(|(e, _)| e).unwrap());
             for d in futures::future::join_all(sends).await {
                 let d = d.unwrap().unwrap_or_else(|(e, _)| panic!("produce failed: {e}"));
                 out.push((d.partition, d.offset));
@@ -203,10 +182,7 @@ impl Stack {
 
     /// Produces events keyed by contact id.
     pub async fn produce_events(&self, topic: &str, events: &[hotlead::proto::InteractionEvent]) -> Vec<(i32, i64)> {
-        let raw: Vec<_> = events
-            .iter()
-            .map(|e| (e.contact_id.clone().into_bytes(), e.encode_to_vec()))
-            .collect();
+        let raw: Vec<_> = events.iter().map(|e| (e.contact_id.clone().into_bytes(), e.encode_to_vec())).collect();
         self.produce(topic, &raw).await
     }
 
@@ -231,10 +207,7 @@ impl Stack {
             if last.iter().all(|(p, o)| w.get(p).is_some_and(|x| x >= o)) {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "not applied within {timeout:?}: watermarks {w:?}, want {last:?}"
-            );
+            assert!(Instant::now() < deadline, "not applied within {timeout:?}: watermarks {w:?}, want {last:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -262,10 +235,7 @@ impl Stack {
                         .map(|h| {
                             h.iter()
                                 .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into(),
-                                    )
+                                    (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into())
                                 })
                                 .collect()
                         })
@@ -313,22 +283,44 @@ pub fn rules_file(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
-/// Runs the pipeline in this process until the returned sender is dropped
-/// or sent to.
-pub fn spawn_pipeline(
-    config: Config,
-    rules_path: &Path,
-) -> (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), hotlead::pipeline::PipelineError>>,
-) {
-    let rules = hotlead::rules::RuleSet::load(rules_path).unwrap();
+/// A pipeline running in this process.
+pub struct Running {
+    /// Send (or drop) to stop it gracefully.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    /// Its result.
+    pub handle: tokio::task::JoinHandle<Result<(), hotlead::pipeline::PipelineError>>,
+    /// The rules in force, reloaded from their file every 100 ms.
+    pub rules: std::sync::Arc<hotlead::reload::LiveRules>,
+}
+
+impl Running {
+    /// Stops the pipeline gracefully and checks it ended without error.
+    pub async fn finish(self) {
+        self.stop.send(()).unwrap();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// Runs the pipeline in this process, with its rules reloaded from
+/// `rules_path` when the file changes.
+pub fn spawn_pipeline(config: Config, rules_path: &Path) -> Running {
+    let rules = std::sync::Arc::new(hotlead::reload::LiveRules::load(rules_path).unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let (watch_tx, watch_rx) = tokio::sync::oneshot::channel::<()>();
+    let watcher = rules.clone();
+    tokio::spawn(async move {
+        watcher
+            .watch(std::time::Duration::from_millis(100), async move {
+                let _ = watch_rx.await;
+            })
+            .await
+    });
     let health = std::sync::Arc::new(hotlead::pipeline::Health::default());
-    let handle = tokio::spawn(hotlead::pipeline::run(config, rules, health, async move {
+    let handle = tokio::spawn(hotlead::pipeline::run(config, rules.clone(), health, async move {
         let _ = rx.await;
+        drop(watch_tx);
     }));
-    (tx, handle)
+    Running { stop: tx, handle, rules }
 }
 
 /// The highest offset per partition among delivered messages.
