@@ -193,16 +193,22 @@ fn rules_check(file: &std::path::Path) -> std::process::ExitCode {
     match RuleSet::load(file) {
         Ok(rs) => {
             for m in &rs.models {
-                let tiers: Vec<String> =
-                    m.tiers.iter().map(|t| format!("{} ≥{} (exit <{})", t.name, t.enter, t.exit)).collect();
+                let mut tiers = vec![m.base_tier.clone()];
+                for t in &m.tiers {
+                    let mut s = format!("{} ≥{} (exit <{})", t.name, t.enter, t.exit);
+                    for r in &t.requires {
+                        s.push_str(&format!(" and {} ≥{}", r.model_name, r.enter));
+                    }
+                    tiers.push(s);
+                }
                 println!(
-                    "{}: model `{}` v{}: {} rules, half-life {}, tiers: {} | {}",
+                    "{}: model `{}` v{}: {} rules, {} fit rules, half-life {}, tiers: {}",
                     file.display(),
                     m.name,
                     m.version,
                     m.rules.len(),
-                    humantime::format_duration(Duration::from_secs_f64(m.half_life_secs)),
-                    m.base_tier,
+                    m.fit.len(),
+                    human_duration(m.half_life_secs),
                     tiers.join(" | ")
                 );
             }
@@ -213,6 +219,17 @@ fn rules_check(file: &std::path::Path) -> std::process::ExitCode {
             eprintln!("error: {e}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+/// `14d`, `36h`, `90m` or `45s`: the largest whole unit.
+fn human_duration(secs: f64) -> String {
+    let s = secs.round() as u64;
+    match s {
+        _ if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        _ if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        _ if s % 60 == 0 => format!("{}m", s / 60),
+        _ => format!("{s}s"),
     }
 }
 

@@ -327,7 +327,8 @@ impl Config {
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
             .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000");
+            .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", "100");
         for (k, v) in &self.kafka {
             c.set(k, v);
         }

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 use rdkafka::Message;
@@ -112,9 +112,7 @@ pub async fn run(
     health.set_ready(false);
     tracing::info!("Shutting down: committing offsets and leaving the group.");
     worker.relay_claimed().await?;
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        tracing::debug!(error = %e, "No offsets to commit at shutdown.");
-    }
+    // Leaving the group commits the stored offsets (the consumer auto-commits).
     consumer.unsubscribe();
     Ok(())
 }

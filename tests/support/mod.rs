@@ -285,19 +285,33 @@ pub fn rules_file(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
 
 /// A pipeline running in this process.
 pub struct Running {
-    /// Send (or drop) to stop it gracefully.
-    pub stop: tokio::sync::oneshot::Sender<()>,
-    /// Its result.
-    pub handle: tokio::task::JoinHandle<Result<(), hotlead::pipeline::PipelineError>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<Result<(), hotlead::pipeline::PipelineError>>>,
     /// The rules in force, reloaded from their file every 100 ms.
     pub rules: std::sync::Arc<hotlead::reload::LiveRules>,
 }
 
 impl Running {
     /// Stops the pipeline gracefully and checks it ended without error.
-    pub async fn finish(self) {
-        self.stop.send(()).unwrap();
-        self.handle.await.unwrap().unwrap();
+    pub async fn finish(mut self) {
+        self.stop.take().unwrap().send(()).unwrap();
+        self.handle.take().unwrap().await.unwrap().unwrap();
+    }
+}
+
+impl Drop for Running {
+    /// A test that failed leaves its pipeline running: cancel it and wait,
+    /// so it is gone before the servers it uses are stopped.
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.abort();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = futures::executor::block_on(handle);
+                let _ = tx.send(());
+            });
+            let _ = rx.recv_timeout(Duration::from_secs(15));
+        }
     }
 }
 
@@ -320,7 +334,7 @@ pub fn spawn_pipeline(config: Config, rules_path: &Path) -> Running {
         let _ = rx.await;
         drop(watch_tx);
     }));
-    Running { stop: tx, handle, rules }
+    Running { stop: Some(tx), handle: Some(handle), rules }
 }
 
 /// The highest offset per partition among delivered messages.

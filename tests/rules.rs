@@ -1,0 +1,333 @@
+//! Scoring models on the real stack: caps, fit, several models, cross-model
+//! tiers, hysteresis, live reloads, and `rules test` agreeing with the
+//! service.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use hotlead::proto::email_engagement::Action;
+use hotlead::proto::interaction_event::Interaction;
+use hotlead::proto::{
+    score_alert, EmailEngagement, FormSubmission, InteractionEvent, PageView, ProfileUpdate, ScoreAlert,
+};
+use hotlead::rules::RuleSet;
+use prost::Message as _;
+use support::{close, last_offsets, rules_file, spawn_pipeline, Stack, Topics};
+
+const MIN: i64 = 60_000;
+
+const RULES: &str = r#"
+models:
+  - name: engagement
+    version: 1
+    half_life: 7d
+    tiers:
+      - { name: warm, enter: 30, exit: 20 }
+      - name: sales-ready
+        enter: 60
+        exit: 50
+        requires: { fit: 30 }
+    rules:
+      - id: pricing
+        when: { kind: page_view, url: { prefix: /pricing } }
+        points: 10
+        cap: { hits: 3, per: day }
+      - id: demo
+        when: { kind: form_submission, form_id: demo-request }
+        points: 40
+      - id: click
+        when: { kind: email_engagement, action: click }
+        points: 6
+      - id: unsubscribe
+        when: { kind: email_engagement, action: unsubscribe }
+        points: -6
+  - name: fit
+    half_life: 365d
+    tiers:
+      - { name: good-fit, enter: 30, exit: 30 }
+    fit:
+      - { id: manager, when: { job_title: { regex: "(?i)\\bmanager\\b" } }, points: 10 }
+      - { id: founder, when: { job_title: { regex: "(?i)founder" } }, points: 20 }
+      - { id: tech, when: { industry: [software, technology] }, points: 15 }
+  - name: product-a
+    half_life: 30d
+    rules:
+      - { id: pricing-a, when: { kind: page_view, url: { prefix: /pricing } }, points: 5 }
+"#;
+
+/// An event time early in a UTC day two days ago, so day caps see one day.
+fn t0() -> i64 {
+    let day = 86_400_000;
+    (hotlead::decode::now_ms() / day - 2) * day + 3_600_000
+}
+
+fn ev(id: &str, contact: &str, at: i64, interaction: Interaction) -> InteractionEvent {
+    InteractionEvent {
+        event_id: id.into(),
+        contact_id: contact.into(),
+        occurred_at: Some(hotlead::decode::timestamp(at)),
+        interaction: Some(interaction),
+        ..Default::default()
+    }
+}
+
+fn pricing() -> Interaction {
+    Interaction::PageView(PageView { url: "/pricing".into(), ..Default::default() })
+}
+
+fn email(action: Action) -> Interaction {
+    Interaction::EmailEngagement(EmailEngagement { action: action as i32, ..Default::default() })
+}
+
+fn demo() -> Interaction {
+    Interaction::FormSubmission(FormSubmission { form_id: "demo-request".into(), ..Default::default() })
+}
+
+fn profile(pairs: &[(&str, &str)]) -> Interaction {
+    Interaction::ProfileUpdate(ProfileUpdate {
+        attributes: pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+    })
+}
+
+/// A contact's stored state, decoded with `rules`.
+fn stored(stack: &Stack, topics: &Topics, rules: &RuleSet, contact: &str) -> hotlead::score::ContactState {
+    let mut r = stack.redis();
+    for p in 0..topics.partitions {
+        let key = hotlead::store::PartitionKeys::new(&topics.input, p).contact(contact);
+        let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(key).query(&mut r).unwrap();
+        if !fields.is_empty() {
+            return hotlead::store::decode_contact(rules, &fields).1;
+        }
+    }
+    panic!("{contact} is not stored");
+}
+
+async fn alerts(stack: &Stack, topics: &Topics, expect: usize) -> Vec<ScoreAlert> {
+    let records = stack.read_all(&topics.alerts, expect + 1, Duration::from_secs(5)).await;
+    records.iter().map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap()).collect()
+}
+
+fn dir(a: &ScoreAlert) -> &'static str {
+    if a.direction == score_alert::Direction::Heated as i32 {
+        "heated"
+    } else {
+        "cooled"
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caps_fit_models_cross_model_tiers_and_hysteresis() {
+    let stack = Stack::start();
+    let topics = stack.topics(2).await;
+    let (_dir, path) = rules_file(RULES);
+    let rules = RuleSet::parse(RULES, "rules").unwrap();
+    let t0 = t0();
+    let mut events = Vec::new();
+    // 20 pricing views in one day: engagement counts 3, product-a counts all.
+    for i in 0..20 {
+        events.push(ev(&format!("cap{i}"), "capped", t0, pricing()));
+    }
+    // A manager in software, then an engineer: the manager points go.
+    events.push(ev("f1", "changer", t0, profile(&[("job_title", "Sales Manager"), ("industry", "software")])));
+    events.push(ev("f2", "changer", t0 + MIN, profile(&[("job_title", "Engineer")])));
+    // 70 engagement points but no fit: warm. Then fit arrives: sales-ready.
+    events.push(ev("x1", "cross", t0, demo()));
+    for i in 0..3 {
+        events.push(ev(&format!("x2-{i}"), "cross", t0, pricing()));
+    }
+    events.push(ev("x3", "cross", t0 + MIN, profile(&[("job_title", "Founder"), ("industry", "software")])));
+    // Fit alone: good-fit, never sales-ready.
+    events.push(ev("o1", "fitonly", t0, profile(&[("job_title", "Founder"), ("industry", "technology")])));
+    // Hovering around warm's enter threshold: one alert, no flapping.
+    for i in 0..5 {
+        events.push(ev(&format!("h{i}"), "hover", t0, email(Action::Click)));
+    }
+    for i in 0..4 {
+        let action = if i % 2 == 0 { Action::Unsubscribe } else { Action::Click };
+        events.push(ev(&format!("hh{i}"), "hover", t0, email(action)));
+    }
+    let delivered = stack.produce_events(&topics.input, &events).await;
+    let running = spawn_pipeline(stack.config(&topics, &path), &path);
+    stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(60)).await;
+
+    let capped = stored(&stack, &topics, &rules, "capped");
+    let engagement = capped.models[0].as_ref().unwrap();
+    assert_eq!(engagement.caps["pricing"].hits, 3);
+    assert!(close(engagement.score, 30.0), "a cap of 3 hits a day: {}", engagement.score);
+    let product = capped.models[2].as_ref().unwrap();
+    assert!(close(product.score, 100.0), "the same events scored by a second model: {}", product.score);
+
+    let changer = stored(&stack, &topics, &rules, "changer");
+    let fit = changer.models[1].as_ref().unwrap();
+    assert_eq!(fit.fit, BTreeMap::from([("tech".to_string(), 15.0)]), "the manager points are gone");
+    assert_eq!(changer.profile["job_title"].0, "Engineer");
+
+    let got: BTreeSet<(String, String, String, &str)> = alerts(&stack, &topics, 6)
+        .await
+        .iter()
+        .map(|a| (a.contact_id.clone(), a.model.clone(), a.tier.clone(), dir(a)))
+        .collect();
+    let want: BTreeSet<(String, String, String, &str)> = [
+        ("capped", "engagement", "warm"),
+        ("cross", "engagement", "warm"),
+        ("cross", "fit", "good-fit"),
+        ("cross", "engagement", "sales-ready"),
+        ("fitonly", "fit", "good-fit"),
+        ("hover", "engagement", "warm"),
+    ]
+    .iter()
+    .map(|(c, m, t)| (c.to_string(), m.to_string(), t.to_string(), "heated"))
+    .collect();
+    assert_eq!(got, want);
+    let all = alerts(&stack, &topics, 6).await;
+    let ready = all.iter().find(|a| a.tier == "sales-ready").unwrap();
+    assert_eq!((ready.previous_tier.as_str(), ready.trigger_event_id.as_str()), ("warm", "x3"));
+    let parts: BTreeMap<&str, f64> = ready.top_contributions.iter().map(|c| (c.rule_id.as_str(), c.points)).collect();
+    assert!(parts.contains_key("demo") && parts.contains_key("pricing"), "{parts:?}");
+    running.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_change_the_version_lose_nothing_and_refuse_bad_files() {
+    let stack = Stack::start();
+    let topics = stack.topics(1).await;
+    let v1 = "models: [{name: engagement, half_life: 7d, tiers: [{name: warm, enter: 30, exit: 20}], rules: [{id: click, when: {kind: email_engagement, action: click}, points: 6}]}]";
+    let (_dir, path) = rules_file(v1);
+    let t0 = t0();
+    let running = spawn_pipeline(stack.config(&topics, &path), &path);
+    let version = || running.rules.current().models[0].version;
+
+    // Before the change: 5 clicks of 6 points.
+    let clicks = |contact: &str, n: usize| -> Vec<InteractionEvent> {
+        (0..n).map(|i| ev(&format!("{contact}-{i}"), contact, t0, email(Action::Click))).collect()
+    };
+    let d = stack.produce_events(&topics.input, &clicks("before", 5)).await;
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+
+    // A stream keeps flowing while the file changes to 10 points a click.
+    let stream: Vec<InteractionEvent> =
+        (0..600).map(|i| ev(&format!("s{i}"), &format!("stream-{}", i % 20), t0, email(Action::Click))).collect();
+    let producer = {
+        let brokers = stack.brokers.clone();
+        let topic = topics.input.clone();
+        tokio::spawn(async move {
+            let p: rdkafka::producer::FutureProducer =
+                hotlead::kafka::client_config(&brokers, &[]).set("linger.ms", "1").create().unwrap();
+            let mut last = 0;
+            for e in stream {
+                let payload = e.encode_to_vec();
+                let r = rdkafka::producer::FutureRecord::to(&topic).key(&e.contact_id).payload(&payload);
+                last = p.send(r, Duration::from_secs(10)).await.unwrap().offset;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            last
+        })
+    };
+    // Change the file once part of the stream has been scored.
+    let before = stack.watermarks(&topics)[&0];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.watermarks(&topics)[&0] < before + 100 {
+        assert!(Instant::now() < deadline, "the stream is not being scored");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::write(&path, v1.replace("points: 6", "points: 10")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while version() != 2 {
+        assert!(Instant::now() < deadline, "the changed file was not reloaded");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = producer.await.unwrap();
+    stack.wait_applied(&topics, &HashMap::from([(0, last)]), Duration::from_secs(60)).await;
+
+    // After: 3 clicks of 10 points.
+    let d = stack.produce_events(&topics.input, &clicks("after", 3)).await;
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+
+    // An invalid file is refused; version 2 keeps scoring.
+    std::fs::write(&path, v1.replace("exit: 20", "exit: 45")).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(version(), 2, "an invalid file is refused");
+    let d = stack.produce_events(&topics.input, &clicks("refused", 3)).await;
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+
+    let rules = running.rules.current();
+    let score = |c: &str| stored(&stack, &topics, &rules, c).models[0].as_ref().unwrap().score;
+    assert!(close(score("before"), 30.0));
+    assert!(close(score("after"), 30.0), "new points after the reload");
+    assert!(close(score("refused"), 30.0), "the old rules keep scoring after a refused file");
+    // Each stream contact had 30 clicks, each scored once at 6 or 10 points;
+    // the swap happened while they flowed, so some contacts have both.
+    let mut mixed = 0;
+    for c in 0..20 {
+        let s = score(&format!("stream-{c}"));
+        let tens = (s - 180.0) / 4.0;
+        assert!((tens - tens.round()).abs() < 1e-9 && (0.0..=30.0).contains(&tens), "stream-{c}: {s}");
+        if tens > 0.5 && tens < 29.5 {
+            mixed += 1;
+        }
+    }
+    assert!(mixed > 0, "the reload landed mid-stream");
+    let all = alerts(&stack, &topics, 23).await;
+    assert_eq!(all.len(), 23, "one warm alert per contact");
+    let version_of = |c: &str| all.iter().find(|a| a.contact_id == c).unwrap().model_version;
+    assert_eq!((version_of("before"), version_of("after"), version_of("refused")), (1, 2, 2));
+    // Versions never go back: in offset order, alerts are v1 then v2.
+    let versions: Vec<u32> = all.iter().map(|a| a.model_version).collect();
+    assert!(versions.windows(2).all(|w| w[0] <= w[1]), "{versions:?}");
+    running.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_test_gives_the_same_scores_as_the_service() {
+    let stack = Stack::start();
+    let topics = stack.topics(3).await;
+    let (dir, path) = rules_file(RULES);
+    let rules = RuleSet::parse(RULES, "rules").unwrap();
+    // Simulated events as JSON lines, the way a marketer would try a change.
+    let mut sim = hotlead::simulate::Simulator::new(&hotlead::simulate::SimConfig {
+        contacts: 200,
+        seed: 11,
+        ..Default::default()
+    });
+    let start = hotlead::decode::now_ms() - 3 * 86_400_000;
+    let lines: Vec<String> = (0..1500).map(|i| hotlead::replay::to_json(&sim.next_event(start + i * 90_000))).collect();
+    let jsonl = dir.path().join("events.jsonl");
+    std::fs::write(&jsonl, lines.join("\n")).unwrap();
+    let events: Vec<InteractionEvent> = lines.iter().map(|l| hotlead::replay::parse_event(l).unwrap()).collect();
+
+    let delivered = stack.produce_events(&topics.input, &events).await;
+    let running = spawn_pipeline(stack.config(&topics, &path), &path);
+    stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(90)).await;
+    running.finish().await;
+
+    let report = hotlead::replay::replay(&rules, &events);
+    assert!(report.contacts.len() > 80, "{}", report.contacts.len());
+    let mut compared = 0;
+    for (contact, results) in &report.contacts {
+        let state = stored(&stack, &topics, &rules, contact);
+        for r in results {
+            let m = rules.models.iter().position(|m| m.name == r.model).unwrap();
+            let st = state.models[m].as_ref().unwrap();
+            let service = st.score_at(st.at_ms, rules.models[m].half_life_secs);
+            assert!(close(service, r.score), "{contact} {}: service {service}, rules test {}", r.model, r.score);
+            assert_eq!(rules.models[m].tier_name(st.tier), r.tier, "{contact} {}", r.model);
+            compared += 1;
+        }
+    }
+    assert!(compared > 120, "{compared}");
+
+    // The command prints the same contacts.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hotlead"))
+        .args(["rules", "test"])
+        .arg(&path)
+        .arg(&jsonl)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let first = report.contacts.keys().next().unwrap();
+    assert!(text.lines().any(|l| l.starts_with(first.as_str())), "{text}");
+    assert!(text.contains(&format!("crossings ({})", report.alerts.len())));
+}
