@@ -49,6 +49,18 @@ pub enum Command {
     Alerts(AlertsArgs),
     /// Create hotlead's topics (input, alerts, dead letters).
     Topics(TopicsArgs),
+    /// Show a contact's scores, tiers and the breakdown by rule, decayed to now.
+    Score(ScoreArgs),
+}
+
+/// `hotlead score`.
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// The contact id.
+    pub contact_id: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `hotlead run`.
@@ -165,6 +177,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             eprintln!("Watching {topic} for alerts (Ctrl-C to stop) ...");
             crate::kafka::print_alerts(&client, &topic, args.from_beginning, crate::shutdown_signal()).await?;
             Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Score(args) => {
+            let config = load_config()?;
+            let rules = RuleSet::load(&config.rules.path)?;
+            let partitions = crate::kafka::partition_count(&config.client_config(), &config.topics.input)
+                .with_context(|| format!("cannot read the partitions of {}", config.topics.input))?;
+            let store = crate::store::Store::connect(&config.redis.url).await?;
+            match store.find_contact(&config.topics.input, partitions, &args.contact_id).await? {
+                None => {
+                    eprintln!("contact {} has no score", args.contact_id);
+                    Ok(std::process::ExitCode::from(1))
+                }
+                Some((p, fields)) => {
+                    let view =
+                        crate::query::contact_view(&rules, &args.contact_id, p, &fields, crate::decode::now_ms());
+                    if args.json {
+                        println!("{}", serde_json::to_string_pretty(&view)?);
+                    } else {
+                        print!("{}", crate::query::render(&view));
+                    }
+                    Ok(std::process::ExitCode::SUCCESS)
+                }
+            }
         }
         Command::Topics(args) => {
             let config = load_config()?;

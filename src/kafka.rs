@@ -49,6 +49,17 @@ pub async fn create_topics(config: &ClientConfig, topics: &[(&str, i32)], replic
     Ok(())
 }
 
+/// The number of partitions of `topic`.
+pub fn partition_count(config: &ClientConfig, topic: &str) -> Result<i32, KafkaError> {
+    let client: rdkafka::consumer::BaseConsumer = config.create()?;
+    let md = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let t = md.topics().first().ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic))?;
+    if let Some(e) = t.error() {
+        return Err(KafkaError::MetadataFetch(e.into()));
+    }
+    Ok(t.partitions().len() as i32)
+}
+
 /// One line describing an alert, for people watching a terminal.
 pub fn format_alert(a: &ScoreAlert) -> String {
     let arrow = match score_alert::Direction::try_from(a.direction) {

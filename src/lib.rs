@@ -16,6 +16,7 @@
 //! - [`score`]: pure decay math, tiers with hysteresis, crossings.
 //! - [`store`]: Redis keys, the atomic batch commit, the outbox.
 //! - [`pipeline`]: consume -> score -> commit -> relay -> store offsets.
+//! - [`query`]: a contact's scores and explanations, decayed to now.
 //! - [`api`]: the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`telemetry`]: metric names, logging, one function per notable event.
 //! - [`kafka`]: topic administration and the alert reader.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod decode;
 pub mod kafka;
 pub mod pipeline;
+pub mod query;
 pub mod reload;
 pub mod replay;
 pub mod rules;

@@ -187,6 +187,33 @@ async fn caps_fit_models_cross_model_tiers_and_hysteresis() {
     let parts: BTreeMap<&str, f64> = ready.top_contributions.iter().map(|c| (c.rule_id.as_str(), c.points)).collect();
     assert!(parts.contains_key("demo") && parts.contains_key("pricing"), "{parts:?}");
     running.finish().await;
+
+    // `hotlead score` explains a contact: parts decayed to now sum to the score.
+    let score = |contact: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hotlead"))
+            .args(["score", contact, "--json"])
+            .envs(stack.env(&topics, &path))
+            .output()
+            .unwrap()
+    };
+    let out = score("cross");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let now = hotlead::decode::now_ms();
+    let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let models = view["models"].as_array().unwrap();
+    let engagement = models.iter().find(|m| m["model"] == "engagement").unwrap();
+    assert_eq!(engagement["tier"], "sales-ready");
+    let got = engagement["score"].as_f64().unwrap();
+    let want = 70.0 * (-((now - t0) as f64) / 1000.0 / (7.0 * 86_400.0)).exp2();
+    assert!((got - want).abs() < 1e-5 * want, "decayed to now: {got} vs {want}");
+    let sum: f64 = engagement["breakdown"].as_array().unwrap().iter().map(|p| p[1].as_f64().unwrap()).sum();
+    assert!(close(sum, got), "the parts sum to the score: {sum} vs {got}");
+    let fit = models.iter().find(|m| m["model"] == "fit").unwrap();
+    assert!(close(fit["score"].as_f64().unwrap(), 35.0), "fit does not decay");
+    assert_eq!(view["profile"]["job_title"], "Founder");
+    let missing = score("nobody");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("nobody has no score"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

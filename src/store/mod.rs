@@ -399,6 +399,22 @@ impl Store {
         Ok(())
     }
 
+    /// Finds a contact's hash among the input topic's `partitions`
+    /// partitions (one pipelined round trip); `None` if it is unknown.
+    pub async fn find_contact(
+        &self,
+        topic: &str,
+        partitions: i32,
+        contact_id: &str,
+    ) -> Result<Option<(i32, HashMap<String, Vec<u8>>)>, StoreError> {
+        let mut pipe = redis::pipe();
+        for p in 0..partitions {
+            pipe.cmd("HGETALL").arg(PartitionKeys::new(topic, p).contact(contact_id));
+        }
+        let all: Vec<HashMap<String, Vec<u8>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(all.into_iter().enumerate().find(|(_, f)| !f.is_empty()).map(|(p, f)| (p as i32, f)))
+    }
+
     /// The watermark of a partition, if it has one.
     pub async fn watermark(&self, keys: &PartitionKeys) -> Result<Option<i64>, StoreError> {
         Ok(redis::cmd("GET").arg(keys.watermark()).query_async(&mut self.conn.clone()).await?)
