@@ -358,3 +358,42 @@ async fn rules_test_gives_the_same_scores_as_the_service() {
     assert!(text.lines().any(|l| l.starts_with(first.as_str())), "{text}");
     assert!(text.contains(&format!("crossings ({})", report.alerts.len())));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_rules_of_a_running_process() {
+    let stack = Stack::start();
+    let topics = stack.topics(1).await;
+    let v1 = "models: [{name: engagement, half_life: 7d, tiers: [{name: warm, enter: 30, exit: 20}], rules: [{id: click, when: {kind: email_engagement, action: click}, points: 6}]}]";
+    let (dir, path) = rules_file(v1);
+    let log = dir.path().join("hotlead.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hotlead"))
+        .arg("run")
+        .envs(stack.env(&topics, &path))
+        .env("HOTLEAD_RULES__RELOAD_INTERVAL", "0s")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = t0();
+    let clicks = |contact: &str, n: usize| -> Vec<InteractionEvent> {
+        (0..n).map(|i| ev(&format!("{contact}-{i}"), contact, t0, email(Action::Click))).collect()
+    };
+    let d = stack.produce_events(&topics.input, &clicks("before", 5)).await;
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+
+    // With file polling off, a change takes effect on SIGHUP only.
+    std::fs::write(&path, v1.replace("points: 6", "points: 10")).unwrap();
+    let hup = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).unwrap().contains("Reloaded rules") {
+        assert!(Instant::now() < deadline, "no reload after SIGHUP:\n{}", std::fs::read_to_string(&log).unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let d = stack.produce_events(&topics.input, &clicks("after", 3)).await;
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+    let all = alerts(&stack, &topics, 2).await;
+    let versions: Vec<(&str, u32)> = all.iter().map(|a| (a.contact_id.as_str(), a.model_version)).collect();
+    assert_eq!(versions, [("before", 1), ("after", 2)]);
+    let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(term.success() && child.wait().unwrap().success());
+}
