@@ -23,6 +23,7 @@ use serde_json::Value as J;
 use crate::pipeline::batch::{self, BatchTarget, InputMessage};
 use crate::proto::interaction_event::Interaction;
 use crate::proto::{self, InteractionEvent, ScoreAlert};
+use crate::query::ModelView;
 use crate::rules::RuleSet;
 use crate::score::Millis;
 
@@ -181,26 +182,12 @@ pub fn to_json(e: &InteractionEvent) -> String {
     J::Object(o).to_string()
 }
 
-/// One contact's result in one model.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelResult {
-    /// Model name.
-    pub model: String,
-    /// Score at the contact's latest event in the model.
-    pub score: f64,
-    /// Time of that event.
-    pub at_ms: Millis,
-    /// Tier.
-    pub tier: String,
-    /// Score by rule at that time, largest first.
-    pub breakdown: Vec<(String, f64)>,
-}
-
 /// The result of a replay.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Per contact, per model.
-    pub contacts: BTreeMap<String, Vec<ModelResult>>,
+    /// Per contact, each model's score, tier and breakdown at the contact's
+    /// latest event in the model.
+    pub contacts: BTreeMap<String, Vec<ModelView>>,
     /// Alerts, in the order they were raised.
     pub alerts: Vec<ScoreAlert>,
     /// Events that would be dead-lettered: line number and reason.
@@ -242,23 +229,9 @@ pub fn replay(rules: &RuleSet, events: &[InteractionEvent]) -> Report {
     }
     for (contact, fields) in scored.commit.contacts {
         let fields: HashMap<String, Vec<u8>> = fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-        let (_, state) = crate::store::decode_contact(rules, &fields);
-        let results = rules
-            .models
-            .iter()
-            .zip(&state.models)
-            .filter_map(|(m, st)| {
-                let st = st.as_ref()?;
-                Some(ModelResult {
-                    model: m.name.clone(),
-                    score: st.score_at(st.at_ms, m.half_life_secs),
-                    at_ms: st.at_ms,
-                    tier: m.tier_name(st.tier).to_string(),
-                    breakdown: st.explain(st.at_ms, m.half_life_secs),
-                })
-            })
-            .collect();
-        report.contacts.insert(contact, results);
+        // At `Millis::MIN`, each model is seen at its own latest event.
+        let view = crate::query::contact_view(rules, &contact, 0, &fields, Millis::MIN);
+        report.contacts.insert(contact, view.models);
     }
     report
 }
