@@ -1,50 +1,228 @@
 //! The HTTP listener: `/metrics` (Prometheus), `/healthz` (the process is
-//! up) and `/readyz` (connected and consuming).
+//! up), `/readyz` (consuming and Redis reachable), and the read API under
+//! `/v1` (documented in `docs/openapi.yaml`):
+//!
+//! - `GET /v1/contacts/{contact_id}`: each model's score now, tier, last
+//!   activity and breakdown by rule;
+//! - `GET /v1/models/{model}/leaderboard?limit=&min_score=&at=`: the top
+//!   contacts by current score, merged across partitions;
+//! - `GET /v1/models`: the models in force.
+//!
+//! With `http.token` set, `/v1` requires `Authorization: Bearer <token>`.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
 
 use crate::pipeline::Health;
+use crate::reload::LiveRules;
+use crate::score::Millis;
+use crate::store::Store;
 
+/// Everything the HTTP handlers read.
 #[derive(Clone)]
-struct AppState {
-    metrics: PrometheusHandle,
-    health: Arc<Health>,
+pub struct ApiContext {
+    /// Prometheus rendering; `None` shows no metrics.
+    pub metrics: Option<PrometheusHandle>,
+    /// Pipeline readiness.
+    pub health: Arc<Health>,
+    /// Redis.
+    pub store: Store,
+    /// The rules in force.
+    pub rules: Arc<LiveRules>,
+    /// Input topic (its partitions key the state).
+    pub topic: String,
+    /// librdkafka configuration, to read the input topic's partition count.
+    pub kafka: rdkafka::ClientConfig,
+    /// Bearer token required by `/v1`, if any.
+    pub token: Option<String>,
+    partitions: Arc<Mutex<Option<i32>>>,
+}
+
+impl ApiContext {
+    /// A context; the partition count is read from Kafka on first use.
+    pub fn new(
+        store: Store,
+        rules: Arc<LiveRules>,
+        health: Arc<Health>,
+        topic: String,
+        kafka: rdkafka::ClientConfig,
+    ) -> Self {
+        Self { metrics: None, health, store, rules, topic, kafka, token: None, partitions: Arc::new(Mutex::new(None)) }
+    }
+
+    async fn partitions(&self) -> Result<i32, ApiError> {
+        if let Some(n) = *self.partitions.lock().expect("partitions lock") {
+            return Ok(n);
+        }
+        let (kafka, topic) = (self.kafka.clone(), self.topic.clone());
+        let n = tokio::task::spawn_blocking(move || crate::kafka::partition_count(&kafka, &topic))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .map_err(|e| ApiError::unavailable(format!("cannot read the partitions of {}: {e}", self.topic)))?;
+        *self.partitions.lock().expect("partitions lock") = Some(n);
+        Ok(n)
+    }
+}
+
+/// An error answer: a status and a JSON body `{"error": "..."}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::BAD_REQUEST, message: message.into() }
+    }
+    fn not_found(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::NOT_FOUND, message: message.into() }
+    }
+    fn unavailable(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into() }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        Self::unavailable(format!("redis: {e}"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
 }
 
 /// The HTTP routes.
-pub fn router(metrics: PrometheusHandle, health: Arc<Health>) -> Router {
+pub fn router(ctx: ApiContext) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(AppState { metrics, health })
+        .route("/v1/models", get(models))
+        .route("/v1/models/{model}/leaderboard", get(leaderboard))
+        .route("/v1/contacts/{contact_id}", get(contact))
+        .with_state(ctx)
 }
 
-async fn render_metrics(State(s): State<AppState>) -> String {
-    s.metrics.render()
+async fn render_metrics(State(s): State<ApiContext>) -> String {
+    s.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default()
 }
 
-async fn ready(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.health.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+async fn ready(State(s): State<ApiContext>) -> (StatusCode, &'static str) {
+    let redis_ok = redis::cmd("PING").query_async::<String>(&mut s.store.connection()).await.is_ok();
+    match (s.health.is_ready(), redis_ok) {
+        (true, true) => (StatusCode::OK, "ready\n"),
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not consuming\n"),
+        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n"),
     }
+}
+
+fn authorize(s: &ApiContext, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = &s.token else { return Ok(()) };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(token.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError { status: StatusCode::UNAUTHORIZED, message: "a valid bearer token is required".into() })
+    }
+}
+
+/// The `at` parameter: RFC 3339 text or milliseconds since the epoch;
+/// default now.
+fn at_param(q: &HashMap<String, String>) -> Result<Millis, ApiError> {
+    match q.get("at") {
+        None => Ok(crate::decode::now_ms()),
+        Some(v) => v.parse::<Millis>().or_else(|_| {
+            humantime::parse_rfc3339_weak(v)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as Millis)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!("parameter `at`: `{v}` is not RFC 3339 time or milliseconds"))
+                })
+        }),
+    }
+}
+
+async fn models(State(s): State<ApiContext>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(json!({ "models": crate::query::models_info(&s.rules.current()) })))
+}
+
+async fn contact(
+    State(s): State<ApiContext>,
+    headers: HeaderMap,
+    Path(contact_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<crate::query::ContactView>, ApiError> {
+    authorize(&s, &headers)?;
+    let at = at_param(&q)?;
+    let partitions = s.partitions().await?;
+    let rules = s.rules.current();
+    match s.store.find_contact(&s.topic, partitions, &contact_id).await? {
+        Some((p, fields)) => Ok(Json(crate::query::contact_view(&rules, &contact_id, p, &fields, at))),
+        None => Err(ApiError::not_found(format!("no contact `{contact_id}` has a score"))),
+    }
+}
+
+async fn leaderboard(
+    State(s): State<ApiContext>,
+    headers: HeaderMap,
+    Path(model): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    let rules = s.rules.current();
+    let Some(m) = rules.models.iter().find(|m| m.name == model) else {
+        let names: Vec<&str> = rules.models.iter().map(|m| m.name.as_str()).collect();
+        return Err(ApiError::not_found(format!("no model `{model}`; models: {}", names.join(", "))));
+    };
+    let limit =
+        match q.get("limit") {
+            None => 10,
+            Some(v) => v.parse::<usize>().ok().filter(|n| (1..=1000).contains(n)).ok_or_else(|| {
+                ApiError::bad_request(format!("parameter `limit`: `{v}` is not a number from 1 to 1000"))
+            })?,
+        };
+    let min_score =
+        match q.get("min_score") {
+            None => None,
+            Some(v) => Some(v.parse::<f64>().ok().filter(|x| x.is_finite() && *x > 0.0).ok_or_else(|| {
+                ApiError::bad_request(format!("parameter `min_score`: `{v}` is not a number above 0"))
+            })?),
+        };
+    let at = at_param(&q)?;
+    let floor = min_score.map_or(f64::NEG_INFINITY, |x| crate::query::leaderboard_floor(m, x, at));
+    let partitions = s.partitions().await?;
+    let all = s.store.leaderboard_top(&s.topic, partitions, &m.name, floor, limit).await?;
+    let entries: Vec<crate::query::LeaderboardEntry> = all
+        .into_iter()
+        .map(|(contact_id, z, partition)| crate::query::LeaderboardEntry {
+            contact_id,
+            score: crate::query::leaderboard_value(m, z, at),
+            partition,
+        })
+        .collect();
+    Ok(Json(json!({ "model": m.name, "version": m.version, "at_ms": at, "entries": entries })))
 }
 
 /// Serves the routes on `listener` until `shutdown` completes.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    metrics: PrometheusHandle,
-    health: Arc<Health>,
+    ctx: ApiContext,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(metrics, health)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(ctx)).with_graceful_shutdown(shutdown).await
 }

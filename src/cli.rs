@@ -51,6 +51,21 @@ pub enum Command {
     Topics(TopicsArgs),
     /// Show a contact's scores, tiers and the breakdown by rule, decayed to now.
     Score(ScoreArgs),
+    /// Show a model's leaderboard: the top contacts by current score.
+    Top(TopArgs),
+}
+
+/// `hotlead top`.
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// The model.
+    pub model: String,
+    /// How many contacts.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+    /// Only contacts scoring at least this now.
+    #[arg(long)]
+    pub min_score: Option<f64>,
 }
 
 /// `hotlead score`.
@@ -201,6 +216,28 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 }
             }
         }
+        Command::Top(args) => {
+            let config = load_config()?;
+            let rules = RuleSet::load(&config.rules.path)?;
+            let Some(model) = rules.models.iter().find(|m| m.name == args.model) else {
+                anyhow::bail!("no model `{}` in {}", args.model, config.rules.path.display());
+            };
+            let partitions = crate::kafka::partition_count(&config.client_config(), &config.topics.input)
+                .with_context(|| format!("cannot read the partitions of {}", config.topics.input))?;
+            let store = crate::store::Store::connect(&config.redis.url).await?;
+            let now = crate::decode::now_ms();
+            let floor = args
+                .min_score
+                .filter(|x| *x > 0.0)
+                .map_or(f64::NEG_INFINITY, |x| crate::query::leaderboard_floor(model, x, now));
+            let limit = args.limit.clamp(1, 1000);
+            let all = store.leaderboard_top(&config.topics.input, partitions, &model.name, floor, limit).await?;
+            println!("{:>4}  {:<24} {:>10}", "rank", "contact", "score");
+            for (i, (contact, z, _)) in all.iter().enumerate() {
+                println!("{:>4}  {:<24} {:>10.2}", i + 1, contact, crate::query::leaderboard_value(model, *z, now));
+            }
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Topics(args) => {
             let config = load_config()?;
             let client = kafka_client(&config, args.brokers.as_deref());
@@ -323,10 +360,20 @@ async fn run_scorer(config: Config) -> anyhow::Result<std::process::ExitCode> {
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await
             .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
-        tracing::info!(address = %config.http.listen, "Serving /metrics, /healthz and /readyz.");
-        let (h, s) = (health.clone(), stopped());
+        let store = crate::store::Store::connect(&config.redis.url).await.context("cannot connect to Redis")?;
+        let mut ctx = crate::api::ApiContext::new(
+            store,
+            rules.clone(),
+            health.clone(),
+            config.topics.input.clone(),
+            config.client_config(),
+        );
+        ctx.metrics = Some(metrics);
+        ctx.token = config.http.token.clone();
+        tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), "Serving /metrics, /healthz, /readyz and the read API.");
+        let s = stopped();
         tokio::spawn(async move {
-            if let Err(e) = crate::api::serve(listener, metrics, h, s).await {
+            if let Err(e) = crate::api::serve(listener, ctx, s).await {
                 tracing::error!(error = %e, "HTTP listener failed.");
             }
         });

@@ -153,11 +153,14 @@ impl Default for PipelineConfig {
 pub struct HttpConfig {
     /// Address to listen on; empty disables the listener.
     pub listen: String,
+    /// Bearer token the read API (`/v1`) requires; unset leaves it open.
+    /// Prefer `HOTLEAD_HTTP__TOKEN` to writing it in a file.
+    pub token: Option<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into() }
+        Self { listen: "127.0.0.1:9464".into(), token: None }
     }
 }
 

@@ -99,3 +99,103 @@ pub fn render(v: &ContactView) -> String {
     }
     out
 }
+
+/// One entry of a leaderboard.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LeaderboardEntry {
+    /// Contact id.
+    pub contact_id: String,
+    /// Score at the moment asked for (the ranked part: behaviour decayed, or
+    /// fit for a fit-only model).
+    pub score: f64,
+    /// Input partition that owns the contact.
+    pub partition: i32,
+}
+
+/// The sorted-set entry value a current score corresponds to at `now_ms`:
+/// entries at or above it have at least that score now.
+pub fn leaderboard_floor(model: &crate::rules::Model, min_score: f64, now_ms: Millis) -> f64 {
+    if model.rules.is_empty() {
+        min_score
+    } else {
+        min_score.log2() + (now_ms - crate::score::LEADERBOARD_EPOCH_MS) as f64 / 1000.0 / model.half_life_secs
+    }
+}
+
+/// The current score of a sorted-set entry value at `now_ms`.
+pub fn leaderboard_value(model: &crate::rules::Model, z: f64, now_ms: Millis) -> f64 {
+    if model.rules.is_empty() {
+        z
+    } else {
+        (z - (now_ms - crate::score::LEADERBOARD_EPOCH_MS) as f64 / 1000.0 / model.half_life_secs).exp2()
+    }
+}
+
+/// A model as the read API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    /// Name.
+    pub name: String,
+    /// Version in force.
+    pub version: u32,
+    /// Half-life in seconds.
+    pub half_life_seconds: f64,
+    /// Base tier, then each tier with its thresholds.
+    pub base_tier: String,
+    /// Tiers, lowest first.
+    pub tiers: Vec<serde_json::Value>,
+    /// Behaviour rules: id, kind, points, cap, once.
+    pub rules: Vec<serde_json::Value>,
+    /// Fit rules: id, attributes tested, points.
+    pub fit: Vec<serde_json::Value>,
+}
+
+/// The models in force, for the read API.
+pub fn models_info(rules: &RuleSet) -> Vec<ModelInfo> {
+    use serde_json::json;
+    rules
+        .models
+        .iter()
+        .map(|m| ModelInfo {
+            name: m.name.clone(),
+            version: m.version,
+            half_life_seconds: m.half_life_secs,
+            base_tier: m.base_tier.clone(),
+            tiers: m
+                .tiers
+                .iter()
+                .map(|t| {
+                    json!({
+                        "name": t.name, "enter": t.enter, "exit": t.exit,
+                        "cooldown_seconds": t.cooldown_ms.map(|c| c / 1000),
+                        "requires": t.requires.iter().map(|r| json!({"model": r.model_name, "enter": r.enter, "exit": r.exit})).collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+            rules: m
+                .rules
+                .iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id, "kind": r.kind.as_str(), "points": r.points, "once": r.once,
+                        "fields": r.when.0.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
+                        "cap": r.cap.map(|c| {
+                            let per = format!("{:?}", c.per).to_lowercase();
+                            match c.limit {
+                                crate::rules::CapLimit::Hits(n) => json!({"hits": n, "per": per}),
+                                crate::rules::CapLimit::Points(n) => json!({"points": n, "per": per}),
+                            }
+                        }),
+                    })
+                })
+                .collect(),
+            fit: m
+                .fit
+                .iter()
+                .map(|f| {
+                    json!({"id": f.id, "points": f.points, "attributes": f.when.0.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>()})
+                })
+                .collect(),
+        })
+        .collect()
+}

@@ -415,6 +415,38 @@ impl Store {
         Ok(all.into_iter().enumerate().find(|(_, f)| !f.is_empty()).map(|(p, f)| (p as i32, f)))
     }
 
+    /// The top `limit` entries at or above `floor` of a model's leaderboard,
+    /// merged across `partitions` partitions (one pipelined round trip),
+    /// highest first: (contact id, entry value, partition).
+    pub async fn leaderboard_top(
+        &self,
+        topic: &str,
+        partitions: i32,
+        model: &str,
+        floor: f64,
+        limit: usize,
+    ) -> Result<Vec<(String, f64, i32)>, StoreError> {
+        let mut pipe = redis::pipe();
+        for p in 0..partitions {
+            pipe.cmd("ZRANGE")
+                .arg(PartitionKeys::new(topic, p).leaderboard(model))
+                .arg("+inf")
+                .arg(format!("{floor:?}"))
+                .arg("BYSCORE")
+                .arg("REV")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit)
+                .arg("WITHSCORES");
+        }
+        let per: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let mut all: Vec<(String, f64, i32)> =
+            per.into_iter().enumerate().flat_map(|(p, v)| v.into_iter().map(move |(c, z)| (c, z, p as i32))).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(limit);
+        Ok(all)
+    }
+
     /// The watermark of a partition, if it has one.
     pub async fn watermark(&self, keys: &PartitionKeys) -> Result<Option<i64>, StoreError> {
         Ok(redis::cmd("GET").arg(keys.watermark()).query_async(&mut self.conn.clone()).await?)
