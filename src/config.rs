@@ -133,6 +133,10 @@ pub struct PipelineConfig {
     /// How far in the future an event time may lie, e.g. `1h`.
     #[serde(deserialize_with = "duration")]
     pub max_future_skew: Duration,
+    /// How often owned partitions are swept for contacts that cooled below a
+    /// tier's exit with no event; `0s` disables the sweep.
+    #[serde(deserialize_with = "duration")]
+    pub sweep_interval: Duration,
 }
 
 impl Default for PipelineConfig {
@@ -143,6 +147,7 @@ impl Default for PipelineConfig {
             max_message_bytes: 1024 * 1024,
             max_contact_id_bytes: 256,
             max_future_skew: Duration::from_secs(3600),
+            sweep_interval: Duration::from_secs(10),
         }
     }
 }

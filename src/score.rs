@@ -272,42 +272,67 @@ pub fn apply_event(
     crossings
 }
 
+/// When decay alone takes the score below the current tier's exit: the
+/// exact time, or `None` when it never does (base tier, or fit alone holds
+/// the tier).
+pub fn cooling_due(model: &Model, st: &ModelState) -> Option<Millis> {
+    if st.tier == 0 {
+        return None;
+    }
+    let behaviour_at_exit = model.tiers[st.tier - 1].exit - st.fit_total();
+    if behaviour_at_exit <= 0.0 {
+        return None;
+    }
+    if st.score < behaviour_at_exit {
+        return Some(st.at_ms);
+    }
+    let dt_ms = (model.half_life_secs * (st.score / behaviour_at_exit).log2() * 1000.0).ceil() as Millis;
+    Some(st.at_ms + dt_ms.max(0))
+}
+
+/// Reports (and applies to the tier) cooling by decay up to `now_ms`,
+/// without moving the state's score or time: what a sweep does between
+/// events. The crossing is dated to the exact moment decay crossed the exit.
+pub fn cool(index: usize, model: &Model, st: &mut ModelState, now_ms: Millis) -> Option<Crossing> {
+    let h = model.half_life_secs;
+    let fit = st.fit_total();
+    let decayed = st.behaviour_at(now_ms, h) + fit;
+    // Requirements on other models are checked at events, not during decay.
+    let to = tier_down(model, st.tier, decayed, &|_| f64::INFINITY);
+    if to >= st.tier {
+        return None;
+    }
+    let threshold = model.tiers[to].exit; // exit of tier `to + 1`
+    let behaviour_at_threshold = threshold - fit;
+    let crossed = if st.score > 0.0 && behaviour_at_threshold > 0.0 {
+        let dt_ms = (h * (st.score / behaviour_at_threshold).log2() * 1000.0).ceil() as Millis;
+        (st.at_ms + dt_ms.max(0)).min(now_ms.max(st.at_ms))
+    } else {
+        st.at_ms
+    };
+    let c = Crossing {
+        model: index,
+        direction: Direction::Cooled,
+        from: st.tier,
+        to,
+        score: st.score_at(crossed, h),
+        threshold,
+        at_ms: crossed,
+        by_event: false,
+        top_contributions: top(st.explain(crossed, h)),
+    };
+    st.tier = to;
+    Some(c)
+}
+
 /// Decays a model's state to `at_ms` (if later) and reports cooling that
 /// happened on the way, at its exact time.
 fn advance(index: usize, model: &Model, st: &mut ModelState, at_ms: Millis) -> Option<Crossing> {
     if at_ms <= st.at_ms {
         return None;
     }
-    let h = model.half_life_secs;
-    let fit = st.fit_total();
-    let decayed = st.behaviour_at(at_ms, h) + fit;
-    // Requirements on other models are checked at events, not during decay.
-    let to = tier_down(model, st.tier, decayed, &|_| f64::INFINITY);
-    let crossing = (to < st.tier).then(|| {
-        let threshold = model.tiers[to].exit; // exit of tier `to + 1`
-        let behaviour_at_threshold = threshold - fit;
-        let crossed = if st.score > 0.0 && behaviour_at_threshold > 0.0 {
-            let dt_ms = (h * (st.score / behaviour_at_threshold).log2() * 1000.0).ceil() as Millis;
-            (st.at_ms + dt_ms.max(0)).min(at_ms)
-        } else {
-            st.at_ms
-        };
-        Crossing {
-            model: index,
-            direction: Direction::Cooled,
-            from: st.tier,
-            to,
-            score: st.score_at(crossed, h),
-            threshold,
-            at_ms: crossed,
-            by_event: false,
-            top_contributions: top(st.explain(crossed, h)),
-        }
-    });
-    if let Some(c) = &crossing {
-        st.tier = c.to;
-    }
-    let f = decay_factor(at_ms - st.at_ms, h);
+    let crossing = cool(index, model, st, at_ms);
+    let f = decay_factor(at_ms - st.at_ms, model.half_life_secs);
     st.score *= f;
     for c in st.contributions.values_mut() {
         *c *= f;
@@ -590,6 +615,25 @@ models:
         }
         assert_eq!(alerts, 1);
         assert_eq!(c.models[0].as_ref().unwrap().tier, 1, "the tier is still tracked");
+    }
+
+    #[test]
+    fn a_sweep_cools_at_the_exact_time_and_only_once() {
+        let rs = rules(ONE);
+        let m = &rs.models[0];
+        let mut c = ContactState::new(1);
+        apply_event(&rs, &mut c, &page("/big"), T0);
+        let st = c.models[0].as_mut().unwrap();
+        let due = cooling_due(m, st).unwrap();
+        assert_eq!(due, T0 + (86_400_000.0 * (40.0f64 / 20.0).log2()).ceil() as Millis);
+        assert!(cool(0, m, st, due - 1).is_none(), "not before it is due");
+        let x = cool(0, m, st, due + 5 * DAY_MS).unwrap();
+        assert_eq!((x.at_ms, x.from, x.to, x.by_event), (due, 1, 0, false));
+        assert_eq!((st.at_ms, st.score), (T0, 40.0), "a sweep does not move the score or its time");
+        assert!(cool(0, m, st, due + 6 * DAY_MS).is_none(), "once");
+        assert_eq!(cooling_due(m, st), None);
+        // The next event finds the tier already cooled: no second alert.
+        assert!(apply_event(&rs, &mut c, &page("/a"), T0 + 3 * DAY_MS).is_empty());
     }
 
     #[test]

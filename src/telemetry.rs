@@ -155,3 +155,11 @@ pub fn rules_refused(error: &dyn std::fmt::Display) {
     error!(error = %error, "Refused the changed rules file; the rules in force keep scoring.");
     counter!(RULES_RELOADS_TOTAL, "result" => "refused").increment(1);
 }
+
+/// A sweep found contacts that cooled with no event.
+pub fn swept(partition: i32, alerts: &[crate::score::Direction]) {
+    debug!(partition, alerts = alerts.len(), "Swept a partition for cooled contacts.");
+    for d in alerts {
+        counter!(ALERTS_TOTAL, "direction" => d.as_str()).increment(1);
+    }
+}

@@ -11,6 +11,7 @@ use crate::proto::{score_alert, Contribution, ScoreAlert};
 use crate::rules::RuleSet;
 use crate::score::{self, ContactState, Crossing, Direction, Millis};
 use crate::store::{decode_contact, encode_contact, Commit, OutboxEntry};
+use crate::store::{PartitionKeys, Store, StoreError};
 use crate::telemetry;
 
 /// A message read from the input topic.
@@ -68,10 +69,26 @@ pub fn decode_all(
     messages.iter().map(|m| (m.offset, decode::decode(m.payload.as_deref(), limits, now_ms))).collect()
 }
 
-/// Deterministic alert id: the same crossing (source partition and offset of
-/// the triggering event, model, tier, direction) always gets the same id.
-pub fn alert_id(topic: &str, partition: i32, offset: i64, model: &str, tier: &str, direction: Direction) -> String {
-    let d = Sha256::digest(format!("{topic}/{partition}/{offset}/{model}/{tier}/{}", direction.as_str()).as_bytes());
+/// Deterministic alert id: the same crossing always gets the same id. A
+/// crossing an event caused is named by the event's source partition and
+/// offset, the model, tier and direction; cooling by decay by the contact,
+/// model, tier and the exact time decay crossed the exit, so a sweep and a
+/// later event's catch-up name it alike.
+pub fn alert_id(
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    contact: &str,
+    model: &str,
+    c: &Crossing,
+    tier: &str,
+) -> String {
+    let key = if c.by_event {
+        format!("{topic}/{partition}/{offset}/{model}/{tier}/{}", c.direction.as_str())
+    } else {
+        format!("{topic}/{partition}/decay/{contact}/{model}/{tier}/{}", c.at_ms)
+    };
+    let d = Sha256::digest(key.as_bytes());
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -141,6 +158,11 @@ pub fn score_batch(
         for (model, st) in rules.models.iter().zip(&c.state.models) {
             if let Some(st) = st {
                 out.commit.leaderboard.push((model.name.clone(), id.clone(), st.leaderboard_score(model)));
+                out.commit.cooling.push((
+                    model.name.clone(),
+                    id.clone(),
+                    score::cooling_due(model, st).map(|t| t as f64),
+                ));
             }
         }
         out.commit.contacts.push((id.clone(), encode_contact(rules, c.account.as_deref(), &c.state)));
@@ -148,7 +170,9 @@ pub fn score_batch(
     out
 }
 
-fn build_alert(
+/// The alert for a crossing; `offset` and `event_id` name the triggering
+/// event (unused for cooling by decay).
+pub fn build_alert(
     target: &BatchTarget<'_>,
     offset: i64,
     event_id: &str,
@@ -159,7 +183,7 @@ fn build_alert(
 ) -> ScoreAlert {
     let tier = model.tier_name(c.to);
     ScoreAlert {
-        alert_id: alert_id(target.input_topic, target.partition, offset, &model.name, tier, c.direction),
+        alert_id: alert_id(target.input_topic, target.partition, offset, contact_id, &model.name, c, tier),
         contact_id: contact_id.to_string(),
         account_id: account.unwrap_or_default().to_string(),
         model: model.name.clone(),
@@ -194,5 +218,108 @@ fn dead_letter(target: &BatchTarget<'_>, msg: &InputMessage, e: &DecodeError) ->
             (HEADER_SOURCE_PARTITION.into(), target.partition.to_string().into_bytes()),
             (HEADER_SOURCE_OFFSET.into(), msg.offset.to_string().into_bytes()),
         ],
+    }
+}
+
+/// A sweep's result for one partition: COOLED alerts for contacts whose
+/// decayed score fell below their tier's exit by `now_ms`.
+pub struct Sweep {
+    /// The commit (epoch and watermarks left for the caller to fill).
+    pub commit: Commit,
+    /// Alerts raised.
+    pub alerts: Vec<Direction>,
+}
+
+/// Finds the contacts of one partition whose cooling is due by `now_ms`
+/// (through the cooling schedules, so the cost follows the crossings, not
+/// the contacts) and builds the commit that lowers their tiers and raises
+/// their COOLED alerts. `None` when nothing is due.
+pub async fn sweep(
+    store: &Store,
+    rules: &RuleSet,
+    target: &BatchTarget<'_>,
+    now_ms: Millis,
+) -> Result<Option<Sweep>, StoreError> {
+    const LIMIT: usize = 1000;
+    let keys = PartitionKeys::new(target.input_topic, target.partition);
+    let names: Vec<&str> = rules.models.iter().map(|m| m.name.as_str()).collect();
+    let mut due: Vec<String> = store.cooling_due(&keys, &names, now_ms, LIMIT).await?.into_iter().flatten().collect();
+    if due.is_empty() {
+        return Ok(None);
+    }
+    due.sort_unstable();
+    due.dedup();
+    let ids: Vec<&str> = due.iter().map(String::as_str).collect();
+    let hashes = store.load_contacts(&keys, &ids).await?;
+    let mut out = Sweep { commit: Commit::default(), alerts: vec![] };
+    for (id, fields) in due.iter().zip(hashes) {
+        let (account, mut state) = decode_contact(rules, &fields);
+        let mut changed = false;
+        for (i, model) in rules.models.iter().enumerate() {
+            let Some(st) = state.models[i].as_mut() else {
+                // A contact scheduled in a model it no longer has state in.
+                out.commit.cooling.push((model.name.clone(), id.clone(), None));
+                continue;
+            };
+            if let Some(c) = score::cool(i, model, st, now_ms) {
+                let alert = build_alert(target, -1, "", id, account.as_deref(), model, &c);
+                telemetry::tier_crossed(
+                    target.partition,
+                    id,
+                    &model.name,
+                    model.tier_name(c.from),
+                    model.tier_name(c.to),
+                    c.direction.as_str(),
+                );
+                out.alerts.push(c.direction);
+                out.commit.outbox.push(OutboxEntry {
+                    topic: target.alerts_topic.to_string(),
+                    key: id.as_bytes().to_vec(),
+                    payload: alert.encode_to_vec(),
+                    headers: vec![],
+                });
+                changed = true;
+            }
+            out.commit.cooling.push((model.name.clone(), id.clone(), score::cooling_due(model, st).map(|t| t as f64)));
+        }
+        if changed {
+            out.commit.contacts.push((id.clone(), encode_contact(rules, account.as_deref(), &state)));
+        }
+    }
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::interaction_event::Interaction;
+    use crate::proto::{InteractionEvent, PageView};
+
+    #[test]
+    fn a_sweep_and_an_event_name_the_same_cooling_alike() {
+        let rules = RuleSet::parse(
+            "models: [{name: m, half_life: 1d, tiers: [{name: warm, enter: 30, exit: 20}], rules: [{id: p, when: {kind: page_view}, points: 40}]}]",
+            "t",
+        )
+        .unwrap();
+        let target = BatchTarget { input_topic: "in", partition: 3, alerts_topic: "a", dead_letter_topic: "d" };
+        let t0 = 1_760_000_000_000;
+        let page = |at: i64| InteractionEvent {
+            contact_id: "c".into(),
+            occurred_at: Some(decode::timestamp(at)),
+            interaction: Some(Interaction::PageView(PageView::default())),
+            ..Default::default()
+        };
+        let mut by_event = ContactState::new(1);
+        score::apply_event(&rules, &mut by_event, &page(t0), t0);
+        let mut by_sweep = by_event.clone();
+        let m = &rules.models[0];
+        let swept = score::cool(0, m, by_sweep.models[0].as_mut().unwrap(), t0 + 5 * 86_400_000).unwrap();
+        let caught = score::apply_event(&rules, &mut by_event, &page(t0 + 5 * 86_400_000), t0 + 5 * 86_400_000);
+        let a = build_alert(&target, -1, "", "c", None, m, &swept);
+        let b = build_alert(&target, 17, "e", "c", None, m, &caught[0]);
+        assert_eq!(a.alert_id, b.alert_id);
+        assert_eq!(a.crossed_at, b.crossed_at);
+        assert_eq!(b.trigger_event_id, "", "decay, not the event, caused it");
     }
 }

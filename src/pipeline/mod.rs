@@ -61,6 +61,9 @@ impl Health {
     }
 }
 
+/// A source of the current time in milliseconds (injected in tests).
+pub type Clock = Arc<dyn Fn() -> crate::score::Millis + Send + Sync>;
+
 /// Runs the pipeline until `shutdown` completes, then finishes the batch in
 /// flight, relays, commits offsets and leaves the group.
 pub async fn run(
@@ -69,6 +72,17 @@ pub async fn run(
     health: Arc<Health>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), PipelineError> {
+    run_with_clock(config, rules, health, shutdown, Arc::new(now_ms)).await
+}
+
+/// [`run`], with the clock the cooling sweep reads.
+pub async fn run_with_clock(
+    config: Config,
+    rules: Arc<LiveRules>,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()>,
+    clock: Clock,
+) -> Result<(), PipelineError> {
     let store = retry("connect_redis", || Store::connect(&config.redis.url), |_| true).await?;
     let owned = Arc::new(Mutex::new(Owned::default()));
     let topic = config.topics.input.clone();
@@ -76,7 +90,9 @@ pub async fn run(
     let consumer: StreamConsumer<PipelineContext> = config.consumer_config().create_with_context(context)?;
     consumer.subscribe(&[&topic])?;
     let producer: FutureProducer = config.producer_config().create()?;
-    let worker = Worker { config: &config, rules: &rules, store, producer, owned, limits: config.limits() };
+    let worker = Worker { config: &config, rules: &rules, store, producer, owned, limits: config.limits(), clock };
+    let sweep_every = config.pipeline.sweep_interval;
+    let mut last_sweep = Instant::now();
     health.set_ready(true);
     tracing::info!(topic, group = config.group_id(), models = rules.current().models.len(), "Scoring.");
 
@@ -86,8 +102,14 @@ pub async fn run(
     let batch_max = config.pipeline.batch_max_events;
     loop {
         worker.relay_claimed().await?;
+        if !sweep_every.is_zero() && last_sweep.elapsed() >= sweep_every {
+            worker.sweep().await?;
+            last_sweep = Instant::now();
+        }
+        let wait = if sweep_every.is_zero() { Duration::from_secs(3600) } else { sweep_every };
         let first = tokio::select! {
             _ = &mut shutdown => break,
+            _ = tokio::time::sleep(wait) => continue,
             m = consumer.recv() => m,
         };
         let mut batches: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
@@ -171,9 +193,53 @@ struct Worker<'a> {
     producer: FutureProducer,
     owned: Arc<Mutex<Owned>>,
     limits: Limits,
+    clock: Clock,
 }
 
 impl Worker<'_> {
+    /// Sweeps every owned partition for contacts that cooled with no event,
+    /// committing their COOLED alerts like a batch (fenced, watermark
+    /// unchanged) and relaying them.
+    async fn sweep(&self) -> Result<(), PipelineError> {
+        let owned: Vec<(i32, context::Ownership)> =
+            self.owned.lock().expect("ownership lock").partitions.iter().map(|(p, o)| (*p, *o)).collect();
+        let rules = self.rules.current();
+        let now = (self.clock)();
+        for (partition, own) in owned {
+            let Some(watermark) = own.watermark else { continue };
+            let target = BatchTarget {
+                input_topic: &self.config.topics.input,
+                partition,
+                alerts_topic: &self.config.topics.alerts,
+                dead_letter_topic: &self.config.topics.dead_letter,
+            };
+            let Some(mut swept) = retry("sweep", || batch::sweep(&self.store, &rules, &target, now), |_| true).await?
+            else {
+                continue;
+            };
+            swept.commit.epoch = own.epoch;
+            swept.commit.expected_watermark = Some(watermark);
+            swept.commit.new_watermark = watermark;
+            let keys = PartitionKeys::new(&self.config.topics.input, partition);
+            match retry("commit", || self.store.commit(&keys, &swept.commit), |e: &StoreError| !e.is_ownership()).await
+            {
+                Ok(_) => {}
+                Err(e) if e.is_ownership() => {
+                    // A batch moved the watermark or another owner took over:
+                    // the next sweep starts from fresh state.
+                    tracing::debug!(partition, error = %e, "Sweep skipped.");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+            telemetry::swept(partition, &swept.alerts);
+            if !swept.commit.outbox.is_empty() {
+                self.relay(partition).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Relays the outboxes of newly claimed partitions (left behind by an
     /// earlier owner that stopped before relaying).
     async fn relay_claimed(&self) -> Result<(), PipelineError> {

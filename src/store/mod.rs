@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `hl:{interactions:7}:c:<contact_id>` | hash | per model: score, time, tier, contributions |
 //! | `hl:{interactions:7}:lb:<model>` | sorted set | contacts by `log2(s) + (t - E)/H` |
+//! | `hl:{interactions:7}:cool:<model>` | sorted set | contacts by the time decay takes them below their tier's exit |
 //! | `hl:{interactions:7}:outbox` | stream | alerts and dead letters not yet delivered |
 //! | `hl:{interactions:7}:wm` | string | offset of the last event applied |
 //! | `hl:{interactions:7}:epoch` | string | owner epoch; fences stale owners |
@@ -71,6 +72,11 @@ impl PartitionKeys {
     /// A model's leaderboard.
     pub fn leaderboard(&self, model: &str) -> String {
         format!("{}:lb:{model}", self.tag)
+    }
+    /// A model's cooling schedule: contacts by the time decay takes them
+    /// below their tier's exit.
+    pub fn cooling(&self, model: &str) -> String {
+        format!("{}:cool:{model}", self.tag)
     }
     /// The outbox stream.
     pub fn outbox(&self) -> String {
@@ -255,6 +261,8 @@ pub struct Commit {
     pub contacts: Vec<(String, Vec<(String, String)>)>,
     /// Leaderboard changes: model, contact id, new entry score (`None` removes).
     pub leaderboard: Vec<(String, String, Option<f64>)>,
+    /// Cooling schedule changes: model, contact id, due time (`None` removes).
+    pub cooling: Vec<(String, String, Option<f64>)>,
     /// Alerts and dead letters to relay.
     pub outbox: Vec<OutboxEntry>,
 }
@@ -335,8 +343,10 @@ impl Store {
                 args.push(v.as_bytes().to_vec());
             }
         }
-        for (model, contact, z) in &c.leaderboard {
-            let i = key_index(keys.leaderboard(model), &mut key_list);
+        let sets = c.leaderboard.iter().map(|(m, c, z)| (keys.leaderboard(m), c, z));
+        let sets = sets.chain(c.cooling.iter().map(|(m, c, z)| (keys.cooling(m), c, z)));
+        for (key, contact, z) in sets {
+            let i = key_index(key, &mut key_list);
             match z {
                 Some(z) => {
                     args.push(b"Z".to_vec());
@@ -445,6 +455,29 @@ impl Store {
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(limit);
         Ok(all)
+    }
+
+    /// Contacts whose cooling is due by `now_ms`, per model (at most
+    /// `limit` per model; one pipelined round trip).
+    pub async fn cooling_due(
+        &self,
+        keys: &PartitionKeys,
+        models: &[&str],
+        now_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Vec<String>>, StoreError> {
+        let mut pipe = redis::pipe();
+        for m in models {
+            pipe.cmd("ZRANGE")
+                .arg(keys.cooling(m))
+                .arg("-inf")
+                .arg(now_ms)
+                .arg("BYSCORE")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(limit);
+        }
+        Ok(pipe.query_async(&mut self.conn.clone()).await?)
     }
 
     /// The watermark of a partition, if it has one.

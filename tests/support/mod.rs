@@ -318,6 +318,11 @@ impl Drop for Running {
 /// Runs the pipeline in this process, with its rules reloaded from
 /// `rules_path` when the file changes.
 pub fn spawn_pipeline(config: Config, rules_path: &Path) -> Running {
+    spawn_pipeline_with_clock(config, rules_path, std::sync::Arc::new(hotlead::decode::now_ms))
+}
+
+/// [`spawn_pipeline`] with the clock the cooling sweep reads.
+pub fn spawn_pipeline_with_clock(config: Config, rules_path: &Path, clock: hotlead::pipeline::Clock) -> Running {
     let rules = std::sync::Arc::new(hotlead::reload::LiveRules::load(rules_path).unwrap());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let (watch_tx, watch_rx) = tokio::sync::oneshot::channel::<()>();
@@ -330,10 +335,16 @@ pub fn spawn_pipeline(config: Config, rules_path: &Path) -> Running {
             .await
     });
     let health = std::sync::Arc::new(hotlead::pipeline::Health::default());
-    let handle = tokio::spawn(hotlead::pipeline::run(config, rules.clone(), health, async move {
-        let _ = rx.await;
-        drop(watch_tx);
-    }));
+    let handle = tokio::spawn(hotlead::pipeline::run_with_clock(
+        config,
+        rules.clone(),
+        health,
+        async move {
+            let _ = rx.await;
+            drop(watch_tx);
+        },
+        clock,
+    ));
     Running { stop: Some(tx), handle: Some(handle), rules }
 }
 
