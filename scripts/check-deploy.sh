@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Checks the files for users' deployments without a container engine:
-# docker-compose.yml against the Compose specification's schema, and the
-# Kubernetes manifests and Prometheus config as well-formed YAML.
+# docker-compose.yml against the Compose specification's schema, the read
+# API's OpenAPI file, and the Kubernetes manifests and Prometheus config as
+# well-formed YAML.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 VENV=target/tools-venv
-if [ ! -x "$VENV/bin/check-jsonschema" ]; then
-  echo "check-deploy: installing check-jsonschema into $VENV ..."
+if [ ! -x "$VENV/bin/openapi-spec-validator" ]; then
+  echo "check-deploy: installing check-jsonschema and openapi-spec-validator into $VENV ..."
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check check-jsonschema pyyaml
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check check-jsonschema openapi-spec-validator pyyaml
 fi
 "$VENV/bin/check-jsonschema" --builtin-schema vendor.compose-spec docker-compose.yml
+"$VENV/bin/openapi-spec-validator" docs/openapi.yaml
 "$VENV/bin/python" - <<'PY'
 import sys, yaml
 for path in ["deploy/kubernetes/hotlead.yaml", "deploy/prometheus/prometheus.yml"]:

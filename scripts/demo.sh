@@ -79,7 +79,8 @@ SIM_PID=$!
 
 cat <<MSG
 demo: hotlead is scoring $RATE events/s from $CONTACTS simulated contacts (seed $SEED).
-demo: metrics: http://127.0.0.1:$HTTP_PORT/metrics   logs: $RUN/*.log   Ctrl-C stops everything.
+demo: hot-leads board: http://127.0.0.1:$HTTP_PORT/board   metrics: http://127.0.0.1:$HTTP_PORT/metrics
+demo: logs: $RUN/*.log   Ctrl-C stops everything.
 demo: alerts as they happen (tier entered, score, and the rules that drove it):
 
 MSG

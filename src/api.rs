@@ -1,12 +1,14 @@
 //! The HTTP listener: `/metrics` (Prometheus), `/healthz` (the process is
-//! up), `/readyz` (consuming and Redis reachable), and the read API under
-//! `/v1` (documented in `docs/openapi.yaml`):
+//! up), `/readyz` (consuming, Redis and the broker reachable), the read API under
+//! `/v1` (documented in `docs/openapi.yaml`), and the hot-leads board at
+//! `/board`:
 //!
 //! - `GET /v1/contacts/{contact_id}`: each model's score now, tier, last
 //!   activity and breakdown by rule;
 //! - `GET /v1/models/{model}/leaderboard?limit=&min_score=&at=`: the top
 //!   contacts by current score, merged across partitions;
-//! - `GET /v1/models`: the models in force.
+//! - `GET /v1/models`: the models in force;
+//! - `GET /v1/alerts/recent?limit=`: the latest alerts, newest first.
 //!
 //! With `http.token` set, `/v1` requires `Authorization: Bearer <token>`.
 
@@ -40,8 +42,8 @@ pub struct ApiContext {
     pub rules: Arc<LiveRules>,
     /// Input topic (its partitions key the state).
     pub topic: String,
-    /// librdkafka configuration, to read the input topic's partition count.
-    pub kafka: rdkafka::ClientConfig,
+    /// A Kafka client for metadata: partition count and broker reachability.
+    kafka: Arc<rdkafka::consumer::BaseConsumer>,
     /// Bearer token required by `/v1`, if any.
     pub token: Option<String>,
     partitions: Arc<Mutex<Option<i32>>>,
@@ -54,20 +56,34 @@ impl ApiContext {
         rules: Arc<LiveRules>,
         health: Arc<Health>,
         topic: String,
-        kafka: rdkafka::ClientConfig,
-    ) -> Self {
-        Self { metrics: None, health, store, rules, topic, kafka, token: None, partitions: Arc::new(Mutex::new(None)) }
+        kafka: &rdkafka::ClientConfig,
+    ) -> Result<Self, rdkafka::error::KafkaError> {
+        Ok(Self {
+            metrics: None,
+            health,
+            store,
+            rules,
+            topic,
+            kafka: Arc::new(kafka.create()?),
+            token: None,
+            partitions: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// The input topic's partition count from the broker, within `timeout`.
+    async fn fetch_partitions(&self, timeout: std::time::Duration) -> Result<i32, ApiError> {
+        let (kafka, topic) = (self.kafka.clone(), self.topic.clone());
+        tokio::task::spawn_blocking(move || crate::kafka::partition_count_with(&kafka, &topic, timeout))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .map_err(|e| ApiError::unavailable(format!("cannot read the partitions of {}: {e}", self.topic)))
     }
 
     async fn partitions(&self) -> Result<i32, ApiError> {
         if let Some(n) = *self.partitions.lock().expect("partitions lock") {
             return Ok(n);
         }
-        let (kafka, topic) = (self.kafka.clone(), self.topic.clone());
-        let n = tokio::task::spawn_blocking(move || crate::kafka::partition_count(&kafka, &topic))
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?
-            .map_err(|e| ApiError::unavailable(format!("cannot read the partitions of {}: {e}", self.topic)))?;
+        let n = self.fetch_partitions(std::time::Duration::from_secs(10)).await?;
         *self.partitions.lock().expect("partitions lock") = Some(n);
         Ok(n)
     }
@@ -113,6 +129,8 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/models/{model}/leaderboard", get(leaderboard))
         .route("/v1/contacts/{contact_id}", get(contact))
+        .route("/v1/alerts/recent", get(recent_alerts))
+        .route("/board", get(board))
         .with_state(ctx)
 }
 
@@ -121,12 +139,16 @@ async fn render_metrics(State(s): State<ApiContext>) -> String {
 }
 
 async fn ready(State(s): State<ApiContext>) -> (StatusCode, &'static str) {
-    let redis_ok = redis::cmd("PING").query_async::<String>(&mut s.store.connection()).await.is_ok();
-    match (s.health.is_ready(), redis_ok) {
-        (true, true) => (StatusCode::OK, "ready\n"),
-        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not consuming\n"),
-        (true, false) => (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n"),
+    if !s.health.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not consuming\n");
     }
+    if redis::cmd("PING").query_async::<String>(&mut s.store.connection()).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n");
+    }
+    if s.fetch_partitions(std::time::Duration::from_secs(2)).await.is_err() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n");
+    }
+    (StatusCode::OK, "ready\n")
 }
 
 fn authorize(s: &ApiContext, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -207,15 +229,53 @@ async fn leaderboard(
     let floor = min_score.map_or(f64::NEG_INFINITY, |x| crate::query::leaderboard_floor(m, x, at));
     let partitions = s.partitions().await?;
     let all = s.store.leaderboard_top(&s.topic, partitions, &m.name, floor, limit).await?;
+    let who: Vec<(i32, &str)> = all.iter().map(|(c, _, p)| (*p, c.as_str())).collect();
+    let tiers = s.store.tiers(&s.topic, &m.name, &who).await?;
     let entries: Vec<crate::query::LeaderboardEntry> = all
-        .into_iter()
-        .map(|(contact_id, z, partition)| crate::query::LeaderboardEntry {
-            contact_id,
-            score: crate::query::leaderboard_value(m, z, at),
-            partition,
+        .iter()
+        .zip(tiers)
+        .map(|((contact_id, z, partition), tier)| crate::query::LeaderboardEntry {
+            contact_id: contact_id.clone(),
+            score: crate::query::leaderboard_value(m, *z, at),
+            partition: *partition,
+            tier,
         })
         .collect();
     Ok(Json(json!({ "model": m.name, "version": m.version, "at_ms": at, "entries": entries })))
+}
+
+async fn recent_alerts(
+    State(s): State<ApiContext>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use prost::Message as _;
+    authorize(&s, &headers)?;
+    let limit = limit_param(&q, 50, 200)?;
+    let partitions = s.partitions().await?;
+    let raw = s.store.recent_alerts(&s.topic, partitions, limit).await?;
+    let alerts: Vec<crate::query::AlertView> = raw
+        .into_iter()
+        .filter_map(|(_, payload)| crate::proto::ScoreAlert::decode(payload.as_slice()).ok().map(Into::into))
+        .collect();
+    Ok(Json(json!({ "alerts": alerts })))
+}
+
+/// The hot-leads board: one page that reads the API.
+async fn board() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("board.html"))
+}
+
+/// The `limit` parameter: `default` when absent, 1 to `max`.
+fn limit_param(q: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, ApiError> {
+    match q.get("limit") {
+        None => Ok(default),
+        Some(v) => {
+            v.parse::<usize>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
+                ApiError::bad_request(format!("parameter `limit`: `{v}` is not a number from 1 to {max}"))
+            })
+        }
+    }
 }
 
 /// Serves the routes on `listener` until `shutdown` completes.

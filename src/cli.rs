@@ -366,8 +366,8 @@ async fn run_scorer(config: Config) -> anyhow::Result<std::process::ExitCode> {
             rules.clone(),
             health.clone(),
             config.topics.input.clone(),
-            config.client_config(),
-        );
+            &config.client_config(),
+        )?;
         ctx.metrics = Some(metrics);
         ctx.token = config.http.token.clone();
         tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), "Serving /metrics, /healthz, /readyz and the read API.");

@@ -52,7 +52,16 @@ pub async fn create_topics(config: &ClientConfig, topics: &[(&str, i32)], replic
 /// The number of partitions of `topic`.
 pub fn partition_count(config: &ClientConfig, topic: &str) -> Result<i32, KafkaError> {
     let client: rdkafka::consumer::BaseConsumer = config.create()?;
-    let md = client.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    partition_count_with(&client, topic, Duration::from_secs(10))
+}
+
+/// The number of partitions of `topic`, asked through an existing client.
+pub fn partition_count_with(
+    client: &rdkafka::consumer::BaseConsumer,
+    topic: &str,
+    timeout: Duration,
+) -> Result<i32, KafkaError> {
+    let md = client.fetch_metadata(Some(topic), timeout)?;
     let t = md.topics().first().ok_or(KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopic))?;
     if let Some(e) = t.error() {
         return Err(KafkaError::MetadataFetch(e.into()));

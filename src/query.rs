@@ -110,6 +110,60 @@ pub struct LeaderboardEntry {
     pub score: f64,
     /// Input partition that owns the contact.
     pub partition: i32,
+    /// Current tier in the model.
+    pub tier: String,
+}
+
+/// An alert as the read API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertView {
+    /// Deterministic alert id.
+    pub alert_id: String,
+    /// Contact id.
+    pub contact_id: String,
+    /// Account id.
+    pub account_id: String,
+    /// Model and version.
+    pub model: String,
+    /// Model version.
+    pub model_version: u32,
+    /// `heated` or `cooled`.
+    pub direction: &'static str,
+    /// Tier entered.
+    pub tier: String,
+    /// Tier left.
+    pub previous_tier: String,
+    /// Score at the crossing.
+    pub score: f64,
+    /// Threshold crossed.
+    pub threshold: f64,
+    /// When it crossed (ms since the epoch).
+    pub crossed_at_ms: Millis,
+    /// The event that caused it; empty for cooling by decay.
+    pub trigger_event_id: String,
+    /// Top contributions at the crossing.
+    pub top_contributions: Vec<(String, f64)>,
+}
+
+impl From<crate::proto::ScoreAlert> for AlertView {
+    fn from(a: crate::proto::ScoreAlert) -> Self {
+        let heated = a.direction == crate::proto::score_alert::Direction::Heated as i32;
+        Self {
+            alert_id: a.alert_id,
+            contact_id: a.contact_id,
+            account_id: a.account_id,
+            model: a.model,
+            model_version: a.model_version,
+            direction: if heated { "heated" } else { "cooled" },
+            tier: a.tier,
+            previous_tier: a.previous_tier,
+            score: a.score,
+            threshold: a.threshold,
+            crossed_at_ms: a.crossed_at.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000),
+            trigger_event_id: a.trigger_event_id,
+            top_contributions: a.top_contributions.into_iter().map(|c| (c.rule_id, c.points)).collect(),
+        }
+    }
 }
 
 /// The sorted-set entry value a current score corresponds to at `now_ms`:

@@ -96,8 +96,9 @@ async fn read_api_answers_with_the_formula_and_a_brute_force_ranking() {
         running.rules.clone(),
         Arc::new(hotlead::pipeline::Health::default()),
         topics.input.clone(),
-        hotlead::kafka::client_config(&stack.brokers, &[]),
-    );
+        &hotlead::kafka::client_config(&stack.brokers, &[]),
+    )
+    .unwrap();
     ctx.token = Some("s3cret".into());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -154,6 +155,31 @@ async fn read_api_answers_with_the_formula_and_a_brute_force_ranking() {
         let n = body["entries"].as_array().unwrap().len();
         assert_eq!(n, k + 1, "everyone above {min}");
     }
+
+    // `hotlead top` prints the API's ranking.
+    let (_, body) = get("/v1/models/engagement/leaderboard?limit=15".into(), token).await.unwrap();
+    let api_order: Vec<String> =
+        body["entries"].as_array().unwrap().iter().map(|e| e["contact_id"].as_str().unwrap().to_string()).collect();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hotlead"))
+        .args(["top", "engagement", "--limit", "15"])
+        .envs(stack.env(&topics, &path))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli_order: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(cli_order, api_order);
+
+    // This API's pipeline health was never marked consuming.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert!(raw.starts_with("HTTP/1.1 503") && raw.contains("not consuming"), "{raw}");
 
     // Errors name what is wrong.
     let (status, body) = get("/v1/contacts/nobody".into(), token).await.unwrap();

@@ -145,10 +145,12 @@ pub fn score_batch(
                 c.direction.as_str(),
             );
             out.alerts.push(c.direction);
+            let payload = alert.encode_to_vec();
+            out.commit.recent_alerts.push(payload.clone());
             out.commit.outbox.push(OutboxEntry {
                 topic: target.alerts_topic.to_string(),
                 key: ev.contact_id.as_bytes().to_vec(),
-                payload: alert.encode_to_vec(),
+                payload,
                 headers: vec![],
             });
         }
@@ -272,10 +274,12 @@ pub async fn sweep(
                     c.direction.as_str(),
                 );
                 out.alerts.push(c.direction);
+                let payload = alert.encode_to_vec();
+                out.commit.recent_alerts.push(payload.clone());
                 out.commit.outbox.push(OutboxEntry {
                     topic: target.alerts_topic.to_string(),
                     key: id.as_bytes().to_vec(),
-                    payload: alert.encode_to_vec(),
+                    payload,
                     headers: vec![],
                 });
                 changed = true;

@@ -7,13 +7,15 @@
 -- call is atomic on a single Redis and on Redis Cluster alike.
 --
 -- KEYS[1] owner epoch, KEYS[2] offset watermark, KEYS[3] outbox stream,
--- KEYS[4..] contact hashes and leaderboards referred to by index.
+-- KEYS[4] recent-alerts stream, KEYS[5..] contact hashes and sorted sets
+-- referred to by index.
 -- ARGV[1] caller's epoch, ARGV[2] expected watermark ('' for none),
 -- ARGV[3] new watermark, then operations:
 --   H <key index> <n> <field> <value> ...   HSET
 --   Z <key index> <score> <member>          ZADD
 --   R <key index> <member>                  ZREM
 --   X <n> <field> <value> ...               XADD to the outbox
+--   A <payload>                             XADD to recent alerts (capped)
 -- Returns the outbox length.
 
 local function commit(keys, args)
@@ -43,6 +45,9 @@ local function commit(keys, args)
       local cnt = tonumber(args[i + 1])
       redis.call('XADD', keys[3], '*', unpack(args, i + 2, i + 1 + 2 * cnt))
       i = i + 2 + 2 * cnt
+    elseif op == 'A' then
+      redis.call('XADD', keys[4], 'MAXLEN', '~', '200', '*', 'alert', args[i + 1])
+      i = i + 2
     else
       return redis.error_reply('BADOP unknown operation ' .. tostring(op))
     end

@@ -10,6 +10,7 @@
 //! | `hl:{interactions:7}:lb:<model>` | sorted set | contacts by `log2(s) + (t - E)/H` |
 //! | `hl:{interactions:7}:cool:<model>` | sorted set | contacts by the time decay takes them below their tier's exit |
 //! | `hl:{interactions:7}:outbox` | stream | alerts and dead letters not yet delivered |
+//! | `hl:{interactions:7}:recent` | stream | the latest ~200 alerts (capped), for the board |
 //! | `hl:{interactions:7}:wm` | string | offset of the last event applied |
 //! | `hl:{interactions:7}:epoch` | string | owner epoch; fences stale owners |
 
@@ -77,6 +78,10 @@ impl PartitionKeys {
     /// below their tier's exit.
     pub fn cooling(&self, model: &str) -> String {
         format!("{}:cool:{model}", self.tag)
+    }
+    /// The capped stream of recent alerts (for the hot-leads board).
+    pub fn recent_alerts(&self) -> String {
+        format!("{}:recent", self.tag)
     }
     /// The outbox stream.
     pub fn outbox(&self) -> String {
@@ -265,6 +270,8 @@ pub struct Commit {
     pub cooling: Vec<(String, String, Option<f64>)>,
     /// Alerts and dead letters to relay.
     pub outbox: Vec<OutboxEntry>,
+    /// Alert payloads to keep in the recent-alerts stream.
+    pub recent_alerts: Vec<Vec<u8>>,
 }
 
 /// Redis access for one hotlead instance.
@@ -317,7 +324,7 @@ impl Store {
     /// Commits one partition batch atomically; returns the outbox length.
     pub async fn commit(&self, keys: &PartitionKeys, c: &Commit) -> Result<u64, StoreError> {
         let mut cmd = redis::cmd("FCALL");
-        let mut key_list: Vec<String> = vec![keys.epoch(), keys.watermark(), keys.outbox()];
+        let mut key_list: Vec<String> = vec![keys.epoch(), keys.watermark(), keys.outbox(), keys.recent_alerts()];
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut key_index = |k: String, list: &mut Vec<String>| -> usize {
             *index.entry(k.clone()).or_insert_with(|| {
@@ -368,6 +375,10 @@ impl Store {
                 args.push(f.into_bytes());
                 args.push(v);
             }
+        }
+        for payload in &c.recent_alerts {
+            args.push(b"A".to_vec());
+            args.push(payload.clone());
         }
         cmd.arg("hotlead_commit").arg(key_list.len()).arg(&key_list).arg(args);
         match cmd.query_async::<u64>(&mut self.conn.clone()).await {
@@ -478,6 +489,52 @@ impl Store {
                 .arg(limit);
         }
         Ok(pipe.query_async(&mut self.conn.clone()).await?)
+    }
+
+    /// The latest `limit` alerts of each partition (one pipelined round
+    /// trip), newest first across partitions: (stream id, alert payload).
+    pub async fn recent_alerts(
+        &self,
+        topic: &str,
+        partitions: i32,
+        limit: usize,
+    ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let mut pipe = redis::pipe();
+        for p in 0..partitions {
+            pipe.cmd("XREVRANGE")
+                .arg(PartitionKeys::new(topic, p).recent_alerts())
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(limit);
+        }
+        let per: Vec<Vec<(String, StreamFields)>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let mut all: Vec<(String, Vec<u8>)> = per
+            .into_iter()
+            .flatten()
+            .filter_map(|(id, f)| f.into_iter().find(|(k, _)| k == "alert").map(|(_, v)| (id, v)))
+            .collect();
+        let order = |id: &str| -> (u64, u64) {
+            let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+            (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+        };
+        all.sort_by_key(|(id, _)| std::cmp::Reverse(order(id)));
+        all.truncate(limit);
+        Ok(all)
+    }
+
+    /// The tier of each contact in a model: (partition, contact) pairs in,
+    /// tier names out (empty when unknown); one pipelined round trip.
+    pub async fn tiers(&self, topic: &str, model: &str, contacts: &[(i32, &str)]) -> Result<Vec<String>, StoreError> {
+        if contacts.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut pipe = redis::pipe();
+        for (p, c) in contacts {
+            pipe.cmd("HGET").arg(PartitionKeys::new(topic, *p).contact(c)).arg(format!("{model}:tier"));
+        }
+        let v: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(v.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// The watermark of a partition, if it has one.

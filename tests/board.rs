@@ -1,0 +1,125 @@
+//! The hot-leads board in a real headless Chromium against the real service:
+//! the page shows the contacts the test's events made hot, in order, with
+//! their tiers and the alerts they raised.
+//!
+//! `HOTLEAD_BOARD_SCREENSHOT=docs/board.png` also saves a screenshot.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hotlead::proto::interaction_event::Interaction;
+use hotlead::proto::{FormSubmission, InteractionEvent, PageView};
+use support::{last_offsets, rules_file, spawn_pipeline, Stack};
+
+const RULES: &str = r#"
+models:
+  - name: engagement
+    half_life: 14d
+    tiers:
+      - { name: warm, enter: 30, exit: 20 }
+      - { name: hot, enter: 60, exit: 45 }
+    rules:
+      - { id: pricing-page, when: { kind: page_view, url: { prefix: /pricing } }, points: 10 }
+      - { id: demo-request, when: { kind: form_submission, form_id: demo-request }, points: 25 }
+"#;
+
+fn chromium(args: &[&str], url: &str) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=8000", "--window-size=1280,820"])
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chromium ({e}); run scripts/setup.sh to install it"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_board_shows_the_hot_leads_in_order() {
+    let stack = Stack::start();
+    let topics = stack.topics(2).await;
+    let (_dir, path) = rules_file(RULES);
+    let now = hotlead::decode::now_ms() / 1000 * 1000 - 60_000;
+    let ev = |id: String, contact: &str, i: Interaction| InteractionEvent {
+        event_id: id,
+        contact_id: contact.into(),
+        account_id: format!("{contact}-inc"),
+        occurred_at: Some(hotlead::decode::timestamp(now)),
+        interaction: Some(i),
+        ..Default::default()
+    };
+    let pricing = || Interaction::PageView(PageView { url: "/pricing".into(), ..Default::default() });
+    let demo = || Interaction::FormSubmission(FormSubmission { form_id: "demo-request".into(), ..Default::default() });
+    let mut events = Vec::new();
+    // ada 95 (hot), bea 70 (hot), cal 45 (warm), dov 20 (cold).
+    for (contact, views, demos) in [("ada", 7, 1), ("bea", 2, 2), ("cal", 2, 1), ("dov", 2, 0)] {
+        for k in 0..views {
+            events.push(ev(format!("{contact}-v{k}"), contact, pricing()));
+        }
+        for k in 0..demos {
+            events.push(ev(format!("{contact}-d{k}"), contact, demo()));
+        }
+    }
+    let delivered = stack.produce_events(&topics.input, &events).await;
+    let running = spawn_pipeline(stack.config(&topics, &path), &path);
+    stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(60)).await;
+
+    let store = hotlead::store::Store::connect(&stack.redis_url).await.unwrap();
+    let mut ctx = hotlead::api::ApiContext::new(
+        store,
+        running.rules.clone(),
+        Arc::new(hotlead::pipeline::Health::default()),
+        topics.input.clone(),
+        &hotlead::kafka::client_config(&stack.brokers, &[]),
+    )
+    .unwrap();
+    ctx.token = Some("board-token".into());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(hotlead::api::serve(listener, ctx, std::future::pending()));
+    let url = format!("http://127.0.0.1:{port}/board#token=board-token");
+
+    let out = tokio::task::spawn_blocking({
+        let url = url.clone();
+        move || chromium(&["--dump-dom"], &url)
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    let board = dom.split("id=\"board-engagement\"").nth(1).unwrap_or_else(|| panic!("no engagement board:\n{dom}"));
+    let board = board.split("</table>").next().unwrap();
+    let order: Vec<&str> = board.split("data-contact=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
+    assert_eq!(order, ["ada", "bea", "cal", "dov"], "leads in score order");
+    let row = |c: &str| {
+        board.split(&format!("data-contact=\"{c}\"")).nth(1).unwrap().split("</tr>").next().unwrap().to_string()
+    };
+    assert!(row("ada").contains("tier-2\">hot<"), "{}", row("ada"));
+    assert!(row("cal").contains("tier-1\">warm<"), "{}", row("cal"));
+    assert!(row("dov").contains("tier-0\">cold<"), "{}", row("dov"));
+    assert!(row("ada").contains("95.0") || row("ada").contains("94.9"), "{}", row("ada"));
+    let alerts = dom.split("id=\"alerts\"").nth(1).unwrap().split("</ul>").next().unwrap();
+    for c in ["ada", "bea", "cal"] {
+        assert!(alerts.contains(&format!("data-contact=\"{c}\"")), "{c} raised an alert");
+    }
+    assert!(!alerts.contains("data-contact=\"dov\""), "dov raised none");
+
+    // Without the token the page says what is missing.
+    let out = tokio::task::spawn_blocking(move || chromium(&["--dump-dom"], &format!("http://127.0.0.1:{port}/board")))
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("needs the API token"));
+
+    if let Ok(file) = std::env::var("HOTLEAD_BOARD_SCREENSHOT") {
+        let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+        let arg = format!("--screenshot={}", file.display());
+        let out = tokio::task::spawn_blocking(move || chromium(&[&arg], &url)).await.unwrap();
+        assert!(out.status.success());
+    }
+    running.finish().await;
+}
