@@ -82,7 +82,7 @@ async fn the_board_shows_the_hot_leads_in_order() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(hotlead::api::serve(listener, ctx, std::future::pending()));
-    let url = format!("http://127.0.0.1:{port}/board#token=board-token");
+    let url = format!("http://127.0.0.1:{port}/board#token=board-token&lead=ada");
 
     let out = tokio::task::spawn_blocking({
         let url = url.clone();
@@ -108,6 +108,14 @@ async fn the_board_shows_the_hot_leads_in_order() {
         assert!(alerts.contains(&format!("data-contact=\"{c}\"")), "{c} raised an alert");
     }
     assert!(!alerts.contains("data-contact=\"dov\""), "dov raised none");
+
+    // The lead's breakdown: each rule's share of the score.
+    let detail = dom.split("id=\"detail\"").nth(1).unwrap().split("</table>").next().unwrap();
+    assert!(detail.contains("ada") && detail.contains("ada-inc"), "{detail}");
+    for (rule, points) in [("pricing-page", "70.00"), ("demo-request", "25.00")] {
+        let part = detail.split(&format!("<td>{rule}</td>")).nth(1).unwrap_or_else(|| panic!("{rule}: {detail}"));
+        assert!(part.split("</tr>").next().unwrap().contains(points), "{rule}: {detail}");
+    }
 
     // Without the token the page says what is missing.
     let out = tokio::task::spawn_blocking(move || chromium(&["--dump-dom"], &format!("http://127.0.0.1:{port}/board")))
