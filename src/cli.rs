@@ -84,6 +84,11 @@ pub struct RunArgs {
     /// Rules file; overrides `rules.path` of the configuration.
     #[arg(long)]
     pub rules: Option<PathBuf>,
+    /// Score again from the start of the topic any partition whose state is
+    /// gone from Redis while Kafka has offsets committed for it (without it,
+    /// hotlead stops with an error rather than score from zero).
+    #[arg(long)]
+    pub rebuild: bool,
 }
 
 /// `hotlead rules ...`.
@@ -177,6 +182,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let mut config = load_config()?;
             if let Some(r) = args.rules {
                 config.rules.path = r;
+            }
+            if args.rebuild {
+                config.pipeline.rebuild_lost_state = true;
             }
             run_scorer(config).await
         }

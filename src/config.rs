@@ -137,6 +137,16 @@ pub struct PipelineConfig {
     /// tier's exit with no event; `0s` disables the sweep.
     #[serde(deserialize_with = "duration")]
     pub sweep_interval: Duration,
+    /// How long (in event time) a contact remembers the event ids applied to
+    /// it, so a repeated event counts once, e.g. `1h`.
+    #[serde(deserialize_with = "duration")]
+    pub dedup_window: Duration,
+    /// How many event ids a contact remembers at most; 0 turns the check off.
+    pub dedup_max_ids: usize,
+    /// When a partition's state is gone from Redis while Kafka has offsets
+    /// committed for it: `false` stops with an error, `true` scores the
+    /// partition again from the start of the topic (`hotlead run --rebuild`).
+    pub rebuild_lost_state: bool,
 }
 
 impl Default for PipelineConfig {
@@ -148,6 +158,9 @@ impl Default for PipelineConfig {
             max_contact_id_bytes: 256,
             max_future_skew: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(10),
+            dedup_window: Duration::from_secs(3600),
+            dedup_max_ids: 32,
+            rebuild_lost_state: false,
         }
     }
 }

@@ -71,6 +71,14 @@ pub enum DecodeError {
     /// No interaction kind this version of hotlead knows is set.
     #[error("no known interaction is set")]
     NoInteraction,
+    /// An enum field holds a value the schema does not define.
+    #[error("{field} holds {value}, which is not a defined value")]
+    UnknownEnumValue {
+        /// The field.
+        field: &'static str,
+        /// Its value.
+        value: i32,
+    },
 }
 
 impl DecodeError {
@@ -86,11 +94,12 @@ impl DecodeError {
             Self::InvalidTimestamp(_) => "invalid_timestamp",
             Self::FutureTimestamp { .. } => "future_timestamp",
             Self::NoInteraction => "no_interaction",
+            Self::UnknownEnumValue { .. } => "unknown_enum_value",
         }
     }
 
     /// Every reason code, for pre-registering metrics.
-    pub const REASONS: [&'static str; 9] = [
+    pub const REASONS: [&'static str; 10] = [
         "oversized",
         "empty",
         "undecodable",
@@ -100,6 +109,7 @@ impl DecodeError {
         "invalid_timestamp",
         "future_timestamp",
         "no_interaction",
+        "unknown_enum_value",
     ];
 }
 
@@ -136,8 +146,14 @@ pub fn decode(payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Result
     if at_ms - now_ms > limits.max_future_skew_ms {
         return Err(DecodeError::FutureTimestamp { ahead_ms: at_ms - now_ms, limit_ms: limits.max_future_skew_ms });
     }
-    if event.interaction.is_none() {
-        return Err(DecodeError::NoInteraction);
+    match &event.interaction {
+        None => return Err(DecodeError::NoInteraction),
+        Some(crate::proto::interaction_event::Interaction::EmailEngagement(e))
+            if crate::proto::email_engagement::Action::try_from(e.action).is_err() =>
+        {
+            return Err(DecodeError::UnknownEnumValue { field: "email_engagement.action", value: e.action });
+        }
+        _ => {}
     }
     Ok(ValidEvent { event, at_ms })
 }
@@ -207,5 +223,17 @@ mod tests {
         let mut e = event();
         e.interaction = None;
         assert_eq!(reason(&e), Err("no_interaction"));
+        let mut e = event();
+        e.interaction =
+            Some(Interaction::EmailEngagement(crate::proto::EmailEngagement { action: 99, ..Default::default() }));
+        assert_eq!(reason(&e), Err("unknown_enum_value"));
+        // A different message (an alert) is not taken for an event.
+        let alert = crate::proto::ScoreAlert {
+            alert_id: "a".into(),
+            contact_id: "c".into(),
+            model: "m".into(),
+            ..Default::default()
+        };
+        assert!(decode(Some(&alert.encode_to_vec()), &Limits::default(), NOW).is_err());
     }
 }

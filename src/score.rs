@@ -122,18 +122,48 @@ pub struct ContactState {
     pub profile: BTreeMap<String, (String, Millis)>,
     /// State per model, parallel to the rule set's models.
     pub models: Vec<Option<ModelState>>,
+    /// Recently applied event ids (hashed) with their event times, for
+    /// counting a repeated event once.
+    pub seen: Vec<(u64, Millis)>,
 }
 
 impl ContactState {
     /// An empty state for a rule set of `models` models.
     pub fn new(models: usize) -> Self {
-        Self { profile: BTreeMap::new(), models: vec![None; models] }
+        Self { profile: BTreeMap::new(), models: vec![None; models], seen: Vec::new() }
+    }
+
+    /// Records `event_id` at `at_ms` as applied and says whether it was
+    /// applied already: a repeat (a producer's retry, a replayed export) is
+    /// counted once. Ids are remembered for `window_ms` of event time after
+    /// the contact's latest event, `max` at the most (the oldest go first).
+    pub fn seen_before(&mut self, event_id: &str, at_ms: Millis, window_ms: Millis, max: usize) -> bool {
+        if event_id.is_empty() || max == 0 {
+            return false;
+        }
+        let h = event_hash(event_id);
+        if self.seen.iter().any(|(x, _)| *x == h) {
+            return true;
+        }
+        self.seen.push((h, at_ms));
+        let latest = self.seen.iter().map(|(_, t)| *t).max().unwrap_or(at_ms);
+        self.seen.retain(|(_, t)| latest - *t <= window_ms);
+        if self.seen.len() > max {
+            self.seen.sort_by_key(|(x, t)| (std::cmp::Reverse(*t), *x));
+            self.seen.truncate(max);
+        }
+        false
     }
 
     /// The current profile attributes.
     pub fn attributes(&self) -> BTreeMap<String, String> {
         self.profile.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect()
     }
+}
+
+/// A stable 64-bit hash of an event id (FNV-1a), for the repeat check.
+pub fn event_hash(event_id: &str) -> u64 {
+    event_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Which way a tier crossing went.
@@ -634,6 +664,25 @@ models:
         assert_eq!(cooling_due(m, st), None);
         // The next event finds the tier already cooled: no second alert.
         assert!(apply_event(&rs, &mut c, &page("/a"), T0 + 3 * DAY_MS).is_empty());
+    }
+
+    #[test]
+    fn a_repeated_event_id_counts_once_within_the_window() {
+        let mut c = ContactState::new(1);
+        assert!(!c.seen_before("e1", T0, DAY_MS, 8));
+        assert!(c.seen_before("e1", T0 + 5, DAY_MS, 8), "a repeat");
+        assert!(c.seen_before("e1", T0 - DAY_MS / 2, DAY_MS, 8), "a repeat, whatever its stated time");
+        assert!(!c.seen_before("", T0, DAY_MS, 8), "events without an id are never repeats");
+        assert!(!c.seen_before("", T0, DAY_MS, 8));
+        // Two days later e1 has left the window.
+        assert!(!c.seen_before("e2", T0 + 2 * DAY_MS, DAY_MS, 8));
+        assert!(!c.seen_before("e1", T0 + 2 * DAY_MS, DAY_MS, 8));
+        // At most `max` ids are kept, the newest.
+        for i in 0..20 {
+            c.seen_before(&format!("x{i}"), T0 + 3 * DAY_MS + i, DAY_MS, 8);
+        }
+        assert_eq!(c.seen.len(), 8);
+        assert!(c.seen_before("x19", T0, DAY_MS, 8));
     }
 
     #[test]

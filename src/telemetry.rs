@@ -6,7 +6,8 @@ use metrics::{counter, gauge, histogram};
 use sha2::{Digest, Sha256};
 use tracing::{debug, error, info, warn};
 
-/// Events read from the input topic, by `outcome` (`scored`, `dead_lettered`).
+/// Events read from the input topic, by `outcome` (`scored`,
+/// `deduplicated`, `dead_lettered`).
 pub const EVENTS_TOTAL: &str = "hotlead_events_total";
 /// Dead-lettered events, by `reason`.
 pub const DEAD_LETTERS_TOTAL: &str = "hotlead_dead_letters_total";
@@ -162,4 +163,10 @@ pub fn swept(partition: i32, alerts: &[crate::score::Direction]) {
     for d in alerts {
         counter!(ALERTS_TOTAL, "direction" => d.as_str()).increment(1);
     }
+}
+
+/// An event repeated an event id already applied to its contact.
+pub fn deduplicated(partition: i32, offset: i64) {
+    debug!(partition, offset, "Skipped a repeated event id.");
+    counter!(EVENTS_TOTAL, "outcome" => "deduplicated").increment(1);
 }

@@ -109,7 +109,7 @@ async fn every_event_counts_once_across_kill_and_restart() {
             dead_letter_topic: &topics.dead_letter,
         };
         let decoded = batch::decode_all(&msgs, &hotlead::decode::Limits::default(), hotlead::decode::now_ms());
-        let scored = batch::score_batch(&rules, &target, &msgs, decoded, &HashMap::new());
+        let scored = batch::score_batch(&rules, &target, &msgs, decoded, &HashMap::new(), batch::Dedup::default());
         for (contact, fields) in scored.commit.contacts {
             // Contacts seen only in profile updates have no score in this model.
             if let Some((_, s)) = fields.iter().find(|(f, _)| f == "engagement:s") {

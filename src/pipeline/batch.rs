@@ -38,6 +38,21 @@ pub struct BatchTarget<'a> {
     pub dead_letter_topic: &'a str,
 }
 
+/// How repeats of an event id are recognised.
+#[derive(Debug, Clone, Copy)]
+pub struct Dedup {
+    /// How long (event time) an event id is remembered, in milliseconds.
+    pub window_ms: Millis,
+    /// How many ids a contact remembers at most; 0 turns the check off.
+    pub max_ids: usize,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Self { window_ms: 3_600_000, max_ids: 32 }
+    }
+}
+
 /// Dead-letter header: the reason code.
 pub const HEADER_REASON: &str = "hotlead.reason";
 /// Dead-letter header: the full error message.
@@ -56,6 +71,8 @@ pub struct ScoredBatch {
     pub commit: Commit,
     /// Events scored.
     pub scored: usize,
+    /// Events skipped as repeats of an event id already applied.
+    pub deduplicated: usize,
     /// Directions of the alerts raised.
     pub alerts: Vec<Direction>,
 }
@@ -102,6 +119,7 @@ pub fn score_batch(
     messages: &[InputMessage],
     decoded: Vec<(i64, Result<decode::ValidEvent, DecodeError>)>,
     loaded: &HashMap<String, HashMap<String, Vec<u8>>>,
+    dedup: Dedup,
 ) -> ScoredBatch {
     struct Contact {
         account: Option<String>,
@@ -119,7 +137,6 @@ pub fn score_batch(
                 continue;
             }
         };
-        out.scored += 1;
         let ev = &valid.event;
         let contact = contacts.entry(ev.contact_id.clone()).or_insert_with(|| {
             order.push(ev.contact_id.clone());
@@ -129,6 +146,12 @@ pub fn score_batch(
             };
             Contact { account, state }
         });
+        if contact.state.seen_before(&ev.event_id, valid.at_ms, dedup.window_ms, dedup.max_ids) {
+            telemetry::deduplicated(target.partition, offset);
+            out.deduplicated += 1;
+            continue;
+        }
+        out.scored += 1;
         if !ev.account_id.is_empty() {
             contact.account = Some(ev.account_id.clone());
         }

@@ -34,6 +34,10 @@ pub struct Owned {
     pub partitions: HashMap<i32, Ownership>,
     /// Claimed partitions whose outbox may hold undelivered messages.
     pub relay_pending: BTreeSet<i32>,
+    /// Partitions whose state is gone from Redis while Kafka has committed
+    /// offsets for them: (partition, committed offset). The pipeline stops
+    /// rather than score them from zero.
+    pub lost: Vec<(i32, i64)>,
 }
 
 /// librdkafka client and consumer callbacks for the pipeline.
@@ -41,22 +45,45 @@ pub struct PipelineContext {
     topic: String,
     redis: redis::Client,
     owned: Arc<Mutex<Owned>>,
+    rebuild_lost_state: bool,
 }
 
 impl PipelineContext {
-    /// A context for consuming `topic`, claiming partitions in `redis`.
-    pub fn new(topic: String, redis: redis::Client, owned: Arc<Mutex<Owned>>) -> Self {
-        Self { topic, redis, owned }
+    /// A context for consuming `topic`, claiming partitions in `redis`. With
+    /// `rebuild_lost_state`, a partition whose state is gone from Redis is
+    /// scored again from the start of the topic instead of stopping.
+    pub fn new(topic: String, redis: redis::Client, owned: Arc<Mutex<Owned>>, rebuild_lost_state: bool) -> Self {
+        Self { topic, redis, owned, rebuild_lost_state }
     }
 
-    fn claim(&self, tpl: &mut TopicPartitionList) {
+    fn claim(&self, consumer: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let partitions: Vec<i32> = tpl.elements_for_topic(&self.topic).iter().map(|e| e.partition()).collect();
         let mut claims = Vec::with_capacity(partitions.len());
+        let mut lost = Vec::new();
         for p in partitions {
             let keys = PartitionKeys::new(&self.topic, p);
             let (epoch, watermark) = self.with_retry("claim_partition", |conn| claim_partition(conn, &keys));
-            if let Some(w) = watermark {
-                if let Err(e) = tpl.set_partition_offset(&self.topic, p, Offset::Offset(w + 1)) {
+            let start = match watermark {
+                Some(w) => Offset::Offset(w + 1),
+                None => match self.committed(consumer, p) {
+                    // Kafka says this group scored the partition, Redis has no trace.
+                    Some(committed) if self.rebuild_lost_state => {
+                        tracing::warn!(
+                            partition = p,
+                            committed,
+                            "State of the partition is gone from Redis; rebuilding it from the start of the topic."
+                        );
+                        Offset::Beginning
+                    }
+                    Some(committed) => {
+                        lost.push((p, committed));
+                        continue;
+                    }
+                    None => Offset::Invalid,
+                },
+            };
+            if start != Offset::Invalid {
+                if let Err(e) = tpl.set_partition_offset(&self.topic, p, start) {
                     tracing::error!(partition = p, error = %e, "Cannot set the start offset of a claimed partition.");
                 }
             }
@@ -67,7 +94,35 @@ impl PipelineContext {
             owned.partitions.insert(*p, Ownership { epoch: *epoch, watermark: *watermark });
             owned.relay_pending.insert(*p);
         }
+        for (p, committed) in lost {
+            tracing::error!(
+                partition = p,
+                committed,
+                "State of the partition is gone from Redis while Kafka has offsets committed for it; refusing to score it from zero. Restore Redis, or run with --rebuild to score the topic again from its start."
+            );
+            owned.lost.push((p, committed));
+        }
         telemetry::partitions_assigned(&claims, owned.partitions.len());
+    }
+
+    /// The group's committed offset of a partition, if it has one.
+    fn committed(&self, consumer: &BaseConsumer<Self>, partition: i32) -> Option<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        for attempt in 1..=5 {
+            match consumer.committed_offsets(tpl.clone(), Duration::from_secs(10)) {
+                Ok(c) => {
+                    return c.find_partition(&self.topic, partition).and_then(|e| match e.offset() {
+                        Offset::Offset(o) if o > 0 => Some(o),
+                        _ => None,
+                    })
+                }
+                Err(e) => telemetry::retrying("committed_offsets", attempt, &e),
+            }
+            std::thread::sleep(Duration::from_millis(200 * u64::from(attempt)));
+        }
+        telemetry::fatal("committed_offsets", &"cannot read the group's committed offsets");
+        std::process::exit(3);
     }
 
     fn release(&self, tpl: &TopicPartitionList) {
@@ -116,7 +171,7 @@ impl ConsumerContext for PipelineContext {
         let cooperative = matches!(consumer.rebalance_protocol(), RebalanceProtocol::Cooperative);
         let result: KafkaResult<()> = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.claim(tpl);
+                self.claim(consumer, tpl);
                 if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {

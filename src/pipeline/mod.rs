@@ -43,6 +43,17 @@ pub enum PipelineError {
     /// The relay kept failing.
     #[error(transparent)]
     Relay(#[from] RelayError),
+    /// A partition's state is gone from Redis while Kafka has committed
+    /// offsets for it.
+    #[error(
+        "the state of partition {partition} is gone from Redis while Kafka has offset {committed} committed for it; restore Redis, or run with --rebuild to score the topic again from its start"
+    )]
+    StateLost {
+        /// The partition.
+        partition: i32,
+        /// The group's committed offset.
+        committed: i64,
+    },
 }
 
 /// Readiness shared with the HTTP listener.
@@ -86,11 +97,17 @@ pub async fn run_with_clock(
     let store = retry("connect_redis", || Store::connect(&config.redis.url), |_| true).await?;
     let owned = Arc::new(Mutex::new(Owned::default()));
     let topic = config.topics.input.clone();
-    let context = PipelineContext::new(topic.clone(), store.client().clone(), owned.clone());
+    let context =
+        PipelineContext::new(topic.clone(), store.client().clone(), owned.clone(), config.pipeline.rebuild_lost_state);
     let consumer: StreamConsumer<PipelineContext> = config.consumer_config().create_with_context(context)?;
     consumer.subscribe(&[&topic])?;
     let producer: FutureProducer = config.producer_config().create()?;
-    let worker = Worker { config: &config, rules: &rules, store, producer, owned, limits: config.limits(), clock };
+    let dedup = batch::Dedup {
+        window_ms: config.pipeline.dedup_window.as_millis() as i64,
+        max_ids: config.pipeline.dedup_max_ids,
+    };
+    let worker =
+        Worker { config: &config, rules: &rules, store, producer, owned, limits: config.limits(), clock, dedup };
     let sweep_every = config.pipeline.sweep_interval;
     let mut last_sweep = Instant::now();
     health.set_ready(true);
@@ -101,6 +118,10 @@ pub async fn run_with_clock(
     let batch_wait = config.pipeline.batch_wait;
     let batch_max = config.pipeline.batch_max_events;
     loop {
+        if let Some((partition, committed)) = worker.owned.lock().expect("ownership lock").lost.first().copied() {
+            health.set_ready(false);
+            return Err(PipelineError::StateLost { partition, committed });
+        }
         worker.relay_claimed().await?;
         if !sweep_every.is_zero() && last_sweep.elapsed() >= sweep_every {
             worker.sweep().await?;
@@ -194,6 +215,7 @@ struct Worker<'a> {
     owned: Arc<Mutex<Owned>>,
     limits: Limits,
     clock: Clock,
+    dedup: batch::Dedup,
 }
 
 impl Worker<'_> {
@@ -296,7 +318,7 @@ impl Worker<'_> {
             dead_letter_topic: &self.config.topics.dead_letter,
         };
         let rules = self.rules.current();
-        let mut scored = batch::score_batch(&rules, &target, &messages, decoded, &loaded);
+        let mut scored = batch::score_batch(&rules, &target, &messages, decoded, &loaded, self.dedup);
         scored.commit.epoch = own.epoch;
         scored.commit.expected_watermark = own.watermark;
         scored.commit.new_watermark = last;

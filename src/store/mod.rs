@@ -99,6 +99,8 @@ impl PartitionKeys {
 
 /// Hash field holding the contact's account id.
 pub const ACCOUNT_FIELD: &str = "account";
+/// Hash field holding the recently applied event ids: `hash:ms;...` (hex).
+pub const SEEN_FIELD: &str = "seen";
 /// Hash field holding the contact's profile attributes as JSON
 /// (`{"job_title": ["Founder", <event time ms>]}`).
 pub const PROFILE_FIELD: &str = "profile";
@@ -187,6 +189,10 @@ pub fn encode_contact(rules: &RuleSet, account: Option<&str>, c: &ContactState) 
     if !c.profile.is_empty() {
         fields.push((PROFILE_FIELD.to_string(), serde_json::to_string(&c.profile).unwrap_or_default()));
     }
+    if !c.seen.is_empty() {
+        let seen: Vec<String> = c.seen.iter().map(|(h, t)| format!("{h:x}:{t}")).collect();
+        fields.push((SEEN_FIELD.to_string(), seen.join(";")));
+    }
     for (model, st) in rules.models.iter().zip(&c.models) {
         if let Some(st) = st {
             fields.extend(encode_model_state(model, st));
@@ -200,7 +206,17 @@ pub fn decode_contact(rules: &RuleSet, fields: &HashMap<String, Vec<u8>>) -> (Op
     let account = fields.get(ACCOUNT_FIELD).and_then(|v| String::from_utf8(v.clone()).ok());
     let profile = fields.get(PROFILE_FIELD).and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
     let models = rules.models.iter().map(|m| decode_model_state(m, fields)).collect();
-    (account, ContactState { profile, models })
+    let seen = fields
+        .get(SEEN_FIELD)
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .unwrap_or("")
+        .split(';')
+        .filter_map(|e| {
+            let (h, t) = e.split_once(':')?;
+            Some((u64::from_str_radix(h, 16).ok()?, t.parse().ok()?))
+        })
+        .collect();
+    (account, ContactState { profile, models, seen })
 }
 
 /// Encodes and decodes a contact state, as a commit and a later read do.
@@ -585,6 +601,7 @@ mod tests {
         let c = ContactState {
             profile: [("job_title".to_string(), ("VP; Sales = \"x\"".to_string(), 5))].into_iter().collect(),
             models: vec![Some(st)],
+            seen: vec![(u64::MAX, 3), (7, -5)],
         };
         assert_eq!(round_trip(&rules, &c), c);
     }

@@ -299,6 +299,15 @@ impl Running {
     }
 }
 
+impl Running {
+    /// Waits for the pipeline to stop by itself and returns its result.
+    pub async fn wait(mut self) -> Result<(), hotlead::pipeline::PipelineError> {
+        let r = self.handle.take().unwrap().await.unwrap();
+        drop(self.stop.take());
+        r
+    }
+}
+
 impl Drop for Running {
     /// A test that failed leaves its pipeline running: cancel it and wait,
     /// so it is gone before the servers it uses are stopped.
