@@ -106,8 +106,17 @@ pub async fn run_with_clock(
         window_ms: config.pipeline.dedup_window.as_millis() as i64,
         max_ids: config.pipeline.dedup_max_ids,
     };
-    let worker =
-        Worker { config: &config, rules: &rules, store, producer, owned, limits: config.limits(), clock, dedup };
+    let worker = Worker {
+        config: &config,
+        rules: &rules,
+        store,
+        producer,
+        owned,
+        limits: config.limits(),
+        clock,
+        dedup,
+        sought: Mutex::default(),
+    };
     let sweep_every = config.pipeline.sweep_interval;
     let mut last_sweep = Instant::now();
     health.set_ready(true);
@@ -144,10 +153,21 @@ pub async fn run_with_clock(
         }
         for (partition, messages) in batches {
             progress.events += messages.len() as u64;
-            if let Some(last) = worker.process(partition, messages).await? {
-                if let Err(e) = consumer.store_offset(&topic, partition, last) {
-                    tracing::debug!(partition, error = %e, "Offset not stored (partition no longer assigned).");
+            match worker.process(partition, messages).await? {
+                Outcome::Stored(last) => {
+                    if let Err(e) = consumer.store_offset(&topic, partition, last) {
+                        tracing::debug!(partition, error = %e, "Offset not stored (partition no longer assigned).");
+                    }
                 }
+                Outcome::Seek(offset) => {
+                    tracing::info!(partition, offset, "Seeking back to the watermark.");
+                    if let Err(e) =
+                        consumer.seek(&topic, partition, rdkafka::Offset::Offset(offset), Duration::from_secs(10))
+                    {
+                        tracing::warn!(partition, offset, error = %e, "Seek failed.");
+                    }
+                }
+                Outcome::Dropped => {}
             }
         }
         progress.maybe_report(&worker.owned);
@@ -207,6 +227,16 @@ fn gather(
     }
 }
 
+/// What became of a partition's messages.
+enum Outcome {
+    /// Applied and durable up to this offset.
+    Stored(i64),
+    /// Not applied: the partition must be read again from this offset.
+    Seek(i64),
+    /// Not applied: the partition is not ours, or nothing was new.
+    Dropped,
+}
+
 struct Worker<'a> {
     config: &'a Config,
     rules: &'a LiveRules,
@@ -216,6 +246,8 @@ struct Worker<'a> {
     limits: Limits,
     clock: Clock,
     dedup: batch::Dedup,
+    /// The offset each partition was last sent back to after a gap.
+    sought: Mutex<HashMap<i32, i64>>,
 }
 
 impl Worker<'_> {
@@ -280,20 +312,24 @@ impl Worker<'_> {
         Ok(())
     }
 
-    /// Scores, commits and relays one partition's messages; returns the last
-    /// offset whose effects are durable, for the caller to store.
-    async fn process(&self, partition: i32, messages: Vec<InputMessage>) -> Result<Option<i64>, PipelineError> {
+    /// Scores, commits and relays one partition's messages.
+    async fn process(&self, partition: i32, messages: Vec<InputMessage>) -> Result<Outcome, PipelineError> {
         let Some(own) = self.owned.lock().expect("ownership lock").partitions.get(&partition).copied() else {
             tracing::debug!(partition, n = messages.len(), "Dropped messages of a partition no longer owned.");
-            return Ok(None);
+            return Ok(Outcome::Dropped);
         };
         let messages: Vec<InputMessage> =
             messages.into_iter().filter(|m| own.watermark.is_none_or(|w| m.offset > w)).collect();
-        let Some(last) = messages.last().map(|m| m.offset) else {
-            return Ok(None);
-        };
+        let Some(last) = messages.last().map(|m| m.offset) else { return Ok(Outcome::Dropped) };
         if let (Some(w), Some(first)) = (own.watermark, messages.first()) {
             if first.offset != w + 1 {
+                // Messages past a gap: go back to the watermark once; if the
+                // gap is still there, the broker no longer has those offsets.
+                let mut sought = self.sought.lock().expect("seek lock");
+                if sought.get(&partition) != Some(&(w + 1)) {
+                    sought.insert(partition, w + 1);
+                    return Ok(Outcome::Seek(w + 1));
+                }
                 tracing::warn!(
                     partition,
                     watermark = w,
@@ -324,13 +360,28 @@ impl Worker<'_> {
         scored.commit.new_watermark = last;
         match retry("commit", || self.store.commit(&keys, &scored.commit), |e: &StoreError| !e.is_ownership()).await {
             Ok(_) => {}
+            Err(StoreError::WatermarkMismatch(e)) => {
+                // Still the owner, but the stored watermark is not ours (Redis
+                // lost its last writes, say): resume from what Redis holds.
+                let stored = retry("watermark", || self.store.watermark(&keys), |_| true).await?;
+                tracing::warn!(partition, ours = ?own.watermark, stored = ?stored, error = %e, "Watermark moved; resuming from the stored one.");
+                let mut owned = self.owned.lock().expect("ownership lock");
+                if let Some(o) = owned.partitions.get_mut(&partition).filter(|o| o.epoch == own.epoch) {
+                    o.watermark = stored;
+                }
+                self.sought.lock().expect("seek lock").remove(&partition);
+                return Ok(match stored {
+                    Some(w) => Outcome::Seek(w + 1),
+                    None => Outcome::Dropped,
+                });
+            }
             Err(e) if e.is_ownership() => {
                 telemetry::fenced(partition, &e);
                 let mut owned = self.owned.lock().expect("ownership lock");
                 if owned.partitions.get(&partition).is_some_and(|o| o.epoch == own.epoch) {
                     owned.partitions.remove(&partition);
                 }
-                return Ok(None);
+                return Ok(Outcome::Dropped);
             }
             Err(e) => return Err(e.into()),
         }
@@ -352,7 +403,8 @@ impl Worker<'_> {
         if !scored.commit.outbox.is_empty() {
             self.relay(partition).await?;
         }
-        Ok(Some(last))
+        self.sought.lock().expect("seek lock").remove(&partition);
+        Ok(Outcome::Stored(last))
     }
 }
 
