@@ -1,0 +1,386 @@
+//! The fault harness: three hotlead processes score a simulated stream with
+//! duplicates, late and out-of-order events and poison input, while
+//! instances are killed with `kill -9`, one is stopped past the session
+//! timeout and resumed (a zombie), Redis restarts from its AOF, and instances
+//! are added and removed. At the end every contact's score must equal an
+//! offline oracle (the same scoring core over each whole partition), the
+//! distinct alert ids on the alert topic must equal the oracle's, and the
+//! dead letters must be exactly the poison input.
+//!
+//! The short run is part of the test suite. `scripts/faults.sh --long` runs
+//! the long one (`HOTLEAD_FAULTS=long`, at least 20 kills); `--seed N` (or
+//! `HOTLEAD_FAULTS_SEED`) repeats a run. Instance logs stay in
+//! `target/faults/<seed>/`.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hotlead::pipeline::batch::{self, BatchTarget, InputMessage};
+use hotlead::proto::ScoreAlert;
+use hotlead::rules::RuleSet;
+use hotlead::simulate::{SimConfig, Simulator};
+use prost::Message as _;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use support::{close, free_port, Stack};
+
+struct Plan {
+    seed: u64,
+    seconds: u64,
+    rate: u64,
+    fault_every: Duration,
+}
+
+impl Plan {
+    fn from_env() -> Plan {
+        let seed = std::env::var("HOTLEAD_FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
+        match std::env::var("HOTLEAD_FAULTS").as_deref() {
+            Ok("long") => Plan { seed, seconds: 200, rate: 100, fault_every: Duration::from_secs(5) },
+            _ => Plan { seed, seconds: 40, rate: 60, fault_every: Duration::from_secs(4) },
+        }
+    }
+}
+
+/// A redis-server with an append-only file, that can be restarted from it.
+struct AofRedis {
+    port: u16,
+    dir: std::path::PathBuf,
+    child: Child,
+}
+
+impl AofRedis {
+    fn start(dir: &std::path::Path) -> AofRedis {
+        let port = free_port();
+        let child = Self::spawn(port, dir);
+        AofRedis { port, dir: dir.to_path_buf(), child }
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> Child {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops Redis (SIGTERM: it syncs its AOF) and starts it again from the AOF.
+    fn restart(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = self.child.wait();
+        self.child = Self::spawn(self.port, &self.dir);
+    }
+}
+
+impl Drop for AofRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill").args([sig, &child.id().to_string()]).status();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_or_applied_twice_under_faults() {
+    let plan = Plan::from_env();
+    let stack = Stack::start();
+    let topics = stack.topics(6).await;
+    let rules_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models.yaml");
+    let rules = RuleSet::load(&rules_path).unwrap();
+    let logs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/faults/{}", plan.seed));
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs).unwrap();
+    let redis_dir = tempfile::tempdir().unwrap();
+    let mut redis = AofRedis::start(redis_dir.path());
+    let mut rng = ChaCha8Rng::seed_from_u64(plan.seed);
+
+    // The input: simulated events with duplicates, late events and poison.
+    let total = (plan.seconds * plan.rate) as usize;
+    let base = hotlead::decode::now_ms() - 3_600_000;
+    let mut sim = Simulator::new(&SimConfig { contacts: 400, seed: plan.seed, ..SimConfig::default() });
+    let mut input: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(total);
+    let (mut duplicates, mut late, mut poison) = (0, 0, 0);
+    for i in 0..total {
+        let r: f64 = rng.random();
+        let at = base + i as i64 * 1000;
+        if r < 0.01 {
+            poison += 1;
+            let payload = match i % 3 {
+                0 => (0..rng.random_range(1..64)).map(|_| rng.random::<u8>()).collect(),
+                1 => {
+                    let mut e = sim.next_event(at);
+                    e.contact_id.clear();
+                    e.encode_to_vec()
+                }
+                _ => sim.next_event(at + 400 * 86_400_000).encode_to_vec(),
+            };
+            input.push((b"poison".to_vec(), payload));
+        } else if r < 0.03 && !input.is_empty() {
+            // The same event again (a producer's retry), if it was a real one.
+            let (k, p) = input[rng.random_range(0..input.len())].clone();
+            if k != b"poison" {
+                duplicates += 1;
+            } else {
+                poison += 1;
+            }
+            input.push((k, p));
+        } else {
+            let mut t = at;
+            if r < 0.08 {
+                late += 1;
+                t -= rng.random_range(0..6 * 3_600_000);
+            }
+            let e = sim.next_event(t);
+            input.push((e.contact_id.clone().into_bytes(), e.encode_to_vec()));
+        }
+    }
+
+    // Instances of the real binary.
+    let env: Vec<(String, String)> = stack
+        .env(&topics, &rules_path)
+        .into_iter()
+        .map(|(k, v)| if k == "HOTLEAD_REDIS__URL" { (k, redis.url()) } else { (k, v) })
+        .chain([
+            ("HOTLEAD_PIPELINE__SWEEP_INTERVAL".to_string(), "0s".to_string()),
+            ("HOTLEAD_PIPELINE__BATCH_MAX_EVENTS".to_string(), "50".to_string()),
+            ("HOTLEAD_KAFKA__SESSION_TIMEOUT_MS".to_string(), "6000".to_string()),
+            ("RUST_LOG".to_string(), "info".to_string()),
+        ])
+        .collect();
+    let mut started = 0;
+    let spawn = |started: &mut usize| -> Child {
+        *started += 1;
+        let log = std::fs::File::create(logs.join(format!("instance-{started}.log"))).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_hotlead"))
+            .arg("run")
+            .envs(env.clone())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut instances: Vec<Child> = (0..3).map(|_| spawn(&mut started)).collect();
+
+    // The stream, at a steady rate, recording where each message landed.
+    let delivered: Arc<Mutex<Vec<(i32, i64, Vec<u8>, Vec<u8>)>>> = Arc::default();
+    let producer = {
+        let (brokers, topic, delivered) = (stack.brokers.clone(), topics.input.clone(), delivered.clone());
+        let rate = plan.rate;
+        tokio::spawn(async move {
+            let p: rdkafka::producer::FutureProducer = hotlead::kafka::client_config(&brokers, &[])
+                .set("linger.ms", "5")
+                .set("enable.idempotence", "true")
+                .create()
+                .unwrap();
+            let start = Instant::now();
+            for (i, (key, payload)) in input.into_iter().enumerate() {
+                let due = Duration::from_secs_f64(i as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    tokio::time::sleep(wait).await;
+                }
+                let r = rdkafka::producer::FutureRecord::to(&topic).key(&key).payload(&payload);
+                let d = p.send(r, Duration::from_secs(30)).await.unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+                delivered.lock().unwrap().push((d.partition, d.offset, key, payload));
+            }
+        })
+    };
+
+    // Faults.
+    let started_at = Instant::now();
+    let mut next_fault = plan.fault_every;
+    let (mut kills, mut added, mut removed) = (0, 0, 0);
+    let mut zombie: Option<(usize, Instant)> = None;
+    let (mut zombie_done, mut redis_restarted) = (false, false);
+    while !producer.is_finished() {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if let Some((i, until)) = zombie {
+            if Instant::now() >= until {
+                signal(&instances[i], "-CONT");
+                zombie = None;
+            }
+        }
+        if started_at.elapsed() < next_fault {
+            continue;
+        }
+        next_fault += plan.fault_every;
+        let elapsed = started_at.elapsed().as_secs();
+        let live: Vec<usize> = (0..instances.len()).filter(|i| zombie.map(|z| z.0) != Some(*i)).collect();
+        if !zombie_done && elapsed > plan.seconds / 4 && live.len() >= 2 {
+            let i = live[rng.random_range(0..live.len())];
+            signal(&instances[i], "-STOP");
+            zombie = Some((i, Instant::now() + Duration::from_secs(12)));
+            zombie_done = true;
+        } else if !redis_restarted && elapsed > plan.seconds / 2 {
+            redis.restart();
+            redis_restarted = true;
+        } else {
+            let roll: f64 = rng.random();
+            if roll < 0.7 || live.len() < 2 {
+                let i = live[rng.random_range(0..live.len())];
+                instances[i].kill().unwrap();
+                instances[i].wait().unwrap();
+                instances[i] = spawn(&mut started);
+                kills += 1;
+            } else if roll < 0.85 && instances.len() < 5 {
+                instances.push(spawn(&mut started));
+                added += 1;
+            } else if instances.len() > 2 {
+                let i = *live.last().unwrap();
+                let mut gone = instances.remove(i);
+                signal(&gone, "-TERM");
+                let _ = gone.wait();
+                removed += 1;
+            }
+        }
+    }
+    producer.await.unwrap();
+    if let Some((i, _)) = zombie.take() {
+        signal(&instances[i], "-CONT");
+    }
+
+    // Everything produced is applied; then stop the instances.
+    let delivered = std::mem::take(&mut *delivered.lock().unwrap());
+    let mut last: HashMap<i32, i64> = HashMap::new();
+    for (p, o, _, _) in &delivered {
+        let e = last.entry(*p).or_insert(*o);
+        *e = (*e).max(*o);
+    }
+    let mut r = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let done = last.iter().all(|(p, o)| {
+            let w: Option<i64> = redis::cmd("GET")
+                .arg(hotlead::store::PartitionKeys::new(&topics.input, *p).watermark())
+                .query(&mut r)
+                .unwrap();
+            w.is_some_and(|w| w >= *o)
+        });
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not everything was applied within 180s; logs in {}", logs.display());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for c in &instances {
+        signal(c, "-TERM");
+    }
+    for c in &mut instances {
+        let _ = c.wait();
+    }
+
+    // The oracle: the same core over each whole partition.
+    let mut by_partition: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
+    for (p, offset, key, payload) in &delivered {
+        by_partition.entry(*p).or_default().push(InputMessage {
+            offset: *offset,
+            key: Some(key.clone()),
+            payload: Some(payload.clone()),
+        });
+    }
+    let mut want_alerts = BTreeSet::new();
+    let mut want_dead = BTreeSet::new();
+    let mut want_state: Vec<(i32, String, Vec<(String, String)>)> = Vec::new();
+    for (p, mut msgs) in by_partition {
+        msgs.sort_by_key(|m| m.offset);
+        let target = BatchTarget {
+            input_topic: &topics.input,
+            partition: p,
+            alerts_topic: &topics.alerts,
+            dead_letter_topic: &topics.dead_letter,
+        };
+        let decoded = batch::decode_all(&msgs, &hotlead::decode::Limits::default(), hotlead::decode::now_ms());
+        let scored = batch::score_batch(&rules, &target, &msgs, decoded, &HashMap::new(), batch::Dedup::default());
+        for e in scored.commit.outbox {
+            if e.topic == topics.alerts {
+                want_alerts.insert(ScoreAlert::decode(e.payload.as_slice()).unwrap().alert_id);
+            } else {
+                let offset = &e.headers.iter().find(|h| h.0 == "hotlead.source.offset").unwrap().1;
+                want_dead.insert((p, String::from_utf8_lossy(offset).to_string()));
+            }
+        }
+        for (contact, fields) in scored.commit.contacts {
+            want_state.push((p, contact, fields));
+        }
+    }
+
+    // Compare.
+    let got_records = stack.read_all(&topics.alerts, usize::MAX, Duration::from_secs(5)).await;
+    let got: Vec<String> =
+        got_records.iter().map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap().alert_id).collect();
+    let got_set: BTreeSet<String> = got.iter().cloned().collect();
+    let lost = want_alerts.difference(&got_set).count();
+    let unexpected = got_set.difference(&want_alerts).count();
+    let duplicated = got.len() - got_set.len();
+    let dead = stack.read_all(&topics.dead_letter, usize::MAX, Duration::from_secs(3)).await;
+    let got_dead: BTreeSet<(i32, String)> = dead
+        .iter()
+        .map(|d| (d.headers["hotlead.source.partition"].parse().unwrap(), d.headers["hotlead.source.offset"].clone()))
+        .collect();
+    let mut mismatched = Vec::new();
+    for (p, contact, fields) in &want_state {
+        let key = hotlead::store::PartitionKeys::new(&topics.input, *p).contact(contact);
+        let stored: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut r).unwrap();
+        for (f, want) in fields {
+            let ok = match (f.ends_with(":s"), stored.get(f)) {
+                (true, Some(g)) => close(g.parse().unwrap_or(f64::NAN), want.parse().unwrap()),
+                (false, Some(g)) => g == want,
+                (_, None) => false,
+            };
+            if !ok {
+                mismatched.push(format!("{contact} {f}: {:?} vs {want}", stored.get(f)));
+            }
+        }
+    }
+    println!(
+        "faults: seed {} | {} events ({} duplicates, {} late, {} poison) | {} kills, zombie {}, redis restart {}, {} added, {} removed | alerts: {} expected, {} delivered, lost {}, duplicated {}, unexpected {} | dead letters {}/{} | contacts {} checked, {} differ | logs {}",
+        plan.seed,
+        delivered.len(),
+        duplicates,
+        late,
+        poison,
+        kills,
+        zombie_done,
+        redis_restarted,
+        added,
+        removed,
+        want_alerts.len(),
+        got.len(),
+        lost,
+        duplicated,
+        unexpected,
+        got_dead.len(),
+        want_dead.len(),
+        want_state.len(),
+        mismatched.len(),
+        logs.display()
+    );
+    assert!(want_alerts.len() > 50, "the stream should raise alerts");
+    assert_eq!((lost, unexpected), (0, 0), "alerts lost or unexpected");
+    assert!(mismatched.is_empty(), "scores differ from the oracle: {:?}", &mismatched[..mismatched.len().min(10)]);
+    assert_eq!(got_dead, want_dead, "dead letters are exactly the poison input");
+    assert_eq!(want_dead.len(), poison);
+    assert!(zombie_done && redis_restarted && kills > 0);
+    if std::env::var("HOTLEAD_FAULTS").as_deref() == Ok("long") {
+        assert!(kills >= 20, "the long run kills at least 20 times ({kills})");
+    }
+}
