@@ -28,6 +28,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use support::{close, free_port, Stack};
 
+/// Where a message landed: partition, offset, key, payload.
+type Landed = (i32, i64, Vec<u8>, Vec<u8>);
+
+/// A contact's expected hash fields: partition, contact id, fields.
+type Expected = (i32, String, Vec<(String, String)>);
+
 struct Plan {
     seed: u64,
     seconds: u64,
@@ -182,7 +188,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     let mut instances: Vec<Child> = (0..3).map(|_| spawn(&mut started)).collect();
 
     // The stream, at a steady rate, recording where each message landed.
-    let delivered: Arc<Mutex<Vec<(i32, i64, Vec<u8>, Vec<u8>)>>> = Arc::default();
+    let delivered: Arc<Mutex<Vec<Landed>>> = Arc::default();
     let producer = {
         let (brokers, topic, delivered) = (stack.brokers.clone(), topics.input.clone(), delivered.clone());
         let rate = plan.rate;
@@ -299,7 +305,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     }
     let mut want_alerts = BTreeSet::new();
     let mut want_dead = BTreeSet::new();
-    let mut want_state: Vec<(i32, String, Vec<(String, String)>)> = Vec::new();
+    let mut want_state: Vec<Expected> = Vec::new();
     for (p, mut msgs) in by_partition {
         msgs.sort_by_key(|m| m.offset);
         let target = BatchTarget {
