@@ -89,13 +89,16 @@ impl Default for Topics {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`; for a cluster, seed nodes
+    /// separated by commas.
     pub url: String,
+    /// Whether `url` names a Redis Cluster.
+    pub cluster: bool,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: "redis://127.0.0.1:6379".into() }
+        Self { url: "redis://127.0.0.1:6379".into(), cluster: false }
     }
 }
 
@@ -313,7 +316,8 @@ impl Config {
                 return Err(invalid(field, format!("`{name}` is not a valid Kafka topic name")));
             }
         }
-        if let Err(e) = redis::Client::open(self.redis.url.as_str()) {
+        let first_url = self.redis.url.split(',').next().unwrap_or("").trim();
+        if let Err(e) = redis::Client::open(first_url) {
             return Err(invalid(
                 "redis.url",
                 format!("`{}` is not a Redis URL ({e}); write e.g. `redis://127.0.0.1:6379`", self.redis.url),

@@ -121,13 +121,15 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
 
     // The input: simulated events with duplicates, late events and poison.
     let total = (plan.seconds * plan.rate) as usize;
-    let base = hotlead::decode::now_ms() - 3_600_000;
+    // Event times follow the stream's pace and stay in the past.
+    let step_ms = (1000 / plan.rate).max(1) as i64;
+    let base = hotlead::decode::now_ms() - 3_600_000 - total as i64 * step_ms;
     let mut sim = Simulator::new(&SimConfig { contacts: 400, seed: plan.seed, ..SimConfig::default() });
     let mut input: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(total);
     let (mut duplicates, mut late, mut poison) = (0, 0, 0);
     for i in 0..total {
         let r: f64 = rng.random();
-        let at = base + i as i64 * 1000;
+        let at = base + i as i64 * step_ms;
         if r < 0.01 {
             poison += 1;
             let payload = match i % 3 {
@@ -330,14 +332,14 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     }
 
     // Compare.
-    let got_records = stack.read_all(&topics.alerts, usize::MAX, Duration::from_secs(5)).await;
+    let got_records = stack.read_all(&topics.alerts, usize::MAX, Duration::from_secs(20)).await;
     let got: Vec<String> =
         got_records.iter().map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap().alert_id).collect();
     let got_set: BTreeSet<String> = got.iter().cloned().collect();
     let lost = want_alerts.difference(&got_set).count();
     let unexpected = got_set.difference(&want_alerts).count();
     let duplicated = got.len() - got_set.len();
-    let dead = stack.read_all(&topics.dead_letter, usize::MAX, Duration::from_secs(3)).await;
+    let dead = stack.read_all(&topics.dead_letter, usize::MAX, Duration::from_secs(20)).await;
     let got_dead: BTreeSet<(i32, String)> = dead
         .iter()
         .map(|d| (d.headers["hotlead.source.partition"].parse().unwrap(), d.headers["hotlead.source.offset"].clone()))

@@ -15,7 +15,7 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 
-use crate::store::{claim_partition, PartitionKeys};
+use crate::store::{Claimer, PartitionKeys};
 use crate::telemetry;
 
 /// What this instance holds for one owned partition.
@@ -43,7 +43,7 @@ pub struct Owned {
 /// librdkafka client and consumer callbacks for the pipeline.
 pub struct PipelineContext {
     topic: String,
-    redis: redis::Client,
+    redis: Claimer,
     owned: Arc<Mutex<Owned>>,
     rebuild_lost_state: bool,
 }
@@ -52,7 +52,7 @@ impl PipelineContext {
     /// A context for consuming `topic`, claiming partitions in `redis`. With
     /// `rebuild_lost_state`, a partition whose state is gone from Redis is
     /// scored again from the start of the topic instead of stopping.
-    pub fn new(topic: String, redis: redis::Client, owned: Arc<Mutex<Owned>>, rebuild_lost_state: bool) -> Self {
+    pub fn new(topic: String, redis: Claimer, owned: Arc<Mutex<Owned>>, rebuild_lost_state: bool) -> Self {
         Self { topic, redis, owned, rebuild_lost_state }
     }
 
@@ -62,7 +62,7 @@ impl PipelineContext {
         let mut lost = Vec::new();
         for p in partitions {
             let keys = PartitionKeys::new(&self.topic, p);
-            let (epoch, watermark) = self.with_retry("claim_partition", |conn| claim_partition(conn, &keys));
+            let (epoch, watermark) = self.with_retry("claim_partition", || self.redis.claim(&keys));
             let start = match watermark {
                 Some(w) => Offset::Offset(w + 1),
                 None => match self.committed(consumer, p) {
@@ -138,19 +138,10 @@ impl PipelineContext {
     /// Runs a blocking Redis operation, retrying with backoff; exits the
     /// process when Redis stays unreachable, since a partition cannot be
     /// scored without its claim.
-    fn with_retry<T>(
-        &self,
-        operation: &'static str,
-        mut f: impl FnMut(&mut redis::Connection) -> Result<T, crate::store::StoreError>,
-    ) -> T {
+    fn with_retry<T>(&self, operation: &'static str, mut f: impl FnMut() -> Result<T, crate::store::StoreError>) -> T {
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=10 {
-            let result = self
-                .redis
-                .get_connection_with_timeout(Duration::from_secs(5))
-                .map_err(crate::store::StoreError::from)
-                .and_then(|mut c| f(&mut c));
-            match result {
+            match f() {
                 Ok(v) => return v,
                 Err(e) => {
                     telemetry::retrying(operation, attempt, &e);

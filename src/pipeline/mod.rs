@@ -94,11 +94,11 @@ pub async fn run_with_clock(
     shutdown: impl Future<Output = ()>,
     clock: Clock,
 ) -> Result<(), PipelineError> {
-    let store = retry("connect_redis", || Store::connect(&config.redis.url), |_| true).await?;
+    let store = retry("connect_redis", || Store::connect_to(&config.redis.url, config.redis.cluster), |_| true).await?;
     let owned = Arc::new(Mutex::new(Owned::default()));
     let topic = config.topics.input.clone();
     let context =
-        PipelineContext::new(topic.clone(), store.client().clone(), owned.clone(), config.pipeline.rebuild_lost_state);
+        PipelineContext::new(topic.clone(), store.claimer(), owned.clone(), config.pipeline.rebuild_lost_state);
     let consumer: StreamConsumer<PipelineContext> = config.consumer_config().create_with_context(context)?;
     consumer.subscribe(&[&topic])?;
     let producer: FutureProducer = config.producer_config().create()?;

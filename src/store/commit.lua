@@ -57,3 +57,14 @@ local function commit(keys, args)
 end
 
 redis.register_function('hotlead_commit', commit)
+
+-- Claims a partition for a new owner: KEYS[1] owner epoch, KEYS[2] offset
+-- watermark. Increments the epoch (fencing every earlier owner) and returns
+-- it with the watermark ('' for none), atomically.
+local function claim(keys, args)
+  local epoch = redis.call('INCR', keys[1])
+  local wm = redis.call('GET', keys[2]) or ''
+  return { epoch, wm }
+end
+
+redis.register_function('hotlead_claim', claim)

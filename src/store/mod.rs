@@ -290,34 +290,109 @@ pub struct Commit {
     pub recent_alerts: Vec<Vec<u8>>,
 }
 
+/// A connection to a single Redis or to a Redis Cluster.
+#[derive(Clone)]
+pub enum Connection {
+    /// A single Redis (reconnects by itself).
+    Single(ConnectionManager),
+    /// A Redis Cluster (routes each command by its key's slot).
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Single(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(c) => c.get_db(),
+            Connection::Cluster(_) => 0,
+        }
+    }
+}
+
+/// Claims partitions with blocking calls, from librdkafka's rebalance
+/// callback.
+#[derive(Clone)]
+pub enum Claimer {
+    /// A single Redis.
+    Single(redis::Client),
+    /// A Redis Cluster.
+    Cluster(redis::cluster::ClusterClient),
+}
+
+impl Claimer {
+    /// Claims a partition for a new owner: increments its epoch and reads its
+    /// watermark, atomically (the `hotlead_claim` function).
+    pub fn claim(&self, keys: &PartitionKeys) -> Result<(i64, Option<i64>), StoreError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("hotlead_claim").arg(2).arg(keys.epoch()).arg(keys.watermark());
+        let (epoch, wm): (i64, String) = match self {
+            Claimer::Single(c) => cmd.query(&mut c.get_connection_with_timeout(std::time::Duration::from_secs(5))?)?,
+            Claimer::Cluster(c) => cmd.query(&mut c.get_connection()?)?,
+        };
+        Ok((epoch, wm.parse().ok()))
+    }
+}
+
 /// Redis access for one hotlead instance.
 #[derive(Clone)]
 pub struct Store {
-    client: redis::Client,
-    conn: ConnectionManager,
+    claimer: Claimer,
+    conn: Connection,
 }
 
 impl Store {
-    /// Connects and loads the `hotlead` function library.
+    /// Connects to a single Redis and loads the `hotlead` function library.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url)?;
-        let mut conn = client.get_connection_manager().await?;
+        Self::connect_to(url, false).await
+    }
+
+    /// Connects to a single Redis, or with `cluster` to a Redis Cluster whose
+    /// seed nodes `urls` lists (comma-separated), and loads the `hotlead`
+    /// function library (on every primary of a cluster).
+    pub async fn connect_to(urls: &str, cluster: bool) -> Result<Self, StoreError> {
+        let (claimer, mut conn) = if cluster {
+            let client = redis::cluster::ClusterClient::new(urls.split(',').map(str::trim).collect::<Vec<_>>())?;
+            let conn = client.get_async_connection().await?;
+            (Claimer::Cluster(client), Connection::Cluster(conn))
+        } else {
+            let client = redis::Client::open(urls)?;
+            let conn = client.get_connection_manager().await?;
+            (Claimer::Single(client), Connection::Single(conn))
+        };
         redis::cmd("FUNCTION")
             .arg("LOAD")
             .arg("REPLACE")
             .arg(FUNCTION_LIBRARY)
-            .query_async::<String>(&mut conn)
+            .query_async::<redis::Value>(&mut conn)
             .await?;
-        Ok(Self { client, conn })
+        Ok(Self { claimer, conn })
     }
 
-    /// The client, for blocking calls from librdkafka's rebalance callback.
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// Blocking partition claims, for librdkafka's rebalance callback.
+    pub fn claimer(&self) -> Claimer {
+        self.claimer.clone()
     }
 
     /// A connection for ad-hoc commands.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Connection {
         self.conn.clone()
     }
 
@@ -444,11 +519,13 @@ impl Store {
         partitions: i32,
         contact_id: &str,
     ) -> Result<Option<(i32, HashMap<String, Vec<u8>>)>, StoreError> {
-        let mut pipe = redis::pipe();
-        for p in 0..partitions {
-            pipe.cmd("HGETALL").arg(PartitionKeys::new(topic, p).contact(contact_id));
-        }
-        let all: Vec<HashMap<String, Vec<u8>>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let all: Vec<HashMap<String, Vec<u8>>> = self
+            .per_partition(partitions, |p| {
+                let mut c = redis::cmd("HGETALL");
+                c.arg(PartitionKeys::new(topic, p).contact(contact_id));
+                c
+            })
+            .await?;
         Ok(all.into_iter().enumerate().find(|(_, f)| !f.is_empty()).map(|(p, f)| (p as i32, f)))
     }
 
@@ -463,20 +540,21 @@ impl Store {
         floor: f64,
         limit: usize,
     ) -> Result<Vec<(String, f64, i32)>, StoreError> {
-        let mut pipe = redis::pipe();
-        for p in 0..partitions {
-            pipe.cmd("ZRANGE")
-                .arg(PartitionKeys::new(topic, p).leaderboard(model))
-                .arg("+inf")
-                .arg(format!("{floor:?}"))
-                .arg("BYSCORE")
-                .arg("REV")
-                .arg("LIMIT")
-                .arg(0)
-                .arg(limit)
-                .arg("WITHSCORES");
-        }
-        let per: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let per: Vec<Vec<(String, f64)>> = self
+            .per_partition(partitions, |p| {
+                let mut c = redis::cmd("ZRANGE");
+                c.arg(PartitionKeys::new(topic, p).leaderboard(model))
+                    .arg("+inf")
+                    .arg(format!("{floor:?}"))
+                    .arg("BYSCORE")
+                    .arg("REV")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit)
+                    .arg("WITHSCORES");
+                c
+            })
+            .await?;
         let mut all: Vec<(String, f64, i32)> =
             per.into_iter().enumerate().flat_map(|(p, v)| v.into_iter().map(move |(c, z)| (c, z, p as i32))).collect();
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
@@ -545,26 +623,36 @@ impl Store {
         if contacts.is_empty() {
             return Ok(vec![]);
         }
-        let mut pipe = redis::pipe();
-        for (p, c) in contacts {
-            pipe.cmd("HGET").arg(PartitionKeys::new(topic, *p).contact(c)).arg(format!("{model}:tier"));
-        }
-        let v: Vec<Option<String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let v: Vec<Option<String>> = futures::future::try_join_all(contacts.iter().map(|(p, c)| {
+            let mut conn = self.conn.clone();
+            let mut cmd = redis::cmd("HGET");
+            cmd.arg(PartitionKeys::new(topic, *p).contact(c)).arg(format!("{model}:tier"));
+            async move { cmd.query_async::<Option<String>>(&mut conn).await }
+        }))
+        .await?;
         Ok(v.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// Runs one command per partition, concurrently (on a multiplexed
+    /// connection they travel pipelined); each partition's keys live in
+    /// their own cluster slot, so they cannot share one pipeline there.
+    async fn per_partition<T: redis::FromRedisValue>(
+        &self,
+        partitions: i32,
+        command: impl Fn(i32) -> redis::Cmd,
+    ) -> Result<Vec<T>, StoreError> {
+        Ok(futures::future::try_join_all((0..partitions).map(|p| {
+            let mut conn = self.conn.clone();
+            let cmd = command(p);
+            async move { cmd.query_async::<T>(&mut conn).await }
+        }))
+        .await?)
     }
 
     /// The watermark of a partition, if it has one.
     pub async fn watermark(&self, keys: &PartitionKeys) -> Result<Option<i64>, StoreError> {
         Ok(redis::cmd("GET").arg(keys.watermark()).query_async(&mut self.conn.clone()).await?)
     }
-}
-
-/// Claims a partition for a new owner: increments its epoch and reads its
-/// watermark, atomically. Blocking, for librdkafka's rebalance callback.
-pub fn claim_partition(conn: &mut redis::Connection, keys: &PartitionKeys) -> Result<(i64, Option<i64>), StoreError> {
-    let (epoch, wm): (i64, Option<i64>) =
-        redis::pipe().atomic().cmd("INCR").arg(keys.epoch()).cmd("GET").arg(keys.watermark()).query(conn)?;
-    Ok((epoch, wm))
 }
 
 fn classify(e: redis::RedisError) -> StoreError {

@@ -212,8 +212,9 @@ impl Stack {
         }
     }
 
-    /// Reads every message on `topic` until `count` have arrived or `wait`
-    /// passes with nothing new.
+    /// Reads the messages on `topic` from the start: until `count` have
+    /// arrived, or no first message within `wait`, or a quiet second after
+    /// the last one.
     pub async fn read_all(&self, topic: &str, count: usize, wait: Duration) -> Vec<Record> {
         let consumer: StreamConsumer = hotlead::kafka::client_config(&self.brokers, &[])
             .set("group.id", format!("reader-{}", rand::random::<u64>()))
@@ -223,9 +224,8 @@ impl Stack {
             .unwrap();
         consumer.subscribe(&[topic]).unwrap();
         let mut out = Vec::new();
-        let deadline = Instant::now() + wait;
         while out.len() < count {
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = if out.is_empty() { wait } else { Duration::from_secs(1) };
             match tokio::time::timeout(left, consumer.recv()).await {
                 Ok(Ok(m)) => out.push(Record {
                     key: m.key().unwrap_or_default().to_vec(),
