@@ -334,7 +334,7 @@ pub enum Claimer {
     /// A single Redis.
     Single(redis::Client),
     /// A Redis Cluster.
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 impl Claimer {
@@ -371,7 +371,7 @@ impl Store {
         let (claimer, mut conn) = if cluster {
             let client = redis::cluster::ClusterClient::new(urls.split(',').map(str::trim).collect::<Vec<_>>())?;
             let conn = client.get_async_connection().await?;
-            (Claimer::Cluster(client), Connection::Cluster(conn))
+            (Claimer::Cluster(Box::new(client)), Connection::Cluster(conn))
         } else {
             let client = redis::Client::open(urls)?;
             let conn = client.get_connection_manager().await?;
