@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use hotlead::proto::interaction_event::Interaction;
 use hotlead::proto::{EmailEngagement, InteractionEvent, PageView};
+use prost::Message as _;
 use support::{close, last_offsets, rules_file, spawn_pipeline, Stack, Topics};
 
 const RULES: &str = "models: [{name: m, half_life: 7d, tiers: [{name: warm, enter: 30, exit: 20}], rules: [{id: p, when: {kind: page_view}, points: 10}, {id: e, when: {kind: email_engagement}, points: 1}]}]";
@@ -99,4 +100,197 @@ async fn lost_state_stops_the_pipeline_unless_a_rebuild_is_asked_for() {
     for c in contacts {
         assert!(close(before[c], after[c]), "{c}: {} before, {} after the rebuild", before[c], after[c]);
     }
+}
+
+/// A redis-server whose data can be saved now and restored later: a Redis
+/// that loses its last writes.
+struct SnapshotRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl SnapshotRedis {
+    fn start() -> SnapshotRedis {
+        let dir = tempfile::tempdir().unwrap();
+        let port = support::free_port();
+        let child = Self::spawn(port, dir.path());
+        SnapshotRedis { port, dir, child }
+    }
+
+    fn spawn(port: u16, dir: &std::path::Path) -> std::process::Child {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+            .is_err()
+        {
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Writes the data as it is now to dump.rdb.
+    fn snapshot(&self) {
+        let mut c = redis::Client::open(self.url()).unwrap().get_connection().unwrap();
+        let _: () = redis::cmd("SAVE").query(&mut c).unwrap();
+    }
+
+    /// Dies without saving and comes back with the last snapshot.
+    fn crash_to_snapshot(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self.child = Self::spawn(self.port, self.dir.path());
+    }
+}
+
+impl Drop for SnapshotRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_that_lost_its_last_writes_is_healed_by_replay() {
+    use hotlead::pipeline::batch::{self, BatchTarget, InputMessage};
+    use std::collections::{BTreeMap, BTreeSet};
+
+    let stack = Stack::start();
+    let topics = stack.topics(3).await;
+    let rules_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models.yaml");
+    let rules = hotlead::rules::RuleSet::load(&rules_path).unwrap();
+    let mut redis_server = SnapshotRedis::start();
+    let mut env = stack.env(&topics, &rules_path);
+    env.retain(|(k, _)| k != "HOTLEAD_REDIS__URL");
+    env.push(("HOTLEAD_REDIS__URL".into(), redis_server.url()));
+    let config = || hotlead::config::Config::from_parts("", env.clone()).unwrap();
+    let base = hotlead::decode::now_ms() - 86_400_000;
+    let mut sim = hotlead::simulate::Simulator::new(&hotlead::simulate::SimConfig {
+        contacts: 150,
+        seed: 3,
+        ..Default::default()
+    });
+    let events: Vec<InteractionEvent> = (0..1600).map(|i| sim.next_event(base + i * 20_000)).collect();
+    let watermarks_of = |url: &str| -> HashMap<i32, i64> {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        (0..topics.partitions)
+            .filter_map(|p| {
+                let key = hotlead::store::PartitionKeys::new(&topics.input, p).watermark();
+                redis::cmd("GET").arg(key).query::<Option<i64>>(&mut c).unwrap().map(|w| (p, w))
+            })
+            .collect()
+    };
+    let url = redis_server.url();
+    let wait = |want: HashMap<i32, i64>| {
+        let url = url.clone();
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let w = watermarks_of(&url);
+                if want.iter().all(|(p, o)| w.get(p).is_some_and(|x| x >= o)) {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "not applied: {w:?} want {want:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // The first half, then a snapshot; the second half is scored, alerted and
+    // committed to Kafka, and then Redis loses it.
+    let first = stack.produce_events(&topics.input, &events[..800]).await;
+    let running = spawn_pipeline(config(), &rules_path);
+    wait(last_offsets(&first)).await;
+    redis_server.snapshot();
+    let second = stack.produce_events(&topics.input, &events[800..]).await;
+    wait(last_offsets(&second)).await;
+    running.finish().await;
+    redis_server.crash_to_snapshot();
+    let restored = watermarks_of(&redis_server.url());
+    assert!(
+        last_offsets(&second).iter().any(|(p, o)| restored.get(p).is_none_or(|w| w < o)),
+        "Redis is behind Kafka after the crash"
+    );
+
+    // hotlead resumes from Redis's watermarks and replays what was lost.
+    let running = spawn_pipeline(config(), &rules_path);
+    wait(last_offsets(&second)).await;
+    running.finish().await;
+
+    let delivered: Vec<(i32, i64)> = first.iter().chain(&second).copied().collect();
+    let mut by_partition: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
+    for (e, (p, offset)) in events.iter().zip(&delivered) {
+        by_partition.entry(*p).or_default().push(InputMessage {
+            offset: *offset,
+            key: Some(e.contact_id.clone().into_bytes()),
+            payload: Some(e.encode_to_vec()),
+        });
+    }
+    let mut c = redis::Client::open(redis_server.url()).unwrap().get_connection().unwrap();
+    let mut want_alerts = BTreeSet::new();
+    let mut checked = 0;
+    for (p, msgs) in by_partition {
+        let target = BatchTarget {
+            input_topic: &topics.input,
+            partition: p,
+            alerts_topic: &topics.alerts,
+            dead_letter_topic: &topics.dead_letter,
+        };
+        let decoded = batch::decode_all(&msgs, &hotlead::decode::Limits::default(), hotlead::decode::now_ms());
+        let scored = batch::score_batch(&rules, &target, &msgs, decoded, &HashMap::new(), batch::Dedup::default());
+        for e in &scored.commit.outbox {
+            want_alerts.insert(hotlead::proto::ScoreAlert::decode(e.payload.as_slice()).unwrap().alert_id);
+        }
+        for (contact, fields) in scored.commit.contacts {
+            let key = hotlead::store::PartitionKeys::new(&topics.input, p).contact(&contact);
+            let stored: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut c).unwrap();
+            for (f, want) in fields {
+                assert_eq!(stored.get(&f), Some(&want), "{contact} {f} after the replay");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked > 100);
+    let got: BTreeSet<String> = stack
+        .read_all(&topics.alerts, usize::MAX, Duration::from_secs(20))
+        .await
+        .iter()
+        .map(|r| hotlead::proto::ScoreAlert::decode(r.payload.as_slice()).unwrap().alert_id)
+        .collect();
+    assert_eq!(got, want_alerts, "alerts raised twice carry the same ids; none is missing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn braces_in_a_contact_id_do_not_move_its_hash_slot() {
+    let stack = Stack::start();
+    let topics = stack.topics(1).await;
+    let (_dir, path) = rules_file(RULES);
+    let t = hotlead::decode::now_ms() / 1000 * 1000 - 60_000;
+    let evil = "{interactions:9}x}{";
+    let d = stack.produce_events(&topics.input, &[page("b1", evil, t), page("b2", "plain", t)]).await;
+    let running = spawn_pipeline(stack.config(&topics, &path), &path);
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+    running.finish().await;
+    let keys = hotlead::store::PartitionKeys::new(&topics.input, 0);
+    let mut r = stack.redis();
+    // Redis Cluster hashes the first {...} of a key: the partition's tag.
+    let evil_key = keys.contact(evil);
+    assert!(evil_key.starts_with(&format!("hl:{{{}:0}}", topics.input)));
+    let tag = |k: &str| k[k.find('{').unwrap() + 1..k.find('}').unwrap()].to_string();
+    assert_eq!(tag(&evil_key), tag(&keys.watermark()), "the first {{...}} is the partition's tag");
+    let s: Option<String> = redis::cmd("HGET").arg(&evil_key).arg("m:s").query(&mut r).unwrap();
+    assert_eq!(s.as_deref(), Some("10.0"), "scored under the partition's key");
 }
