@@ -200,6 +200,8 @@ mod tests {
         let l = Limits::default();
         assert_eq!(decode(None, &l, NOW).unwrap_err().reason(), "empty");
         assert_eq!(decode(Some(&[0xff, 0xff, 0xff]), &l, NOW).unwrap_err().reason(), "undecodable");
+        let whole = event().encode_to_vec();
+        assert_eq!(decode(Some(&whole[..whole.len() - 3]), &l, NOW).unwrap_err().reason(), "undecodable", "truncated");
         let big = vec![0u8; l.max_message_bytes + 1];
         assert_eq!(decode(Some(&big), &l, NOW).unwrap_err().reason(), "oversized");
         let mut e = event();
