@@ -347,7 +347,16 @@ fn rules_test(file: &std::path::Path, events: &std::path::Path) -> std::process:
 }
 
 async fn run_scorer(config: Config) -> anyhow::Result<std::process::ExitCode> {
+    use crate::telemetry as t;
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), t::SECONDS_BUCKETS)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(t::BATCH_EVENTS.into()),
+                t::BATCH_BUCKETS,
+            )
+        })
+        .context("histogram buckets")?
         .install_recorder()
         .context("cannot install the metrics recorder")?;
     crate::telemetry::describe();

@@ -353,7 +353,8 @@ impl Config {
             .set("auto.commit.interval.ms", "1000")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .set("fetch.wait.max.ms", "100");
+            .set("fetch.wait.max.ms", "100")
+            .set("statistics.interval.ms", "5000");
         for (k, v) in &self.kafka {
             c.set(k, v);
         }

@@ -11,8 +11,20 @@ use tracing::{debug, error, info, warn};
 pub const EVENTS_TOTAL: &str = "hotlead_events_total";
 /// Dead-lettered events, by `reason`.
 pub const DEAD_LETTERS_TOTAL: &str = "hotlead_dead_letters_total";
-/// Alerts committed to the outbox, by `direction`.
+/// Alerts committed to the outbox, by `model`, `tier` (entered) and `direction`.
 pub const ALERTS_TOTAL: &str = "hotlead_alerts_total";
+/// Time of the Redis commit call of one partition batch.
+pub const REDIS_COMMIT_SECONDS: &str = "hotlead_redis_commit_seconds";
+/// Time to deliver one partition's outbox and trim it.
+pub const RELAY_SECONDS: &str = "hotlead_relay_seconds";
+/// From an event's time to the broker acknowledging the alert it caused.
+pub const EVENT_TO_ALERT_SECONDS: &str = "hotlead_event_to_alert_seconds";
+/// Messages behind the end of each owned input partition, by `partition`.
+pub const CONSUMER_LAG: &str = "hotlead_consumer_lag_messages";
+/// Errors reported by the Kafka client, by `code`.
+pub const KAFKA_ERRORS_TOTAL: &str = "hotlead_kafka_errors_total";
+/// Always 1, with the running `version`.
+pub const BUILD_INFO: &str = "hotlead_build_info";
 /// Messages the relay delivered to Kafka, by `kind` (`alert`, `dead_letter`).
 pub const RELAYED_TOTAL: &str = "hotlead_relayed_messages_total";
 /// Batch commits, by `result` (`ok`, `fenced`, `error`).
@@ -45,12 +57,46 @@ pub fn describe() {
     metrics::describe_histogram!(BATCH_EVENTS, "Events in one partition batch.");
     metrics::describe_gauge!(OWNED_PARTITIONS, "Input partitions this instance owns.");
     metrics::describe_counter!(RETRIES_TOTAL, "Infrastructure operations retried after a failure, by operation.");
+    metrics::describe_histogram!(
+        REDIS_COMMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of the Redis commit call of one partition batch."
+    );
+    metrics::describe_histogram!(
+        RELAY_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to deliver one partition's outbox and trim it."
+    );
+    metrics::describe_histogram!(
+        EVENT_TO_ALERT_SECONDS,
+        metrics::Unit::Seconds,
+        "From an event's time to the broker acknowledging its alert."
+    );
+    metrics::describe_gauge!(CONSUMER_LAG, "Messages behind the end of each owned input partition.");
+    metrics::describe_counter!(KAFKA_ERRORS_TOTAL, "Errors reported by the Kafka client, by code.");
+    metrics::describe_gauge!(BUILD_INFO, "Always 1, labelled with the running version.");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for reason in crate::decode::DecodeError::REASONS {
         counter!(DEAD_LETTERS_TOTAL, "reason" => reason).absolute(0);
     }
-    for direction in ["heated", "cooled"] {
-        counter!(ALERTS_TOTAL, "direction" => direction).absolute(0);
-    }
+}
+
+/// Latency buckets (seconds) for the histograms in seconds.
+pub const SECONDS_BUCKETS: &[f64] =
+    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0];
+
+/// Size buckets for events per batch.
+pub const BATCH_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
+
+/// One raised alert, for its metric labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertLabels {
+    /// Model name.
+    pub model: String,
+    /// Tier entered.
+    pub tier: String,
+    /// Direction.
+    pub direction: crate::score::Direction,
 }
 
 /// Sets up structured logging; `RUST_LOG` filters, `json` switches format.
@@ -79,15 +125,40 @@ pub fn dead_lettered(partition: i32, offset: i64, reason: &'static str, error: &
 }
 
 /// A batch of events was scored and committed.
-pub fn batch_committed(partition: i32, events: usize, scored: usize, alerts: &[crate::score::Direction], seconds: f64) {
+pub fn batch_committed(
+    partition: i32,
+    events: usize,
+    scored: usize,
+    alerts: &[AlertLabels],
+    seconds: f64,
+    redis_seconds: f64,
+) {
     debug!(partition, events, scored, alerts = alerts.len(), "Committed a partition batch.");
     counter!(EVENTS_TOTAL, "outcome" => "scored").increment(scored as u64);
     counter!(COMMITS_TOTAL, "result" => "ok").increment(1);
     histogram!(COMMIT_SECONDS).record(seconds);
+    histogram!(REDIS_COMMIT_SECONDS).record(redis_seconds);
     histogram!(BATCH_EVENTS).record(events as f64);
-    for d in alerts {
-        counter!(ALERTS_TOTAL, "direction" => d.as_str()).increment(1);
+    alerts_raised(alerts);
+}
+
+fn alerts_raised(alerts: &[AlertLabels]) {
+    for a in alerts {
+        counter!(ALERTS_TOTAL, "model" => a.model.clone(), "tier" => a.tier.clone(), "direction" => a.direction.as_str())
+            .increment(1);
     }
+}
+
+/// An owned partition's lag, from the Kafka client's statistics.
+pub fn consumer_lag(partition: i32, lag: i64) {
+    gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
+}
+
+/// The Kafka client reported an error.
+pub fn kafka_error(error: &rdkafka::error::KafkaError, reason: &str) {
+    let code = error.rdkafka_error_code().map_or_else(|| "other".to_string(), |c| format!("{c:?}"));
+    warn!(error = %error, reason, "Kafka client error.");
+    counter!(KAFKA_ERRORS_TOTAL, "code" => code).increment(1);
 }
 
 /// A contact crossed a tier.
@@ -110,9 +181,14 @@ pub fn retrying(operation: &'static str, attempt: u32, error: &dyn std::fmt::Dis
     }
 }
 
-/// Messages were delivered from an outbox.
-pub fn relayed(partition: i32, alerts: usize, dead_letters: usize) {
+/// Messages were delivered from an outbox, in `seconds`; `alert_latencies`
+/// holds each event-caused alert's time from its event, in seconds.
+pub fn relayed(partition: i32, alerts: usize, dead_letters: usize, seconds: f64, alert_latencies: &[f64]) {
     debug!(partition, alerts, dead_letters, "Relayed outbox messages.");
+    histogram!(RELAY_SECONDS).record(seconds);
+    for l in alert_latencies {
+        histogram!(EVENT_TO_ALERT_SECONDS).record(*l);
+    }
     counter!(RELAYED_TOTAL, "kind" => "alert").increment(alerts as u64);
     counter!(RELAYED_TOTAL, "kind" => "dead_letter").increment(dead_letters as u64);
 }
@@ -158,11 +234,9 @@ pub fn rules_refused(error: &dyn std::fmt::Display) {
 }
 
 /// A sweep found contacts that cooled with no event.
-pub fn swept(partition: i32, alerts: &[crate::score::Direction]) {
+pub fn swept(partition: i32, alerts: &[AlertLabels]) {
     debug!(partition, alerts = alerts.len(), "Swept a partition for cooled contacts.");
-    for d in alerts {
-        counter!(ALERTS_TOTAL, "direction" => d.as_str()).increment(1);
-    }
+    alerts_raised(alerts);
 }
 
 /// An event repeated an event id already applied to its contact.

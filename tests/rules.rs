@@ -366,13 +366,18 @@ async fn sighup_reloads_the_rules_of_a_running_process() {
     let v1 = "models: [{name: engagement, half_life: 7d, tiers: [{name: warm, enter: 30, exit: 20}], rules: [{id: click, when: {kind: email_engagement, action: click}, points: 6}]}]";
     let (dir, path) = rules_file(v1);
     let log = dir.path().join("hotlead.log");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hotlead"))
-        .arg("run")
-        .envs(stack.env(&topics, &path))
-        .env("HOTLEAD_RULES__RELOAD_INTERVAL", "0s")
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let http = support::free_port();
+    let mut child = support::KillOnDrop(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hotlead"))
+            .arg("run")
+            .envs(stack.env(&topics, &path))
+            .env("HOTLEAD_RULES__RELOAD_INTERVAL", "0s")
+            .env("HOTLEAD_HTTP__LISTEN", format!("127.0.0.1:{http}"))
+            .env("HOTLEAD_KAFKA__STATISTICS_INTERVAL_MS", "500")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let t0 = t0();
     let clicks = |contact: &str, n: usize| -> Vec<InteractionEvent> {
         (0..n).map(|i| ev(&format!("{contact}-{i}"), contact, t0, email(Action::Click))).collect()
@@ -382,7 +387,7 @@ async fn sighup_reloads_the_rules_of_a_running_process() {
 
     // With file polling off, a change takes effect on SIGHUP only.
     std::fs::write(&path, v1.replace("points: 6", "points: 10")).unwrap();
-    let hup = std::process::Command::new("kill").args(["-HUP", &child.id().to_string()]).status().unwrap();
+    let hup = std::process::Command::new("kill").args(["-HUP", &child.0.id().to_string()]).status().unwrap();
     assert!(hup.success());
     let deadline = Instant::now() + Duration::from_secs(10);
     while !std::fs::read_to_string(&log).unwrap().contains("Reloaded rules") {
@@ -394,6 +399,46 @@ async fn sighup_reloads_the_rules_of_a_running_process() {
     let all = alerts(&stack, &topics, 2).await;
     let versions: Vec<(&str, u32)> = all.iter().map(|a| (a.contact_id.as_str(), a.model_version)).collect();
     assert_eq!(versions, [("before", 1), ("after", 2)]);
-    let term = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
-    assert!(term.success() && child.wait().unwrap().success());
+
+    // The metrics SREs watch moved.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let metrics = {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        raw
+    };
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']) && l.contains(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+    };
+    let line = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} missing from /metrics:\n{metrics}"))
+    };
+    assert_eq!(line("hotlead_events_total{outcome=\"scored\"}"), 8.0);
+    assert_eq!(line("hotlead_alerts_total{model=\"engagement\",tier=\"warm\",direction=\"heated\"}"), 2.0);
+    assert_eq!(line("hotlead_rules_reloads_total{result=\"ok\"}"), 1.0);
+    assert_eq!(line("hotlead_rules_version{model=\"engagement\"}"), 2.0);
+    assert_eq!(line("hotlead_consumer_lag_messages{partition=\"0\"}"), 0.0);
+    assert_eq!(line("hotlead_owned_partitions"), 1.0);
+    assert!(value("hotlead_redis_commit_seconds_count") >= 2.0);
+    assert!(value("hotlead_relay_seconds_count") >= 2.0);
+    assert_eq!(value("hotlead_event_to_alert_seconds_count"), 2.0);
+    // The events were made two days ago: event time to acknowledged alert.
+    let mean = value("hotlead_event_to_alert_seconds_sum") / 2.0;
+    assert!((86_400.0..3.0 * 86_400.0).contains(&mean), "mean event-to-alert {mean}s");
+    assert_eq!(line("hotlead_build_info{version="), 1.0);
+    let term = std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    assert!(term.success() && child.0.wait().unwrap().success());
 }

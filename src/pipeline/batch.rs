@@ -73,8 +73,8 @@ pub struct ScoredBatch {
     pub scored: usize,
     /// Events skipped as repeats of an event id already applied.
     pub deduplicated: usize,
-    /// Directions of the alerts raised.
-    pub alerts: Vec<Direction>,
+    /// The alerts raised, for metrics.
+    pub alerts: Vec<telemetry::AlertLabels>,
 }
 
 /// Decodes a batch's messages, in offset order.
@@ -167,7 +167,11 @@ pub fn score_batch(
                 model.tier_name(c.to),
                 c.direction.as_str(),
             );
-            out.alerts.push(c.direction);
+            out.alerts.push(telemetry::AlertLabels {
+                model: model.name.clone(),
+                tier: model.tier_name(c.to).to_string(),
+                direction: c.direction,
+            });
             let payload = alert.encode_to_vec();
             out.commit.recent_alerts.push(payload.clone());
             out.commit.outbox.push(OutboxEntry {
@@ -251,8 +255,8 @@ fn dead_letter(target: &BatchTarget<'_>, msg: &InputMessage, e: &DecodeError) ->
 pub struct Sweep {
     /// The commit (epoch and watermarks left for the caller to fill).
     pub commit: Commit,
-    /// Alerts raised.
-    pub alerts: Vec<Direction>,
+    /// Alerts raised, for metrics.
+    pub alerts: Vec<telemetry::AlertLabels>,
 }
 
 /// Finds the contacts of one partition whose cooling is due by `now_ms`
@@ -296,7 +300,11 @@ pub async fn sweep(
                     model.tier_name(c.to),
                     c.direction.as_str(),
                 );
-                out.alerts.push(c.direction);
+                out.alerts.push(telemetry::AlertLabels {
+                    model: model.name.clone(),
+                    tier: model.tier_name(c.to).to_string(),
+                    direction: c.direction,
+                });
                 let payload = alert.encode_to_vec();
                 out.commit.recent_alerts.push(payload.clone());
                 out.commit.outbox.push(OutboxEntry {

@@ -155,7 +155,21 @@ impl PipelineContext {
     }
 }
 
-impl ClientContext for PipelineContext {}
+impl ClientContext for PipelineContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let owned = self.owned.lock().expect("ownership lock");
+        for (p, s) in &topic.partitions {
+            if *p >= 0 && owned.partitions.contains_key(p) && s.consumer_lag >= 0 {
+                telemetry::consumer_lag(*p, s.consumer_lag);
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        telemetry::kafka_error(&error, reason);
+    }
+}
 
 impl ConsumerContext for PipelineContext {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {

@@ -358,7 +358,11 @@ impl Worker<'_> {
         scored.commit.epoch = own.epoch;
         scored.commit.expected_watermark = own.watermark;
         scored.commit.new_watermark = last;
-        match retry("commit", || self.store.commit(&keys, &scored.commit), |e: &StoreError| !e.is_ownership()).await {
+        let commit_started = Instant::now();
+        let committed =
+            retry("commit", || self.store.commit(&keys, &scored.commit), |e: &StoreError| !e.is_ownership()).await;
+        let redis_seconds = commit_started.elapsed().as_secs_f64();
+        match committed {
             Ok(_) => {}
             Err(StoreError::WatermarkMismatch(e)) => {
                 // Still the owner, but the stored watermark is not ours (Redis
@@ -399,6 +403,7 @@ impl Worker<'_> {
             scored.scored,
             &scored.alerts,
             started.elapsed().as_secs_f64(),
+            redis_seconds,
         );
         if !scored.commit.outbox.is_empty() {
             self.relay(partition).await?;

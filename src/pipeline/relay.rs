@@ -41,6 +41,7 @@ pub async fn relay_partition(
     alerts_topic: &str,
 ) -> Result<usize, RelayError> {
     let mut total = 0;
+    let started = std::time::Instant::now();
     loop {
         let entries = store.read_outbox(keys, RELAY_CHUNK).await?;
         if entries.is_empty() {
@@ -59,10 +60,28 @@ pub async fn relay_partition(
                 return Err(RelayError::Delivery { topic: e.topic.clone(), error });
             }
         }
+        let acked_ms = crate::decode::now_ms();
         let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
         store.delete_outbox(keys, &ids).await?;
-        let alerts = entries.iter().filter(|(_, e)| e.topic == alerts_topic).count();
-        telemetry::relayed(partition, alerts, entries.len() - alerts);
+        let alerts: Vec<&crate::store::OutboxEntry> =
+            entries.iter().map(|(_, e)| e).filter(|e| e.topic == alerts_topic).collect();
+        let latencies: Vec<f64> = alerts
+            .iter()
+            .filter_map(|e| {
+                use prost::Message as _;
+                let a = crate::proto::ScoreAlert::decode(e.payload.as_slice()).ok()?;
+                let t = a.crossed_at?;
+                (!a.trigger_event_id.is_empty())
+                    .then(|| (acked_ms - (t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)).max(0) as f64 / 1000.0)
+            })
+            .collect();
+        telemetry::relayed(
+            partition,
+            alerts.len(),
+            entries.len() - alerts.len(),
+            started.elapsed().as_secs_f64(),
+            &latencies,
+        );
         total += entries.len();
     }
 }
