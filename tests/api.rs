@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
 use hotlead::proto::interaction_event::Interaction;
@@ -90,22 +89,7 @@ async fn read_api_answers_with_the_formula_and_a_brute_force_ranking() {
     let running = spawn_pipeline(stack.config(&topics, &path), &path);
     stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(60)).await;
 
-    let store = hotlead::store::Store::connect(&stack.redis_url).await.unwrap();
-    let mut ctx = hotlead::api::ApiContext::new(
-        store,
-        running.rules.clone(),
-        Arc::new(hotlead::pipeline::Health::default()),
-        topics.input.clone(),
-        &hotlead::kafka::client_config(&stack.brokers, &[]),
-    )
-    .unwrap();
-    ctx.token = Some("s3cret".into());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (stop_api, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(hotlead::api::serve(listener, ctx, async move {
-        let _ = stopped.await;
-    }));
+    let port = support::serve_api(&stack, &running, &topics, "s3cret").await;
     let token = Some("s3cret");
     let get =
         move |path: String, token: Option<&'static str>| tokio::task::spawn_blocking(move || get(port, &path, token));
@@ -200,6 +184,5 @@ async fn read_api_answers_with_the_formula_and_a_brute_force_ranking() {
     assert_eq!(names, ["engagement", "fit"]);
     assert_eq!(body["models"][0]["rules"][0]["id"], "pricing");
 
-    let _ = stop_api.send(());
     running.finish().await;
 }

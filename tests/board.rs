@@ -7,7 +7,6 @@
 mod support;
 
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 use hotlead::proto::interaction_event::Interaction;
@@ -69,19 +68,7 @@ async fn the_board_shows_the_hot_leads_in_order() {
     let running = spawn_pipeline(stack.config(&topics, &path), &path);
     stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(60)).await;
 
-    let store = hotlead::store::Store::connect(&stack.redis_url).await.unwrap();
-    let mut ctx = hotlead::api::ApiContext::new(
-        store,
-        running.rules.clone(),
-        Arc::new(hotlead::pipeline::Health::default()),
-        topics.input.clone(),
-        &hotlead::kafka::client_config(&stack.brokers, &[]),
-    )
-    .unwrap();
-    ctx.token = Some("board-token".into());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(hotlead::api::serve(listener, ctx, std::future::pending()));
+    let port = support::serve_api(&stack, &running, &topics, "board-token").await;
     let url = format!("http://127.0.0.1:{port}/board#token=board-token&lead=ada");
 
     let out = tokio::task::spawn_blocking({

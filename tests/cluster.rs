@@ -7,11 +7,10 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hotlead::pipeline::batch::{self, BatchTarget, InputMessage};
 use hotlead::proto::ScoreAlert;
 use hotlead::rules::RuleSet;
 use hotlead::simulate::{SimConfig, Simulator};
@@ -155,42 +154,21 @@ async fn scores_and_alerts_on_a_redis_cluster_equal_the_oracle() {
     }
 
     // The oracle.
-    let mut by_partition: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
-    for (e, (p, offset)) in events.iter().zip(&delivered) {
-        by_partition.entry(*p).or_default().push(InputMessage {
-            offset: *offset,
-            key: Some(e.contact_id.clone().into_bytes()),
-            payload: Some(e.encode_to_vec()),
-        });
-    }
-    let mut want_alerts = BTreeSet::new();
+    let oracle = support::oracle(&rules, &topics, support::landed(&events, &delivered));
+    let want_alerts = oracle.alerts;
     let mut checked = 0;
-    for (p, mut msgs) in by_partition {
-        msgs.sort_by_key(|m| m.offset);
-        let target = BatchTarget {
-            input_topic: &topics.input,
-            partition: p,
-            alerts_topic: &topics.alerts,
-            dead_letter_topic: &topics.dead_letter,
-        };
-        let decoded = batch::decode_all(&msgs, &hotlead::decode::Limits::default(), hotlead::decode::now_ms());
-        let scored = batch::score_batch(&rules, &target, &msgs, decoded, &HashMap::new(), batch::Dedup::default());
-        for e in &scored.commit.outbox {
-            want_alerts.insert(ScoreAlert::decode(e.payload.as_slice()).unwrap().alert_id);
-        }
-        for (contact, fields) in scored.commit.contacts {
-            let key = hotlead::store::PartitionKeys::new(&topics.input, p).contact(&contact);
-            let stored: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut cluster).unwrap();
-            for (f, want) in fields {
-                let got = stored.get(&f).unwrap_or_else(|| panic!("{contact} lacks {f}"));
-                if f.ends_with(":s") {
-                    assert!(close(got.parse().unwrap(), want.parse().unwrap()), "{contact} {f}: {got} vs {want}");
-                } else {
-                    assert_eq!(got, &want, "{contact} {f}");
-                }
+    for (p, contact, fields) in oracle.contacts {
+        let key = hotlead::store::PartitionKeys::new(&topics.input, p).contact(&contact);
+        let stored: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut cluster).unwrap();
+        for (f, want) in fields {
+            let got = stored.get(&f).unwrap_or_else(|| panic!("{contact} lacks {f}"));
+            if f.ends_with(":s") {
+                assert!(close(got.parse().unwrap(), want.parse().unwrap()), "{contact} {f}: {got} vs {want}");
+            } else {
+                assert_eq!(got, &want, "{contact} {f}");
             }
-            checked += 1;
         }
+        checked += 1;
     }
     assert!(checked > 200, "{checked}");
     let got: BTreeSet<String> = stack

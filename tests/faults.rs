@@ -14,12 +14,11 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use hotlead::pipeline::batch::{self, BatchTarget, InputMessage};
 use hotlead::proto::ScoreAlert;
 use hotlead::rules::RuleSet;
 use hotlead::simulate::{SimConfig, Simulator};
@@ -30,9 +29,6 @@ use support::{close, free_port, Stack};
 
 /// Where a message landed: partition, offset, key, payload.
 type Landed = (i32, i64, Vec<u8>, Vec<u8>);
-
-/// A contact's expected hash fields: partition, contact id, fields.
-type Expected = (i32, String, Vec<(String, String)>);
 
 struct Plan {
     seed: u64,
@@ -297,39 +293,8 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     }
 
     // The oracle: the same core over each whole partition.
-    let mut by_partition: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
-    for (p, offset, key, payload) in &delivered {
-        by_partition.entry(*p).or_default().push(InputMessage {
-            offset: *offset,
-            key: Some(key.clone()),
-            payload: Some(payload.clone()),
-        });
-    }
-    let mut want_alerts = BTreeSet::new();
-    let mut want_dead = BTreeSet::new();
-    let mut want_state: Vec<Expected> = Vec::new();
-    for (p, mut msgs) in by_partition {
-        msgs.sort_by_key(|m| m.offset);
-        let target = BatchTarget {
-            input_topic: &topics.input,
-            partition: p,
-            alerts_topic: &topics.alerts,
-            dead_letter_topic: &topics.dead_letter,
-        };
-        let decoded = batch::decode_all(&msgs, &hotlead::decode::Limits::default(), hotlead::decode::now_ms());
-        let scored = batch::score_batch(&rules, &target, &msgs, decoded, &HashMap::new(), batch::Dedup::default());
-        for e in scored.commit.outbox {
-            if e.topic == topics.alerts {
-                want_alerts.insert(ScoreAlert::decode(e.payload.as_slice()).unwrap().alert_id);
-            } else {
-                let offset = &e.headers.iter().find(|h| h.0 == "hotlead.source.offset").unwrap().1;
-                want_dead.insert((p, String::from_utf8_lossy(offset).to_string()));
-            }
-        }
-        for (contact, fields) in scored.commit.contacts {
-            want_state.push((p, contact, fields));
-        }
-    }
+    let support::Oracle { alerts: want_alerts, dead: want_dead, contacts: want_state } =
+        support::oracle(&rules, &topics, delivered.iter().cloned());
 
     // Compare.
     let got_records = stack.read_all(&topics.alerts, usize::MAX, Duration::from_secs(20)).await;

@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hotlead::pipeline::batch::{self, BatchTarget, InputMessage};
 use hotlead::proto::ScoreAlert;
 use hotlead::rules::RuleSet;
 use hotlead::simulate::{SimConfig, Simulator};
@@ -90,36 +89,15 @@ async fn every_event_counts_once_across_kill_and_restart() {
     eprintln!("applied at kill -9: {at_kill}..{after_kill}, at SIGTERM: {after_term}, of {total}");
 
     // The oracle: the same scoring core over each whole partition at once.
-    let mut by_partition: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
-    for (e, (p, offset)) in events.iter().zip(&delivered) {
-        by_partition.entry(*p).or_default().push(InputMessage {
-            offset: *offset,
-            key: Some(e.contact_id.clone().into_bytes()),
-            payload: Some(e.encode_to_vec()),
-        });
-    }
+    let oracle = support::oracle(&rules, &topics, support::landed(&events, &delivered));
     let mut want_scores: HashMap<String, (i32, String)> = HashMap::new();
-    let mut want_alerts: BTreeSet<String> = BTreeSet::new();
-    for (p, mut msgs) in by_partition {
-        msgs.sort_by_key(|m| m.offset);
-        let target = BatchTarget {
-            input_topic: &topics.input,
-            partition: p,
-            alerts_topic: &topics.alerts,
-            dead_letter_topic: &topics.dead_letter,
-        };
-        let decoded = batch::decode_all(&msgs, &hotlead::decode::Limits::default(), hotlead::decode::now_ms());
-        let scored = batch::score_batch(&rules, &target, &msgs, decoded, &HashMap::new(), batch::Dedup::default());
-        for (contact, fields) in scored.commit.contacts {
-            // Contacts seen only in profile updates have no score in this model.
-            if let Some((_, s)) = fields.iter().find(|(f, _)| f == "engagement:s") {
-                want_scores.insert(contact, (p, s.clone()));
-            }
-        }
-        for e in scored.commit.outbox {
-            want_alerts.insert(ScoreAlert::decode(e.payload.as_slice()).unwrap().alert_id);
+    for (p, contact, fields) in &oracle.contacts {
+        // Contacts seen only in profile updates have no score in this model.
+        if let Some((_, s)) = fields.iter().find(|(f, _)| f == "engagement:s") {
+            want_scores.insert(contact.clone(), (*p, s.clone()));
         }
     }
+    let want_alerts = oracle.alerts;
     assert!(want_scores.len() > 100, "the stream should score many contacts ({})", want_scores.len());
     assert!(want_alerts.len() > 20, "the stream should raise alerts ({})", want_alerts.len());
 

@@ -159,27 +159,7 @@ pub fn score_batch(
             let model = &rules.models[c.model];
             let alert =
                 build_alert(target, offset, &ev.event_id, &ev.contact_id, contact.account.as_deref(), model, &c);
-            telemetry::tier_crossed(
-                target.partition,
-                &ev.contact_id,
-                &model.name,
-                model.tier_name(c.from),
-                model.tier_name(c.to),
-                c.direction.as_str(),
-            );
-            out.alerts.push(telemetry::AlertLabels {
-                model: model.name.clone(),
-                tier: model.tier_name(c.to).to_string(),
-                direction: c.direction,
-            });
-            let payload = alert.encode_to_vec();
-            out.commit.recent_alerts.push(payload.clone());
-            out.commit.outbox.push(OutboxEntry {
-                topic: target.alerts_topic.to_string(),
-                key: ev.contact_id.as_bytes().to_vec(),
-                payload,
-                headers: vec![],
-            });
+            push_alert(&mut out.commit, &mut out.alerts, target, model, &c, &alert);
         }
     }
     for id in order {
@@ -197,6 +177,36 @@ pub fn score_batch(
         out.commit.contacts.push((id.clone(), encode_contact(rules, c.account.as_deref(), &c.state)));
     }
     out
+}
+
+/// Puts an alert in a commit's outbox and recent alerts, logs it and labels
+/// it for metrics.
+fn push_alert(
+    commit: &mut Commit,
+    labels: &mut Vec<telemetry::AlertLabels>,
+    target: &BatchTarget<'_>,
+    model: &crate::rules::Model,
+    c: &Crossing,
+    alert: &ScoreAlert,
+) {
+    let tier = model.tier_name(c.to);
+    telemetry::tier_crossed(
+        target.partition,
+        &alert.contact_id,
+        &model.name,
+        model.tier_name(c.from),
+        tier,
+        c.direction.as_str(),
+    );
+    labels.push(telemetry::AlertLabels { model: model.name.clone(), tier: tier.to_string(), direction: c.direction });
+    let payload = alert.encode_to_vec();
+    commit.recent_alerts.push(payload.clone());
+    commit.outbox.push(OutboxEntry {
+        topic: target.alerts_topic.to_string(),
+        key: alert.contact_id.as_bytes().to_vec(),
+        payload,
+        headers: vec![],
+    });
 }
 
 /// The alert for a crossing; `offset` and `event_id` name the triggering
@@ -292,27 +302,7 @@ pub async fn sweep(
             };
             if let Some(c) = score::cool(i, model, st, now_ms) {
                 let alert = build_alert(target, -1, "", id, account.as_deref(), model, &c);
-                telemetry::tier_crossed(
-                    target.partition,
-                    id,
-                    &model.name,
-                    model.tier_name(c.from),
-                    model.tier_name(c.to),
-                    c.direction.as_str(),
-                );
-                out.alerts.push(telemetry::AlertLabels {
-                    model: model.name.clone(),
-                    tier: model.tier_name(c.to).to_string(),
-                    direction: c.direction,
-                });
-                let payload = alert.encode_to_vec();
-                out.commit.recent_alerts.push(payload.clone());
-                out.commit.outbox.push(OutboxEntry {
-                    topic: target.alerts_topic.to_string(),
-                    key: id.as_bytes().to_vec(),
-                    payload,
-                    headers: vec![],
-                });
+                push_alert(&mut out.commit, &mut out.alerts, target, model, &c, &alert);
                 changed = true;
             }
             out.commit.cooling.push((model.name.clone(), id.clone(), score::cooling_due(model, st).map(|t| t as f64)));

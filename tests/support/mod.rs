@@ -381,3 +381,89 @@ pub fn last_offsets(delivered: &[(i32, i64)]) -> HashMap<i32, i64> {
 pub fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12)
 }
+
+/// A contact's hash fields as the oracle expects them: partition, contact
+/// id, fields.
+pub type ContactFields = (i32, String, Vec<(String, String)>);
+
+/// What an offline run of the scoring core expects of a stream.
+pub struct Oracle {
+    /// Alert ids.
+    pub alerts: std::collections::BTreeSet<String>,
+    /// Dead letters: source partition and offset.
+    pub dead: std::collections::BTreeSet<(i32, String)>,
+    /// Each contact's hash fields, with its partition.
+    pub contacts: Vec<ContactFields>,
+}
+
+/// The oracle: the same scoring core the service runs, over each whole
+/// partition at once, in offset order. `messages` are (partition, offset,
+/// key, payload) as delivered.
+pub fn oracle(
+    rules: &hotlead::rules::RuleSet,
+    topics: &Topics,
+    messages: impl IntoIterator<Item = (i32, i64, Vec<u8>, Vec<u8>)>,
+) -> Oracle {
+    use hotlead::pipeline::batch::{self, BatchTarget, InputMessage};
+    use prost::Message as _;
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<InputMessage>> = Default::default();
+    for (p, offset, key, payload) in messages {
+        by_partition.entry(p).or_default().push(InputMessage { offset, key: Some(key), payload: Some(payload) });
+    }
+    let mut out = Oracle { alerts: Default::default(), dead: Default::default(), contacts: vec![] };
+    for (p, mut msgs) in by_partition {
+        msgs.sort_by_key(|m| m.offset);
+        let target = BatchTarget {
+            input_topic: &topics.input,
+            partition: p,
+            alerts_topic: &topics.alerts,
+            dead_letter_topic: &topics.dead_letter,
+        };
+        let decoded = batch::decode_all(&msgs, &hotlead::decode::Limits::default(), hotlead::decode::now_ms());
+        let scored = batch::score_batch(rules, &target, &msgs, decoded, &HashMap::new(), batch::Dedup::default());
+        for e in scored.commit.outbox {
+            if e.topic == topics.alerts {
+                out.alerts.insert(hotlead::proto::ScoreAlert::decode(e.payload.as_slice()).unwrap().alert_id);
+            } else {
+                let offset = &e.headers.iter().find(|h| h.0 == "hotlead.source.offset").unwrap().1;
+                out.dead.insert((p, String::from_utf8_lossy(offset).to_string()));
+            }
+        }
+        for (contact, fields) in scored.commit.contacts {
+            out.contacts.push((p, contact, fields));
+        }
+    }
+    out
+}
+
+/// The (partition, offset, key, payload) of produced events.
+pub fn landed(
+    events: &[hotlead::proto::InteractionEvent],
+    delivered: &[(i32, i64)],
+) -> Vec<(i32, i64, Vec<u8>, Vec<u8>)> {
+    use prost::Message as _;
+    events
+        .iter()
+        .zip(delivered)
+        .map(|(e, (p, o))| (*p, *o, e.contact_id.clone().into_bytes(), e.encode_to_vec()))
+        .collect()
+}
+
+/// Serves the read API for a running pipeline on a free port, with `token`;
+/// returns the port.
+pub async fn serve_api(stack: &Stack, running: &Running, topics: &Topics, token: &str) -> u16 {
+    let store = hotlead::store::Store::connect(&stack.redis_url).await.unwrap();
+    let mut ctx = hotlead::api::ApiContext::new(
+        store,
+        running.rules.clone(),
+        std::sync::Arc::new(hotlead::pipeline::Health::default()),
+        topics.input.clone(),
+        &hotlead::kafka::client_config(&stack.brokers, &[]),
+    )
+    .unwrap();
+    ctx.token = Some(token.to_string());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(hotlead::api::serve(listener, ctx, std::future::pending()));
+    port
+}
