@@ -97,6 +97,18 @@ impl Drop for AofRedis {
     }
 }
 
+/// Kills every instance the harness started when it ends, passed or failed.
+#[derive(Default)]
+struct Reaper(Arc<Mutex<Vec<u32>>>);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in self.0.lock().unwrap().iter() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let _ = Command::new("kill").args([sig, &child.id().to_string()]).status();
 }
@@ -171,6 +183,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         ])
         .collect();
     let mut started = 0;
+    let reaper = Reaper::default();
     let spawn = |started: &mut usize| -> Child {
         *started += 1;
         let log = std::fs::File::create(logs.join(format!("instance-{started}.log"))).unwrap();
@@ -181,6 +194,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
+            .inspect(|c| reaper.0.lock().unwrap().push(c.id()))
             .unwrap()
     };
     let mut instances: Vec<Child> = (0..3).map(|_| spawn(&mut started)).collect();

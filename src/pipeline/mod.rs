@@ -116,6 +116,7 @@ pub async fn run_with_clock(
         clock,
         dedup,
         sought: Mutex::default(),
+        reclaims: Mutex::default(),
     };
     let sweep_every = config.pipeline.sweep_interval;
     let mut last_sweep = Instant::now();
@@ -130,6 +131,26 @@ pub async fn run_with_clock(
         if let Some((partition, committed)) = worker.owned.lock().expect("ownership lock").lost.first().copied() {
             health.set_ready(false);
             return Err(PipelineError::StateLost { partition, committed });
+        }
+        let due: Vec<i32> = {
+            let mut r = worker.reclaims.lock().expect("reclaim lock");
+            let now = Instant::now();
+            let due: Vec<i32> = r.due.iter().filter(|(_, t)| **t <= now).map(|(p, _)| *p).collect();
+            for p in &due {
+                r.due.remove(p);
+            }
+            due
+        };
+        for partition in due {
+            let assigned = consumer.assignment().is_ok_and(|a| a.find_partition(&topic, partition).is_some());
+            let owned = worker.owned.lock().expect("ownership lock").partitions.contains_key(&partition);
+            if assigned && !owned {
+                let (offset, epoch) = worker.reclaim(partition).await?;
+                tracing::info!(partition, epoch, "Still assigned after being fenced: claimed the partition again.");
+                if let Err(e) = consumer.seek(&topic, partition, offset, Duration::from_secs(10)) {
+                    tracing::warn!(partition, error = %e, "Seek failed after claiming again.");
+                }
+            }
         }
         worker.relay_claimed().await?;
         if !sweep_every.is_zero() && last_sweep.elapsed() >= sweep_every {
@@ -166,6 +187,15 @@ pub async fn run_with_clock(
                     {
                         tracing::warn!(partition, offset, error = %e, "Seek failed.");
                     }
+                }
+                Outcome::Fenced => {
+                    // Claims can cross during a rebalance: if the group still
+                    // gives us this partition after a backoff, claim it again.
+                    let mut r = worker.reclaims.lock().expect("reclaim lock");
+                    let strikes = r.strikes.entry(partition).or_insert(0);
+                    let delay = Duration::from_millis(250 << (*strikes).min(5));
+                    *strikes += 1;
+                    r.due.insert(partition, Instant::now() + delay);
                 }
                 Outcome::Dropped => {}
             }
@@ -235,6 +265,8 @@ enum Outcome {
     Seek(i64),
     /// Not applied: the partition is not ours, or nothing was new.
     Dropped,
+    /// Not applied: another instance claimed the partition.
+    Fenced,
 }
 
 struct Worker<'a> {
@@ -248,6 +280,17 @@ struct Worker<'a> {
     dedup: batch::Dedup,
     /// The offset each partition was last sent back to after a gap.
     sought: Mutex<HashMap<i32, i64>>,
+    /// Fenced partitions to claim again if still assigned.
+    reclaims: Mutex<Reclaims>,
+}
+
+/// Fenced partitions waiting to be claimed again, with backoff.
+#[derive(Default)]
+struct Reclaims {
+    /// When each may be claimed again.
+    due: HashMap<i32, Instant>,
+    /// Fences in a row, per partition, since its last commit.
+    strikes: HashMap<i32, u32>,
 }
 
 impl Worker<'_> {
@@ -292,6 +335,31 @@ impl Worker<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Claims a partition again (a new epoch); returns where to resume.
+    async fn reclaim(&self, partition: i32) -> Result<(rdkafka::Offset, i64), PipelineError> {
+        let keys = PartitionKeys::new(&self.config.topics.input, partition);
+        let claimer = self.store.claimer();
+        let (epoch, watermark) = retry(
+            "claim_partition",
+            || {
+                let (claimer, keys) = (claimer.clone(), keys.clone());
+                async move {
+                    tokio::task::spawn_blocking(move || claimer.claim(&keys))
+                        .await
+                        .unwrap_or_else(|e| Err(StoreError::Corrupt { key: String::new(), message: e.to_string() }))
+                }
+            },
+            |_| true,
+        )
+        .await?;
+        let mut owned = self.owned.lock().expect("ownership lock");
+        owned.partitions.insert(partition, context::Ownership { epoch, watermark });
+        owned.relay_pending.insert(partition);
+        self.sought.lock().expect("seek lock").remove(&partition);
+        let offset = watermark.map_or(rdkafka::Offset::Beginning, |w| rdkafka::Offset::Offset(w + 1));
+        Ok((offset, epoch))
     }
 
     /// Relays the outboxes of newly claimed partitions (left behind by an
@@ -385,7 +453,7 @@ impl Worker<'_> {
                 if owned.partitions.get(&partition).is_some_and(|o| o.epoch == own.epoch) {
                     owned.partitions.remove(&partition);
                 }
-                return Ok(Outcome::Dropped);
+                return Ok(Outcome::Fenced);
             }
             Err(e) => return Err(e.into()),
         }
@@ -409,6 +477,7 @@ impl Worker<'_> {
             self.relay(partition).await?;
         }
         self.sought.lock().expect("seek lock").remove(&partition);
+        self.reclaims.lock().expect("reclaim lock").strikes.remove(&partition);
         Ok(Outcome::Stored(last))
     }
 }
