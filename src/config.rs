@@ -126,7 +126,10 @@ impl Default for RulesConfig {
 pub struct PipelineConfig {
     /// Most events scored and committed in one batch.
     pub batch_max_events: usize,
-    /// Longest wait for a batch to fill, e.g. `20ms`.
+    /// How long a batch waits for more events after taking those already
+    /// arrived, e.g. `5ms`. The default `0ms` waits for none: under load
+    /// events pile up while the previous batch commits, so batches grow with
+    /// the load and latency stays low.
     #[serde(deserialize_with = "duration")]
     pub batch_wait: Duration,
     /// Largest accepted event in bytes; larger ones are dead-lettered.
@@ -146,6 +149,9 @@ pub struct PipelineConfig {
     pub dedup_window: Duration,
     /// How many event ids a contact remembers at most; 0 turns the check off.
     pub dedup_max_ids: usize,
+    /// Most contacts of the owned partitions kept in memory between batches
+    /// (read from Redis on a miss); 0 turns the state cache off.
+    pub state_cache_contacts: usize,
     /// When a partition's state is gone from Redis while Kafka has offsets
     /// committed for it: `false` stops with an error, `true` scores the
     /// partition again from the start of the topic (`hotlead run --rebuild`).
@@ -155,14 +161,15 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         Self {
-            batch_max_events: 1000,
-            batch_wait: Duration::from_millis(20),
+            batch_max_events: 5000,
+            batch_wait: Duration::ZERO,
             max_message_bytes: 1024 * 1024,
             max_contact_id_bytes: 256,
             max_future_skew: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(10),
             dedup_window: Duration::from_secs(3600),
             dedup_max_ids: 32,
+            state_cache_contacts: 1_000_000,
             rebuild_lost_state: false,
         }
     }

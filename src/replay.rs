@@ -219,7 +219,7 @@ pub fn replay(rules: &RuleSet, events: &[InteractionEvent]) -> Report {
             report.rejected.push((*offset as usize + 1, e.to_string()));
         }
     }
-    let scored = batch::score_batch(rules, &target, &messages, decoded, &HashMap::new(), batch::Dedup::default());
+    let scored = batch::score_batch(rules, &target, &messages, decoded, HashMap::new(), batch::Dedup::default());
     for e in &scored.commit.outbox {
         if e.topic == target.alerts_topic {
             if let Ok(a) = ScoreAlert::decode(e.payload.as_slice()) {

@@ -230,12 +230,16 @@ pub fn apply_event(
             }
         }
     }
-    let attributes = contact.attributes();
+    let attributes =
+        if rules.models.iter().any(|m| !m.fit.is_empty()) { contact.attributes() } else { BTreeMap::new() };
     let mut crossings = Vec::new();
     // Phase 1: every model's score moves to the event time and takes its points.
     for (i, model) in rules.models.iter().enumerate() {
-        let fit: BTreeMap<String, f64> =
-            model.fit_parts(&attributes).into_iter().map(|(k, p)| (k.to_string(), p)).collect();
+        let fit: BTreeMap<String, f64> = if model.fit.is_empty() {
+            BTreeMap::new()
+        } else {
+            model.fit_parts(&attributes).into_iter().map(|(k, p)| (k.to_string(), p)).collect()
+        };
         let matched: Vec<&Rule> = model.matches(event).collect();
         let slot = &mut contact.models[i];
         if slot.is_none() && matched.is_empty() && fit.is_empty() {
@@ -248,7 +252,12 @@ pub fn apply_event(
             let p = capped_points(rule, st, at_ms);
             if p != 0.0 {
                 st.score += p * factor;
-                *st.contributions.entry(rule.id.clone()).or_insert(0.0) += p * factor;
+                match st.contributions.get_mut(&rule.id) {
+                    Some(c) => *c += p * factor,
+                    None => {
+                        st.contributions.insert(rule.id.clone(), p * factor);
+                    }
+                }
             }
         }
         st.fit = fit;

@@ -41,6 +41,11 @@ pub const RULES_RELOADS_TOTAL: &str = "hotlead_rules_reloads_total";
 pub const RULES_VERSION: &str = "hotlead_rules_version";
 /// Redis or Kafka failures that were retried, by `operation`.
 pub const RETRIES_TOTAL: &str = "hotlead_retries_total";
+/// Contact-state lookups of partition batches, by `result` (`hit`: from the
+/// state cache, `miss`: read from Redis).
+pub const STATE_CACHE_LOOKUPS_TOTAL: &str = "hotlead_state_cache_lookups_total";
+/// Contacts held in the state cache.
+pub const STATE_CACHE_CONTACTS: &str = "hotlead_state_cache_contacts";
 
 /// Describes every metric so `/metrics` shows help text from the start.
 pub fn describe() {
@@ -75,6 +80,11 @@ pub fn describe() {
     metrics::describe_gauge!(CONSUMER_LAG, "Messages behind the end of each owned input partition.");
     metrics::describe_counter!(KAFKA_ERRORS_TOTAL, "Errors reported by the Kafka client, by code.");
     metrics::describe_gauge!(BUILD_INFO, "Always 1, labelled with the running version.");
+    metrics::describe_counter!(
+        STATE_CACHE_LOOKUPS_TOTAL,
+        "Contact states a batch looked up, by result: hit (state cache) or miss (read from Redis)."
+    );
+    metrics::describe_gauge!(STATE_CACHE_CONTACTS, "Contacts held in the state cache.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for reason in crate::decode::DecodeError::REASONS {
         counter!(DEAD_LETTERS_TOTAL, "reason" => reason).absolute(0);
@@ -147,6 +157,18 @@ fn alerts_raised(alerts: &[AlertLabels]) {
         counter!(ALERTS_TOTAL, "model" => a.model.clone(), "tier" => a.tier.clone(), "direction" => a.direction.as_str())
             .increment(1);
     }
+}
+
+/// A batch looked up its contacts' states: `hits` from the state cache,
+/// `misses` read from Redis.
+pub fn state_cache_lookups(hits: usize, misses: usize) {
+    counter!(STATE_CACHE_LOOKUPS_TOTAL, "result" => "hit").increment(hits as u64);
+    counter!(STATE_CACHE_LOOKUPS_TOTAL, "result" => "miss").increment(misses as u64);
+}
+
+/// The state cache now holds `contacts` contacts.
+pub fn state_cache_size(contacts: usize) {
+    gauge!(STATE_CACHE_CONTACTS).set(contacts as f64);
 }
 
 /// An owned partition's lag, from the Kafka client's statistics.

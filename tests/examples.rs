@@ -1,5 +1,6 @@
 //! Every rules file the project ships passes `hotlead rules check`: the
-//! examples, the Kubernetes ConfigMap, and the YAML in docs/rules.md.
+//! examples, the benchmark's, the Kubernetes rules ConfigMap's, and the YAML
+//! in the docs; the shipped configuration files load.
 
 use std::path::Path;
 
@@ -15,21 +16,19 @@ fn check(text: &str, origin: &str) {
 
 #[test]
 fn example_rules_files_pass_the_check() {
-    for f in ["examples/models.yaml", "examples/rules.yaml"] {
+    for f in ["examples/models.yaml", "examples/rules.yaml", "bench/rules.yaml", "deploy/kubernetes/rules.yaml"] {
         check(&std::fs::read_to_string(root().join(f)).unwrap(), f);
     }
 }
 
 #[test]
-fn the_kubernetes_configmap_rules_pass_the_check() {
-    let text = std::fs::read_to_string(root().join("deploy/kubernetes/hotlead.yaml")).unwrap();
-    let docs: Vec<serde_yaml::Value> =
-        serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
-    let rules = docs
-        .iter()
-        .find_map(|d| d.get("data")?.get("rules.yaml")?.as_str().map(str::to_string))
-        .expect("the ConfigMap holds rules.yaml");
-    check(&rules, "deploy/kubernetes/hotlead.yaml rules.yaml");
+fn shipped_configuration_files_load() {
+    for f in ["examples/demo.toml", "deploy/kubernetes/hotlead.toml"] {
+        let text = std::fs::read_to_string(root().join(f)).unwrap();
+        if let Err(e) = hotlead::config::Config::from_parts(&text, []) {
+            panic!("{f}: {e}");
+        }
+    }
 }
 
 fn check_blocks(doc: &str) -> usize {

@@ -75,6 +75,34 @@ pub struct ScoredBatch {
     pub deduplicated: usize,
     /// The alerts raised, for metrics.
     pub alerts: Vec<telemetry::AlertLabels>,
+    /// Every contact the batch touched, as the commit leaves it (for the
+    /// state cache, once the commit succeeded).
+    pub contacts: HashMap<String, Known>,
+}
+
+/// A contact's state as a batch finds it: from the state cache, or read
+/// from Redis.
+#[derive(Debug, Clone)]
+pub struct Known {
+    /// The contact's account id.
+    pub account: Option<String>,
+    /// The contact's state.
+    pub state: ContactState,
+    /// The hash fields as stored, so a commit writes only what changed.
+    pub stored: HashMap<String, String>,
+    /// True when the stored leaderboard and cooling entries are exactly what
+    /// `state` gives under the current rules (a cached state committed under
+    /// them), so unchanged ones need not be written again.
+    pub exact: bool,
+}
+
+impl Known {
+    /// A contact's state read from its Redis hash.
+    pub fn from_hash(rules: &RuleSet, fields: HashMap<String, Vec<u8>>) -> Self {
+        let (account, state) = decode_contact(rules, &fields);
+        let stored = fields.into_iter().filter_map(|(k, v)| Some((k, String::from_utf8(v).ok()?))).collect();
+        Self { account, state, stored, exact: false }
+    }
 }
 
 /// Decodes a batch's messages, in offset order.
@@ -109,24 +137,38 @@ pub fn alert_id(
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Scores decoded messages against the loaded contact hashes.
+/// Scores decoded messages against the contacts' known states.
 ///
-/// `decoded` is in offset order; `loaded` maps contact ids to their stored
-/// hash fields (absent or empty for new contacts).
+/// `decoded` is in offset order; `known` holds the state of the batch's
+/// contacts that have one (from the state cache or Redis); others start
+/// empty. Several events of one contact are coalesced into one write of its
+/// hash, leaderboard and cooling entries, and only what changed is written.
 pub fn score_batch(
     rules: &RuleSet,
     target: &BatchTarget<'_>,
     messages: &[InputMessage],
     decoded: Vec<(i64, Result<decode::ValidEvent, DecodeError>)>,
-    loaded: &HashMap<String, HashMap<String, Vec<u8>>>,
+    mut known: HashMap<String, Known>,
     dedup: Dedup,
 ) -> ScoredBatch {
-    struct Contact {
-        account: Option<String>,
-        state: ContactState,
+    struct Touched {
+        known: Known,
+        /// Leaderboard and cooling entries as stored, per model, when exact.
+        before: Option<Vec<(Option<f64>, Option<Millis>)>>,
     }
+    let entries = |rules: &RuleSet, state: &ContactState| -> Vec<(Option<f64>, Option<Millis>)> {
+        rules
+            .models
+            .iter()
+            .zip(&state.models)
+            .map(|(m, st)| match st {
+                Some(st) => (st.leaderboard_score(m), score::cooling_due(m, st)),
+                None => (None, None),
+            })
+            .collect()
+    };
     let mut out = ScoredBatch::default();
-    let mut contacts: HashMap<String, Contact> = HashMap::new();
+    let mut contacts: HashMap<String, Touched> = HashMap::new();
     let mut order: Vec<String> = Vec::new();
     for ((offset, result), msg) in decoded.into_iter().zip(messages) {
         let valid = match result {
@@ -138,43 +180,64 @@ pub fn score_batch(
             }
         };
         let ev = &valid.event;
-        let contact = contacts.entry(ev.contact_id.clone()).or_insert_with(|| {
-            order.push(ev.contact_id.clone());
-            let (account, state) = match loaded.get(&ev.contact_id) {
-                Some(fields) => decode_contact(rules, fields),
-                None => (None, ContactState::new(rules.models.len())),
-            };
-            Contact { account, state }
-        });
-        if contact.state.seen_before(&ev.event_id, valid.at_ms, dedup.window_ms, dedup.max_ids) {
+        let contact = match contacts.get_mut(&ev.contact_id) {
+            Some(c) => c,
+            None => {
+                order.push(ev.contact_id.clone());
+                let known = known.remove(&ev.contact_id).unwrap_or_else(|| Known {
+                    account: None,
+                    state: ContactState::new(rules.models.len()),
+                    stored: HashMap::new(),
+                    exact: true,
+                });
+                let before = known.exact.then(|| entries(rules, &known.state));
+                contacts.entry(ev.contact_id.clone()).or_insert(Touched { known, before })
+            }
+        };
+        let known = &mut contact.known;
+        if known.state.seen_before(&ev.event_id, valid.at_ms, dedup.window_ms, dedup.max_ids) {
             telemetry::deduplicated(target.partition, offset);
             out.deduplicated += 1;
             continue;
         }
         out.scored += 1;
         if !ev.account_id.is_empty() {
-            contact.account = Some(ev.account_id.clone());
+            known.account = Some(ev.account_id.clone());
         }
-        for c in score::apply_event(rules, &mut contact.state, ev, valid.at_ms) {
+        for c in score::apply_event(rules, &mut known.state, ev, valid.at_ms) {
             let model = &rules.models[c.model];
-            let alert =
-                build_alert(target, offset, &ev.event_id, &ev.contact_id, contact.account.as_deref(), model, &c);
+            let alert = build_alert(target, offset, &ev.event_id, &ev.contact_id, known.account.as_deref(), model, &c);
             push_alert(&mut out.commit, &mut out.alerts, target, model, &c, &alert);
         }
     }
     for id in order {
-        let c = &contacts[&id];
-        for (model, st) in rules.models.iter().zip(&c.state.models) {
-            if let Some(st) = st {
-                out.commit.leaderboard.push((model.name.clone(), id.clone(), st.leaderboard_score(model)));
-                out.commit.cooling.push((
-                    model.name.clone(),
-                    id.clone(),
-                    score::cooling_due(model, st).map(|t| t as f64),
-                ));
+        let Touched { mut known, before } = contacts.remove(&id).expect("a touched contact");
+        let after = entries(rules, &known.state);
+        for (i, (model, st)) in rules.models.iter().zip(&known.state.models).enumerate() {
+            if st.is_none() {
+                continue;
+            }
+            let (lb, cool) = after[i];
+            let (old_lb, old_cool) = before.as_ref().map_or((None, None), |b| b[i]);
+            if before.is_none() || old_lb != lb {
+                out.commit.leaderboard.push((model.name.clone(), id.clone(), lb));
+            }
+            // A contact never scheduled for cooling needs no removal.
+            if before.is_none() || old_cool != cool {
+                out.commit.cooling.push((model.name.clone(), id.clone(), cool.map(|t| t as f64)));
             }
         }
-        out.commit.contacts.push((id.clone(), encode_contact(rules, c.account.as_deref(), &c.state)));
+        let fields = encode_contact(rules, known.account.as_deref(), &known.state);
+        let changed: Vec<(String, String)> =
+            fields.into_iter().filter(|(k, v)| known.stored.get(k) != Some(v)).collect();
+        for (k, v) in &changed {
+            known.stored.insert(k.clone(), v.clone());
+        }
+        if !changed.is_empty() {
+            out.commit.contacts.push((id.clone(), changed));
+        }
+        known.exact = true;
+        out.contacts.insert(id, known);
     }
     out
 }

@@ -8,6 +8,7 @@
 //! Kafka and only after that is the offset stored.
 
 pub mod batch;
+pub mod cache;
 pub mod context;
 pub mod relay;
 
@@ -15,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -28,6 +31,7 @@ use crate::store::{PartitionKeys, Store, StoreError};
 use crate::telemetry;
 
 use batch::{BatchTarget, InputMessage};
+use cache::StateCache;
 use context::{Owned, PipelineContext};
 use relay::RelayError;
 
@@ -117,6 +121,7 @@ pub async fn run_with_clock(
         dedup,
         sought: Mutex::default(),
         reclaims: Mutex::default(),
+        cache: Mutex::new(StateCache::new(config.pipeline.state_cache_contacts)),
     };
     let sweep_every = config.pipeline.sweep_interval;
     let mut last_sweep = Instant::now();
@@ -125,6 +130,7 @@ pub async fn run_with_clock(
 
     tokio::pin!(shutdown);
     let mut progress = Progress::new();
+    let mut relays = Relays::default();
     let batch_wait = config.pipeline.batch_wait;
     let batch_max = config.pipeline.batch_max_events;
     loop {
@@ -147,46 +153,66 @@ pub async fn run_with_clock(
             if assigned && !owned {
                 let (offset, epoch) = worker.reclaim(partition).await?;
                 tracing::info!(partition, epoch, "Still assigned after being fenced: claimed the partition again.");
-                if let Err(e) = consumer.seek(&topic, partition, offset, Duration::from_secs(10)) {
-                    tracing::warn!(partition, error = %e, "Seek failed after claiming again.");
-                }
+                seek_to(&consumer, &topic, partition, offset);
             }
         }
         worker.relay_claimed().await?;
+        relays.pump(&worker, &consumer, &topic).await?;
         if !sweep_every.is_zero() && last_sweep.elapsed() >= sweep_every {
-            worker.sweep().await?;
+            worker.sweep(&mut relays).await?;
             last_sweep = Instant::now();
         }
-        let wait = if sweep_every.is_zero() { Duration::from_secs(3600) } else { sweep_every };
+        let mut wait = if sweep_every.is_zero() { Duration::from_secs(3600) } else { sweep_every };
+        if relays.busy() {
+            // Come back soon to store the offsets a finished relay covers.
+            wait = wait.min(Duration::from_millis(2));
+        }
         let first = tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(wait) => continue,
             m = consumer.recv() => m,
         };
-        let mut batches: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
-        let mut count = gather(&mut batches, first);
-        let deadline = tokio::time::Instant::now() + batch_wait;
+        let mut batches: BTreeMap<i32, Vec<Received>> = BTreeMap::new();
+        let limits = &worker.limits;
+        let mut count = gather(&mut batches, first, limits);
+        // Take what has arrived already; under load it piles up while the
+        // previous batch is committed, so batches grow with the load.
         while count < batch_max {
+            match consumer.recv().now_or_never() {
+                Some(m) => count += gather(&mut batches, m, limits),
+                None => break,
+            }
+        }
+        let deadline = tokio::time::Instant::now() + batch_wait;
+        while count < batch_max && !batch_wait.is_zero() {
             match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(m) => count += gather(&mut batches, m),
+                Ok(m) => count += gather(&mut batches, m, limits),
                 Err(_) => break,
             }
         }
-        for (partition, messages) in batches {
-            progress.events += messages.len() as u64;
-            match worker.process(partition, messages).await? {
-                Outcome::Stored(last) => {
-                    if let Err(e) = consumer.store_offset(&topic, partition, last) {
-                        tracing::debug!(partition, error = %e, "Offset not stored (partition no longer assigned).");
+        progress.events += count as u64;
+        {
+            let owned = worker.owned.lock().expect("ownership lock");
+            worker.cache.lock().expect("cache lock").retain_owned(|p| owned.partitions.contains_key(&p));
+        }
+        // Partitions are independent: their batches go to Redis and Kafka
+        // concurrently, each in order.
+        let worker = &worker;
+        let outcomes = futures::future::join_all(
+            batches.into_iter().map(|(p, messages)| async move { (p, worker.process(p, messages).await) }),
+        )
+        .await;
+        for (partition, outcome) in outcomes {
+            match outcome? {
+                Outcome::Stored(last, outbox) => {
+                    if outbox {
+                        relays.dirty.insert(partition);
                     }
+                    relays.pending.insert(partition, last);
                 }
                 Outcome::Seek(offset) => {
                     tracing::info!(partition, offset, "Seeking back to the watermark.");
-                    if let Err(e) =
-                        consumer.seek(&topic, partition, rdkafka::Offset::Offset(offset), Duration::from_secs(10))
-                    {
-                        tracing::warn!(partition, offset, error = %e, "Seek failed.");
-                    }
+                    seek_to(&consumer, &topic, partition, rdkafka::Offset::Offset(offset));
                 }
                 Outcome::Fenced => {
                     // Claims can cross during a rebalance: if the group still
@@ -205,9 +231,91 @@ pub async fn run_with_clock(
     health.set_ready(false);
     tracing::info!("Shutting down: committing offsets and leaving the group.");
     worker.relay_claimed().await?;
+    relays.finish(&worker, &consumer, &topic).await?;
     // Leaving the group commits the stored offsets (the consumer auto-commits).
     consumer.unsubscribe();
     Ok(())
+}
+
+/// Moves a partition's read position (after a gap, a moved watermark or a
+/// new claim).
+fn seek_to(consumer: &StreamConsumer<PipelineContext>, topic: &str, partition: i32, offset: rdkafka::Offset) {
+    if let Err(e) = consumer.seek(topic, partition, offset, Duration::from_secs(10)) {
+        tracing::warn!(partition, ?offset, error = %e, "Seek failed.");
+    }
+}
+
+/// The outbox relays, run in the background so that scoring goes on while
+/// Kafka acknowledges alerts: one relay at most per partition, and a
+/// partition's offset is stored only once a relay that started after its
+/// commit has delivered the outbox.
+#[derive(Default)]
+struct Relays {
+    /// Relays in flight: the task and the offset it covers.
+    running: HashMap<i32, (tokio::task::JoinHandle<Result<usize, PipelineError>>, Option<i64>)>,
+    /// Partitions whose outbox got entries since their last relay started.
+    dirty: BTreeSet<i32>,
+    /// Committed offsets not yet stored.
+    pending: HashMap<i32, i64>,
+}
+
+impl Relays {
+    fn busy(&self) -> bool {
+        !self.running.is_empty()
+    }
+
+    /// Collects finished relays (storing the offsets they cover) and starts
+    /// relays for partitions with new outbox entries.
+    async fn pump(
+        &mut self,
+        worker: &Worker<'_>,
+        consumer: &StreamConsumer<PipelineContext>,
+        topic: &str,
+    ) -> Result<(), PipelineError> {
+        let finished: Vec<i32> = self.running.iter().filter(|(_, (h, _))| h.is_finished()).map(|(p, _)| *p).collect();
+        for p in finished {
+            let (handle, covers) = self.running.remove(&p).expect("a running relay");
+            handle.await.map_err(|e| RelayError::Task(e.to_string()))??;
+            if let Some(offset) = covers {
+                store_offset(consumer, topic, p, offset);
+            }
+        }
+        let partitions: BTreeSet<i32> = self.dirty.iter().chain(self.pending.keys()).copied().collect();
+        for p in partitions {
+            if self.running.contains_key(&p) {
+                continue;
+            }
+            let covers = self.pending.remove(&p);
+            if self.dirty.remove(&p) {
+                self.running.insert(p, (worker.spawn_relay(p), covers));
+            } else if let Some(offset) = covers {
+                store_offset(consumer, topic, p, offset);
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every relay and stores every offset (shutting down).
+    async fn finish(
+        &mut self,
+        worker: &Worker<'_>,
+        consumer: &StreamConsumer<PipelineContext>,
+        topic: &str,
+    ) -> Result<(), PipelineError> {
+        while self.busy() || !self.dirty.is_empty() || !self.pending.is_empty() {
+            self.pump(worker, consumer, topic).await?;
+            if self.busy() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn store_offset(consumer: &StreamConsumer<PipelineContext>, topic: &str, partition: i32, offset: i64) {
+    if let Err(e) = consumer.store_offset(topic, partition, offset) {
+        tracing::debug!(partition, error = %e, "Offset not stored (partition no longer assigned).");
+    }
 }
 
 /// A progress line every 30 seconds while events flow.
@@ -235,19 +343,28 @@ impl Progress {
     }
 }
 
-/// Adds a received message to its partition's batch; returns 1 if it was a
-/// message, 0 for a consumer error (logged).
+/// A message as received: decoded straight from the consumer's buffer. The
+/// key and payload are copied only when the event is dead-lettered.
+type Received = (InputMessage, Result<crate::decode::ValidEvent, crate::decode::DecodeError>);
+
+/// Decodes a received message into its partition's batch; returns 1 if it
+/// was a message, 0 for a consumer error (logged).
 fn gather(
-    batches: &mut BTreeMap<i32, Vec<InputMessage>>,
+    batches: &mut BTreeMap<i32, Vec<Received>>,
     m: Result<rdkafka::message::BorrowedMessage<'_>, KafkaError>,
+    limits: &Limits,
 ) -> usize {
     match m {
         Ok(m) => {
-            batches.entry(m.partition()).or_default().push(InputMessage {
-                offset: m.offset(),
-                key: m.key().map(<[u8]>::to_vec),
-                payload: m.payload().map(<[u8]>::to_vec),
-            });
+            let decoded = crate::decode::decode(m.payload(), limits, now_ms());
+            let (key, payload) = match &decoded {
+                Ok(_) => (None, None),
+                Err(_) => (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec)),
+            };
+            batches
+                .entry(m.partition())
+                .or_default()
+                .push((InputMessage { offset: m.offset(), key, payload }, decoded));
             1
         }
         Err(e) => {
@@ -259,8 +376,9 @@ fn gather(
 
 /// What became of a partition's messages.
 enum Outcome {
-    /// Applied and durable up to this offset.
-    Stored(i64),
+    /// Applied and durable up to this offset; `true` when the commit put
+    /// alerts or dead letters in the outbox.
+    Stored(i64, bool),
     /// Not applied: the partition must be read again from this offset.
     Seek(i64),
     /// Not applied: the partition is not ours, or nothing was new.
@@ -282,6 +400,8 @@ struct Worker<'a> {
     sought: Mutex<HashMap<i32, i64>>,
     /// Fenced partitions to claim again if still assigned.
     reclaims: Mutex<Reclaims>,
+    /// Contact states of the owned partitions as last committed.
+    cache: Mutex<StateCache>,
 }
 
 /// Fenced partitions waiting to be claimed again, with backoff.
@@ -297,7 +417,7 @@ impl Worker<'_> {
     /// Sweeps every owned partition for contacts that cooled with no event,
     /// committing their COOLED alerts like a batch (fenced, watermark
     /// unchanged) and relaying them.
-    async fn sweep(&self) -> Result<(), PipelineError> {
+    async fn sweep(&self, relays: &mut Relays) -> Result<(), PipelineError> {
         let owned: Vec<(i32, context::Ownership)> =
             self.owned.lock().expect("ownership lock").partitions.iter().map(|(p, o)| (*p, *o)).collect();
         let rules = self.rules.current();
@@ -318,6 +438,9 @@ impl Worker<'_> {
             swept.commit.expected_watermark = Some(watermark);
             swept.commit.new_watermark = watermark;
             let keys = PartitionKeys::new(&self.config.topics.input, partition);
+            // The sweep changes these contacts in Redis behind the cache.
+            let swept_ids = swept.commit.cooling.iter().map(|(_, id, _)| id.clone());
+            self.cache.lock().expect("cache lock").forget(partition, swept_ids);
             match retry("commit", || self.store.commit(&keys, &swept.commit), |e: &StoreError| !e.is_ownership()).await
             {
                 Ok(_) => {}
@@ -331,7 +454,7 @@ impl Worker<'_> {
             }
             telemetry::swept(partition, &swept.alerts);
             if !swept.commit.outbox.is_empty() {
-                self.relay(partition).await?;
+                relays.dirty.insert(partition);
             }
         }
         Ok(())
@@ -372,6 +495,17 @@ impl Worker<'_> {
         Ok(())
     }
 
+    /// Starts relaying a partition's outbox in the background.
+    fn spawn_relay(&self, partition: i32) -> tokio::task::JoinHandle<Result<usize, PipelineError>> {
+        let keys = PartitionKeys::new(&self.config.topics.input, partition);
+        let (store, producer, alerts) = (self.store.clone(), self.producer.clone(), self.config.topics.alerts.clone());
+        tokio::spawn(async move {
+            let n = retry("relay", || relay::relay_partition(&store, &producer, &keys, partition, &alerts), |_| true)
+                .await?;
+            Ok(n)
+        })
+    }
+
     async fn relay(&self, partition: i32) -> Result<(), PipelineError> {
         let keys = PartitionKeys::new(&self.config.topics.input, partition);
         let alerts = &self.config.topics.alerts;
@@ -381,13 +515,19 @@ impl Worker<'_> {
     }
 
     /// Scores, commits and relays one partition's messages.
-    async fn process(&self, partition: i32, messages: Vec<InputMessage>) -> Result<Outcome, PipelineError> {
+    async fn process(&self, partition: i32, received: Vec<Received>) -> Result<Outcome, PipelineError> {
         let Some(own) = self.owned.lock().expect("ownership lock").partitions.get(&partition).copied() else {
-            tracing::debug!(partition, n = messages.len(), "Dropped messages of a partition no longer owned.");
+            tracing::debug!(partition, n = received.len(), "Dropped messages of a partition no longer owned.");
             return Ok(Outcome::Dropped);
         };
-        let messages: Vec<InputMessage> =
-            messages.into_iter().filter(|m| own.watermark.is_none_or(|w| m.offset > w)).collect();
+        let (messages, decoded): (Vec<InputMessage>, Vec<_>) = received
+            .into_iter()
+            .filter(|(m, _)| own.watermark.is_none_or(|w| m.offset > w))
+            .map(|(m, d)| {
+                let offset = m.offset;
+                (m, (offset, d))
+            })
+            .unzip();
         let Some(last) = messages.last().map(|m| m.offset) else { return Ok(Outcome::Dropped) };
         if let (Some(w), Some(first)) = (own.watermark, messages.first()) {
             if first.offset != w + 1 {
@@ -408,21 +548,25 @@ impl Worker<'_> {
         }
         let started = Instant::now();
         let keys = PartitionKeys::new(&self.config.topics.input, partition);
-        let decoded = batch::decode_all(&messages, &self.limits, now_ms());
         let mut ids: Vec<&str> =
             decoded.iter().filter_map(|(_, r)| r.as_ref().ok().map(|v| v.event.contact_id.as_str())).collect();
         ids.sort_unstable();
         ids.dedup();
-        let hashes = retry("load_contacts", || self.store.load_contacts(&keys, &ids), |_| true).await?;
-        let loaded: HashMap<String, HashMap<String, Vec<u8>>> = ids.iter().map(|s| s.to_string()).zip(hashes).collect();
+        let rules = self.rules.current();
+        let (mut known, misses) = self.cache.lock().expect("cache lock").take(&rules, partition, own.epoch, &ids);
+        if !misses.is_empty() {
+            let hashes = retry("load_contacts", || self.store.load_contacts(&keys, &misses), |_| true).await?;
+            for (id, fields) in misses.iter().zip(hashes) {
+                known.insert(id.to_string(), batch::Known::from_hash(&rules, fields));
+            }
+        }
         let target = BatchTarget {
             input_topic: &self.config.topics.input,
             partition,
             alerts_topic: &self.config.topics.alerts,
             dead_letter_topic: &self.config.topics.dead_letter,
         };
-        let rules = self.rules.current();
-        let mut scored = batch::score_batch(&rules, &target, &messages, decoded, &loaded, self.dedup);
+        let mut scored = batch::score_batch(&rules, &target, &messages, decoded, known, self.dedup);
         scored.commit.epoch = own.epoch;
         scored.commit.expected_watermark = own.watermark;
         scored.commit.new_watermark = last;
@@ -430,6 +574,13 @@ impl Worker<'_> {
         let committed =
             retry("commit", || self.store.commit(&keys, &scored.commit), |e: &StoreError| !e.is_ownership()).await;
         let redis_seconds = commit_started.elapsed().as_secs_f64();
+        {
+            let mut cache = self.cache.lock().expect("cache lock");
+            match &committed {
+                Ok(_) => cache.put(partition, own.epoch, std::mem::take(&mut scored.contacts)),
+                Err(_) => cache.drop_partition(partition),
+            }
+        }
         match committed {
             Ok(_) => {}
             Err(StoreError::WatermarkMismatch(e)) => {
@@ -473,12 +624,9 @@ impl Worker<'_> {
             started.elapsed().as_secs_f64(),
             redis_seconds,
         );
-        if !scored.commit.outbox.is_empty() {
-            self.relay(partition).await?;
-        }
         self.sought.lock().expect("seek lock").remove(&partition);
         self.reclaims.lock().expect("reclaim lock").strikes.remove(&partition);
-        Ok(Outcome::Stored(last))
+        Ok(Outcome::Stored(last, !scored.commit.outbox.is_empty()))
     }
 }
 

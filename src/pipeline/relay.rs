@@ -17,6 +17,9 @@ pub enum RelayError {
     /// Reading or trimming the outbox failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A background relay task failed to run to its end.
+    #[error("relay task: {0}")]
+    Task(String),
     /// Kafka did not acknowledge a message.
     #[error("delivery to {topic} failed: {error}")]
     Delivery {

@@ -420,7 +420,7 @@ pub fn oracle(
             dead_letter_topic: &topics.dead_letter,
         };
         let decoded = batch::decode_all(&msgs, &hotlead::decode::Limits::default(), hotlead::decode::now_ms());
-        let scored = batch::score_batch(rules, &target, &msgs, decoded, &HashMap::new(), batch::Dedup::default());
+        let scored = batch::score_batch(rules, &target, &msgs, decoded, HashMap::new(), batch::Dedup::default());
         for e in scored.commit.outbox {
             if e.topic == topics.alerts {
                 out.alerts.insert(hotlead::proto::ScoreAlert::decode(e.payload.as_slice()).unwrap().alert_id);
