@@ -2,9 +2,14 @@
 # Installs what hotlead's demo and tests need, skipping what is already there:
 #   - redis-server, from apt;
 #   - chromium, from apt (the hot-leads board's browser test);
-#   - tansu 0.6.0 (a Kafka-protocol broker with SQLite storage), with cargo.
+#   - tansu 0.6.0 (a Kafka-protocol broker with SQLite storage), with cargo;
+#   - promtool (checks and unit-tests the Prometheus alert rules), taken
+#     from Debian's `prometheus` package without installing the package: only
+#     the promtool binary is unpacked, into target/tools/bin, so no Prometheus
+#     server is set up or started. A promtool already on PATH is used instead.
 # Safe to run any number of times.
 set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 
 TANSU_VERSION="0.6.0"
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -31,4 +36,26 @@ else
   echo "setup: installing tansu $TANSU_VERSION with cargo (about 20 minutes on 2 cores) ..."
   cargo install tansu --version "$TANSU_VERSION" --locked --features dynostore,libsql
   echo "setup: tansu $TANSU_VERSION installed"
+fi
+
+PROMTOOL="$ROOT/target/tools/bin/promtool"
+if command -v promtool >/dev/null 2>&1; then
+  echo "setup: $(promtool --version 2>&1 | head -1) found on PATH"
+elif [ -x "$PROMTOOL" ]; then
+  echo "setup: $("$PROMTOOL" --version 2>&1 | head -1) found in target/tools/bin"
+else
+  echo "setup: unpacking promtool from Debian's prometheus package into target/tools/bin ..."
+  candidate="$(apt-cache policy prometheus 2>/dev/null | awk '/Candidate:/ {print $2}')"
+  if [ -z "$candidate" ] || [ "$candidate" = "(none)" ]; then
+    sudo_if_needed apt-get update -qq
+  fi
+  download="$(mktemp -d)"
+  trap 'rm -rf "$download"' EXIT
+  # Downloading as the current user keeps apt from handing the file to its
+  # sandbox user, who cannot write to a private temporary directory.
+  (cd "$download" && apt-get -qq -o APT::Sandbox::User="$(id -un)" download prometheus)
+  dpkg-deb --fsys-tarfile "$download"/prometheus_*.deb | tar -x -C "$download" ./usr/bin/promtool
+  mkdir -p "$(dirname "$PROMTOOL")"
+  mv "$download/usr/bin/promtool" "$PROMTOOL"
+  echo "setup: $("$PROMTOOL" --version 2>&1 | head -1) installed in target/tools/bin"
 fi
