@@ -1,0 +1,523 @@
+//! `hotlead-bench`: the Rust side of the benchmark harness (`bench/run.py`).
+//!
+//! - `load`: preloads the backlog (seeded Zipf activity over the contacts,
+//!   event times spread over the past days, in order);
+//! - `ceiling`: a consumer that only reads and decodes the backlog, the
+//!   broker's ceiling for any scorer;
+//! - `verify`: the oracle (hotlead's scoring core over each whole partition,
+//!   in offset order) against the scores a system left in Redis;
+//! - `latency`: open-loop load at a fixed rate with event times taken at
+//!   send time, and event-to-alert latency measured on the alerts.
+//!
+//! Each prints one JSON object on stdout.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use hotlead::pipeline::batch::{self, BatchTarget, InputMessage};
+use hotlead::proto::interaction_event::Interaction;
+use hotlead::proto::{FormSubmission, InteractionEvent, ScoreAlert, WebinarAttendance};
+use hotlead::rules::RuleSet;
+use hotlead::score::Millis;
+use hotlead::simulate::{SimConfig, Simulator};
+use prost::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "The Rust side of hotlead's benchmark harness")]
+struct Cli {
+    /// Bootstrap servers.
+    #[arg(long, default_value = "127.0.0.1:9092", global = true)]
+    brokers: String,
+    /// Input topic.
+    #[arg(long, default_value = "interactions", global = true)]
+    topic: String,
+    /// The consumers' fetch.wait.max.ms (a Tansu broker holds every fetch
+    /// this long).
+    #[arg(long, default_value_t = 10, global = true)]
+    fetch_wait_ms: u32,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Produce the backlog.
+    Load {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+        #[arg(long, default_value_t = 100_000)]
+        contacts: usize,
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+        /// The backlog's events are spread over this many days, ending now.
+        #[arg(long, default_value_t = 30.0)]
+        days: f64,
+    },
+    /// Print the end offset of every partition.
+    Ends,
+    /// Read and decode the whole topic; nothing else.
+    Ceiling {
+        #[arg(long, default_value = "bench-ceiling")]
+        group: String,
+    },
+    /// Check the scores a system left in Redis against the oracle.
+    Verify {
+        #[arg(long)]
+        rules: String,
+        #[arg(long)]
+        redis: String,
+        /// Key pattern of the system's contact hashes; the contact id follows
+        /// the last `:c:`.
+        #[arg(long)]
+        pattern: String,
+    },
+    /// Open-loop load at `rate` events/s for `seconds`, measuring
+    /// event-to-alert latency on the alert topic.
+    Latency {
+        #[arg(long, default_value = "sales-alerts")]
+        alerts_topic: String,
+        #[arg(long)]
+        rate: f64,
+        #[arg(long, default_value_t = 20.0)]
+        seconds: f64,
+        #[arg(long, default_value_t = 100_000)]
+        contacts: usize,
+        #[arg(long, default_value_t = 11)]
+        seed: u64,
+        /// Every Nth event starts a fresh contact that crosses into a tier two
+        /// events later.
+        #[arg(long, default_value_t = 20)]
+        crossing_every: u64,
+        /// How long to wait for the last alerts after the load stops.
+        #[arg(long, default_value_t = 10.0)]
+        drain_seconds: f64,
+        /// A label that keeps this run's fresh contacts apart from others'.
+        #[arg(long, default_value = "lat")]
+        label: String,
+        /// Measure the broker alone: listen on the input topic and time each
+        /// event from its event time to its arrival (one hop, no scorer).
+        #[arg(long)]
+        echo: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let out = match cli.command {
+        Command::Load { events, contacts, seed, days } => load(&cli.brokers, &cli.topic, events, contacts, seed, days)?,
+        Command::Ends => {
+            let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &cli.brokers).create()?;
+            serde_json::to_string(&high_watermarks(&c, &cli.topic)?)?
+        }
+        Command::Ceiling { group } => ceiling(&cli.brokers, &cli.topic, &group, cli.fetch_wait_ms)?,
+        Command::Verify { rules, redis, pattern } => {
+            verify(&cli.brokers, &cli.topic, &rules, &redis, &pattern, cli.fetch_wait_ms)?
+        }
+        Command::Latency {
+            alerts_topic,
+            rate,
+            seconds,
+            contacts,
+            seed,
+            crossing_every,
+            drain_seconds,
+            label,
+            echo,
+        } => {
+            let listen = if echo { cli.topic.clone() } else { alerts_topic };
+            let run = OpenLoop { rate, seconds, contacts, seed, crossing_every, drain_seconds, echo };
+            latency(&cli.brokers, &cli.topic, &listen, &run, &label)?
+        }
+    };
+    println!("{out}");
+    Ok(())
+}
+
+fn producer(brokers: &str) -> anyhow::Result<ThreadedProducer<DefaultProducerContext>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("enable.idempotence", "true")
+        .create()?)
+}
+
+/// Sends `payload` keyed by `key`, waiting while the producer's queue is full.
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: &str, payload: &[u8]) {
+    let mut record = BaseRecord::to(topic).key(key).payload(payload);
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((e, r)) => {
+                if !matches!(e.rdkafka_error_code(), Some(rdkafka::types::RDKafkaErrorCode::QueueFull)) {
+                    eprintln!("hotlead-bench: send failed: {e}");
+                    return;
+                }
+                record = r;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+fn load(brokers: &str, topic: &str, events: u64, contacts: usize, seed: u64, days: f64) -> anyhow::Result<String> {
+    let p = producer(brokers)?;
+    let mut sim = Simulator::new(&SimConfig { contacts, seed, ..SimConfig::default() });
+    let end = hotlead::decode::now_ms() - 60_000;
+    let span = (days * 86_400_000.0) as i64;
+    let started = Instant::now();
+    for i in 0..events {
+        let at = end - span + (span as i128 * i as i128 / events.max(1) as i128) as i64;
+        let e = sim.next_event(at);
+        send(&p, topic, &e.contact_id, &e.encode_to_vec());
+        if i > 0 && i % 200_000 == 0 {
+            eprintln!("hotlead-bench: loaded {i} of {events} events ...");
+        }
+    }
+    p.flush(Duration::from_secs(120))?;
+    Ok(json!({"events": events, "contacts": contacts, "seconds": started.elapsed().as_secs_f64()}).to_string())
+}
+
+/// The end offset of every partition of `topic`.
+fn high_watermarks(c: &BaseConsumer, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let t = md.topics().iter().find(|t| t.name() == topic).context("no such topic")?;
+    let mut out = BTreeMap::new();
+    for p in t.partitions() {
+        let (_, high) = c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+        out.insert(p.id(), high);
+    }
+    Ok(out)
+}
+
+/// Reads every partition of `topic` from the start up to its current end,
+/// handing each message to `f`.
+fn read_topic(
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    fetch_wait_ms: u32,
+    mut f: impl FnMut(i32, i64, &[u8], &[u8]),
+) -> anyhow::Result<u64> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .create()?;
+    let ends = high_watermarks(&c, topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in ends.keys() {
+        tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    let mut left: usize = ends.values().filter(|h| **h > 0).count();
+    let mut n = 0;
+    let mut idle = Instant::now();
+    while left > 0 {
+        match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                idle = Instant::now();
+                n += 1;
+                f(m.partition(), m.offset(), m.key().unwrap_or_default(), m.payload().unwrap_or_default());
+                if m.offset() + 1 == ends[&m.partition()] {
+                    left -= 1;
+                }
+            }
+            Some(Err(e)) => eprintln!("hotlead-bench: consumer error: {e}"),
+            None if idle.elapsed() > Duration::from_secs(60) => {
+                bail!("no message for 60 s with {left} partitions unread")
+            }
+            None => {}
+        }
+    }
+    Ok(n)
+}
+
+fn cpu_seconds() -> f64 {
+    // utime + stime of this process, from /proc.
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn ceiling(brokers: &str, topic: &str, group: &str, fetch_wait_ms: u32) -> anyhow::Result<String> {
+    let limits = hotlead::decode::Limits { max_future_skew_ms: i64::MAX / 2, ..Default::default() };
+    let now = hotlead::decode::now_ms();
+    let (cpu0, started) = (cpu_seconds(), Instant::now());
+    let mut valid = 0u64;
+    let n = read_topic(brokers, topic, group, fetch_wait_ms, |_, _, _, payload| {
+        if hotlead::decode::decode(Some(payload), &limits, now).is_ok() {
+            valid += 1;
+        }
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(json!({"events": n, "valid": valid, "seconds": seconds, "cpu_seconds": cpu_seconds() - cpu0}).to_string())
+}
+
+fn verify(
+    brokers: &str,
+    topic: &str,
+    rules_path: &str,
+    redis_url: &str,
+    pattern: &str,
+    fetch_wait_ms: u32,
+) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(rules_path).with_context(|| format!("reading {rules_path}"))?;
+    let rules = RuleSet::parse(&text, rules_path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut by_partition: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
+    read_topic(brokers, topic, "bench-verify", fetch_wait_ms, |p, offset, key, payload| {
+        by_partition.entry(p).or_default().push(InputMessage {
+            offset,
+            key: Some(key.to_vec()),
+            payload: Some(payload.to_vec()),
+        });
+    })?;
+    // The oracle: each model's (score, time) per contact.
+    let mut want: HashMap<(String, String), (f64, Millis)> = HashMap::new();
+    let limits = hotlead::decode::Limits { max_future_skew_ms: i64::MAX / 2, ..Default::default() };
+    for (p, msgs) in &by_partition {
+        let target = BatchTarget { input_topic: topic, partition: *p, alerts_topic: "a", dead_letter_topic: "d" };
+        let decoded = batch::decode_all(msgs, &limits, hotlead::decode::now_ms());
+        let scored = batch::score_batch(&rules, &target, msgs, decoded, HashMap::new(), batch::Dedup::default());
+        for (contact, known) in scored.contacts {
+            for (m, st) in rules.models.iter().zip(&known.state.models) {
+                if let Some(st) = st {
+                    want.insert((contact.clone(), m.name.clone()), (st.score, st.at_ms));
+                }
+            }
+        }
+    }
+    // What the system stored.
+    let client = redis::Client::open(redis_url)?;
+    let mut con = client.get_connection()?;
+    let mut keys: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(5000).query(&mut con)?;
+        keys.extend(batch);
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let mut got: HashMap<(String, String), (f64, Millis)> = HashMap::new();
+    for chunk in keys.chunks(2000) {
+        let mut pipe = redis::pipe();
+        for k in chunk {
+            pipe.cmd("HGETALL").arg(k);
+        }
+        let hashes: Vec<HashMap<String, String>> = pipe.query(&mut con)?;
+        for (k, h) in chunk.iter().zip(hashes) {
+            let contact = k.rsplit_once(":c:").map_or(k.as_str(), |(_, c)| c).to_string();
+            for m in &rules.models {
+                let s = h.get(&format!("{}:s", m.name)).and_then(|v| v.parse::<f64>().ok());
+                let t = h.get(&format!("{}:t", m.name)).and_then(|v| v.parse::<Millis>().ok());
+                if let (Some(s), Some(t)) = (s, t) {
+                    got.insert((contact.clone(), m.name.clone()), (s, t));
+                }
+            }
+        }
+    }
+    // Compare every score decayed to one instant.
+    let at = want.values().chain(got.values()).map(|(_, t)| *t).max().unwrap_or(0);
+    let half_life: HashMap<&str, f64> = rules.models.iter().map(|m| (m.name.as_str(), m.half_life_secs)).collect();
+    let value = |model: &str, (s, t): (f64, Millis)| s * hotlead::score::decay_factor(at - t, half_life[model]);
+    let mut mismatched = Vec::new();
+    let mut max_rel: f64 = 0.0;
+    let mut checked = 0;
+    for ((contact, model), w) in &want {
+        let w = value(model, *w);
+        let g = got.get(&(contact.clone(), model.clone())).map_or(0.0, |g| value(model, *g));
+        let rel = (g - w).abs() / w.abs().max(1e-9);
+        if w.abs() < 1e-12 && g.abs() < 1e-12 {
+            continue;
+        }
+        checked += 1;
+        max_rel = max_rel.max(rel);
+        if rel > 1e-9 {
+            mismatched.push(format!("{contact}/{model}: {g} vs {w}"));
+        }
+    }
+    let extra = got.keys().filter(|k| !want.contains_key(*k)).filter(|k| value(&k.1, got[*k]).abs() > 1e-12).count();
+    let events: usize = by_partition.values().map(Vec::len).sum();
+    Ok(json!({
+        "events": events,
+        "contacts_checked": checked,
+        "mismatched": mismatched.len(),
+        "unexpected": extra,
+        "max_relative_error": max_rel,
+        "examples": mismatched.iter().take(5).collect::<Vec<_>>(),
+        "ok": mismatched.is_empty() && extra == 0 && checked > 0,
+    })
+    .to_string())
+}
+
+/// An open-loop run's parameters.
+#[derive(Clone, Copy)]
+struct OpenLoop {
+    rate: f64,
+    seconds: f64,
+    contacts: usize,
+    seed: u64,
+    crossing_every: u64,
+    drain_seconds: f64,
+    echo: bool,
+}
+
+/// Event time (ms) of an alert that an event caused, or of an event itself
+/// when `echo`.
+fn stamped(payload: &[u8], echo: bool) -> Option<Millis> {
+    let t = if echo {
+        InteractionEvent::decode(payload).ok()?.occurred_at?
+    } else {
+        let a = ScoreAlert::decode(payload).ok()?;
+        if a.trigger_event_id.is_empty() {
+            return None;
+        }
+        a.crossed_at?
+    };
+    Some(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
+}
+
+fn latency(brokers: &str, topic: &str, alerts_topic: &str, run: &OpenLoop, label: &str) -> anyhow::Result<String> {
+    let OpenLoop { rate, seconds, contacts, seed, crossing_every, drain_seconds, echo } = *run;
+    if rate <= 0.0 {
+        bail!("--rate must be positive");
+    }
+    // Listen on the alert topic from its current end.
+    let alerts: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-latency-{label}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "5")
+        .create()?;
+    let ends = high_watermarks(&alerts, alerts_topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for (p, high) in &ends {
+        tpl.add_partition_offset(alerts_topic, *p, Offset::Offset(*high))?;
+    }
+    alerts.assign(&tpl)?;
+    let started_ms = hotlead::decode::now_ms();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut samples: Vec<f64> = Vec::new();
+            let mut quiet_since: Option<Instant> = None;
+            loop {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let q = *quiet_since.get_or_insert_with(Instant::now);
+                    if q.elapsed().as_secs_f64() > drain_seconds {
+                        break;
+                    }
+                }
+                let Some(Ok(m)) = alerts.poll(Duration::from_millis(50)) else { continue };
+                let now = hotlead::decode::now_ms();
+                let Some(crossed) = stamped(m.payload().unwrap_or_default(), echo) else { continue };
+                // The first second warms the clients up and is not counted.
+                if crossed >= started_ms + 1000 {
+                    samples.push((now - crossed) as f64);
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        quiet_since = Some(Instant::now());
+                    }
+                }
+            }
+            samples
+        })
+    };
+    // Open loop: event i is due at start + i / rate, whatever came before.
+    let p = producer(brokers)?;
+    let mut sim = Simulator::new(&SimConfig { contacts, seed, ..SimConfig::default() });
+    let total = (rate * seconds) as u64;
+    let start = Instant::now();
+    let mut fresh: Vec<(String, u8)> = Vec::new();
+    let mut fresh_n = 0u64;
+    let mut behind_max = 0.0f64;
+    for i in 0..total {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        } else {
+            behind_max = behind_max.max((now - due).as_secs_f64());
+        }
+        let at = hotlead::decode::now_ms();
+        let e = if crossing_every > 0 && i % crossing_every == 0 {
+            // A fresh contact: a form (25) then a webinar (20) crosses warm (30).
+            match fresh.pop() {
+                Some((id, _)) => crossing_event(
+                    &id,
+                    at,
+                    Interaction::WebinarAttendance(WebinarAttendance {
+                        webinar_id: "bench".into(),
+                        attended: true,
+                        minutes_attended: 45,
+                    }),
+                ),
+                None => {
+                    fresh_n += 1;
+                    let id = format!("{label}-{fresh_n}");
+                    fresh.push((id.clone(), 1));
+                    crossing_event(
+                        &id,
+                        at,
+                        Interaction::FormSubmission(FormSubmission {
+                            form_id: "demo-request".into(),
+                            ..Default::default()
+                        }),
+                    )
+                }
+            }
+        } else {
+            sim.next_event(at)
+        };
+        send(&p, topic, &e.contact_id, &e.encode_to_vec());
+    }
+    let sent_seconds = start.elapsed().as_secs_f64();
+    p.flush(Duration::from_secs(30))?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut samples = listener.join().map_err(|_| anyhow::anyhow!("listener panicked"))?;
+    samples.sort_by(f64::total_cmp);
+    let q = |f: f64| -> Option<f64> {
+        (!samples.is_empty()).then(|| samples[((samples.len() as f64 * f).ceil() as usize).clamp(1, samples.len()) - 1])
+    };
+    Ok(json!({
+        "rate": rate,
+        "events": total,
+        "achieved_rate": total as f64 / sent_seconds,
+        "max_behind_seconds": behind_max,
+        "alerts": samples.len(),
+        "p50_ms": q(0.50),
+        "p99_ms": q(0.99),
+        "p999_ms": q(0.999),
+        "max_ms": samples.last(),
+    })
+    .to_string())
+}
+
+fn crossing_event(contact: &str, at: Millis, interaction: Interaction) -> InteractionEvent {
+    InteractionEvent {
+        event_id: format!("{contact}-{at}-{}", rand_suffix()),
+        contact_id: contact.to_string(),
+        occurred_at: Some(hotlead::decode::timestamp(at)),
+        interaction: Some(interaction),
+        ..Default::default()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
