@@ -4,10 +4,11 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 COPY src src
+COPY bench/hotlead_bench.rs bench/hotlead_bench.rs
 RUN cargo build --release --locked --bin hotlead
 
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libssl3 && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 hotlead
 COPY --from=build /src/target/release/hotlead /usr/local/bin/hotlead
 COPY examples /etc/hotlead/examples

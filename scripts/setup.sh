@@ -2,6 +2,8 @@
 # Installs what hotlead's demo and tests need, skipping what is already there:
 #   - redis-server, from apt;
 #   - chromium, from apt (the hot-leads board's browser test);
+#   - libssl-dev, pkg-config and openssl, from apt (Kafka TLS in the build;
+#     the TLS tests make their certificates with openssl);
 #   - tansu 0.6.0 (a Kafka-protocol broker with SQLite storage), with cargo;
 #   - promtool (checks and unit-tests the Prometheus alert rules), taken
 #     from Debian's `prometheus` package without installing the package: only
@@ -21,6 +23,10 @@ sudo_if_needed() {
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The Kafka client's TLS links the system's OpenSSL.
+[ -f /usr/include/openssl/ssl.h ] || missing+=(libssl-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]} with apt-get ..."
   export DEBIAN_FRONTEND=noninteractive

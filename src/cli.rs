@@ -206,7 +206,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let rules = RuleSet::load(&config.rules.path)?;
             let partitions = crate::kafka::partition_count(&config.client_config(), &config.topics.input)
                 .with_context(|| format!("cannot read the partitions of {}", config.topics.input))?;
-            let store = crate::store::Store::connect_to(&config.redis.url, config.redis.cluster).await?;
+            let store = crate::store::Store::connect_with(&config.redis).await?;
             match store.find_contact(&config.topics.input, partitions, &args.contact_id).await? {
                 None => {
                     eprintln!("contact {} has no score", args.contact_id);
@@ -232,7 +232,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             };
             let partitions = crate::kafka::partition_count(&config.client_config(), &config.topics.input)
                 .with_context(|| format!("cannot read the partitions of {}", config.topics.input))?;
-            let store = crate::store::Store::connect_to(&config.redis.url, config.redis.cluster).await?;
+            let store = crate::store::Store::connect_with(&config.redis).await?;
             let now = crate::decode::now_ms();
             let floor = args
                 .min_score
@@ -377,9 +377,7 @@ async fn run_scorer(config: Config) -> anyhow::Result<std::process::ExitCode> {
         let listener = tokio::net::TcpListener::bind(&config.http.listen)
             .await
             .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
-        let store = crate::store::Store::connect_to(&config.redis.url, config.redis.cluster)
-            .await
-            .context("cannot connect to Redis")?;
+        let store = crate::store::Store::connect_with(&config.redis).await.context("cannot connect to Redis")?;
         let mut ctx = crate::api::ApiContext::new(
             store,
             rules.clone(),

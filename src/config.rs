@@ -43,7 +43,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// librdkafka properties for the consumer and producer, passed through
@@ -85,21 +85,111 @@ impl Default for Topics {
     }
 }
 
+/// Whether a librdkafka property holds a secret.
+pub fn is_secret_property(name: &str) -> bool {
+    ["password", "secret", "ssl.key.pem", "ssl_key", "ssl.keystore"].iter().any(|s| name.contains(s))
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kafka: BTreeMap<&str, &str> = self
+            .kafka
+            .iter()
+            .map(|(k, v)| (k.as_str(), if is_secret_property(k) { "<redacted>" } else { v.as_str() }))
+            .collect();
+        f.debug_struct("Config")
+            .field("kafka", &kafka)
+            .field("topics", &self.topics)
+            .field("redis", &self.redis)
+            .field("rules", &self.rules)
+            .field("pipeline", &self.pipeline)
+            .field("http", &self.http)
+            .finish()
+    }
+}
+
 /// Redis connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]`; for a cluster, seed nodes
-    /// separated by commas.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://...` for TLS;
+    /// for a cluster, seed nodes separated by commas.
     pub url: String,
     /// Whether `url` names a Redis Cluster.
     pub cluster: bool,
+    /// The Redis ACL user; overrides a user in `url`.
+    pub username: Option<String>,
+    /// A file holding the password (a mounted secret, say); overrides a
+    /// password in `url`. Read once at start.
+    pub password_file: Option<PathBuf>,
+    /// PEM file of the certificate authorities trusted for `rediss://`
+    /// (default: the system's roots).
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a Redis that requires mutual TLS.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// The password read from `password_file`.
+    #[serde(skip)]
+    pub password: Option<String>,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        Self { url: "redis://127.0.0.1:6379".into(), cluster: false }
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            cluster: false,
+            username: None,
+            password_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            password: None,
+        }
     }
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("cluster", &self.cluster)
+            .field("username", &self.username)
+            .field("password_file", &self.password_file)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("tls_cert_file", &self.tls_cert_file)
+            .field("tls_key_file", &self.tls_key_file)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// A URL (or comma-separated URLs) with any password replaced by `***`.
+pub fn redact_url(urls: &str) -> String {
+    urls.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                let userinfo = &u[scheme + 3..at];
+                let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+                if userinfo.contains(':') {
+                    format!("{}{user}:***{}", &u[..scheme + 3], &u[at..])
+                } else {
+                    format!("{}***{}", &u[..scheme + 3], &u[at..])
+                }
+            }
+            _ => u.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Reads a secret from a file, without its trailing newline.
+fn read_secret(field: &str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Invalid {
+        field: field.into(),
+        message: format!("cannot read `{}`: {e}", path.display()),
+    })?;
+    Ok(text.trim_end_matches(['\n', '\r']).to_string())
 }
 
 /// Rules file.
@@ -176,19 +266,32 @@ impl Default for PipelineConfig {
 }
 
 /// HTTP listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// Address to listen on; empty disables the listener.
+    /// Address to listen on, e.g. `0.0.0.0:9464`; empty disables the
+    /// listener.
     pub listen: String,
     /// Bearer token the read API (`/v1`) requires; unset leaves it open.
-    /// Prefer `HOTLEAD_HTTP__TOKEN` to writing it in a file.
+    /// Prefer `HOTLEAD_HTTP__TOKEN` or `token_file` to writing it here.
     pub token: Option<String>,
+    /// A file holding the bearer token; read once at start.
+    pub token_file: Option<PathBuf>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into(), token: None }
+        Self { listen: "127.0.0.1:9464".into(), token: None, token_file: None }
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("token_file", &self.token_file)
+            .finish()
     }
 }
 
@@ -290,10 +393,32 @@ impl Config {
                 }
             }
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+        let mut config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| ConfigError::Parse { field: e.path().to_string(), message: e.into_inner().to_string() })?;
+        config.read_secret_files()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads the secrets given as files: `redis.password_file`,
+    /// `http.token_file`, and any `[kafka]` property `<name>.file` (e.g.
+    /// `sasl.password.file`, or `HOTLEAD_KAFKA__SASL_PASSWORD_FILE`), which
+    /// sets `<name>` to the file's content.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.redis.password_file {
+            self.redis.password = Some(read_secret("redis.password_file", path)?);
+        }
+        if let Some(path) = &self.http.token_file {
+            self.http.token = Some(read_secret("http.token_file", path)?);
+        }
+        let files: Vec<(String, String)> =
+            self.kafka.iter().filter(|(k, _)| k.ends_with(".file")).map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (key, path) in files {
+            let secret = read_secret(&format!("kafka.{key}"), Path::new(&path))?;
+            self.kafka.remove(&key);
+            self.kafka.insert(key.trim_end_matches(".file").to_string(), secret);
+        }
+        Ok(())
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -327,7 +452,10 @@ impl Config {
         if let Err(e) = redis::Client::open(first_url) {
             return Err(invalid(
                 "redis.url",
-                format!("`{}` is not a Redis URL ({e}); write e.g. `redis://127.0.0.1:6379`", self.redis.url),
+                format!(
+                    "`{}` is not a Redis URL ({e}); write e.g. `redis://127.0.0.1:6379`",
+                    redact_url(&self.redis.url)
+                ),
             ));
         }
         if self.pipeline.batch_max_events == 0 {
@@ -474,5 +602,39 @@ batch_wait = "5ms"
         assert!(e.to_string().contains("kafka.enable.auto.offset.store"), "{e}");
         let e = Config::from_parts("[http]\nlisten = \"nowhere\"", env(&[])).unwrap_err();
         assert!(e.to_string().contains("http.listen"), "{e}");
+    }
+
+    #[test]
+    fn kafka_tls_and_scram_pass_through_with_secrets_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("sasl");
+        std::fs::write(&secret, "s3cr3t-from-file\n").unwrap();
+        let c = Config::from_parts(
+            r#"
+[kafka]
+"bootstrap.servers" = "127.0.0.1:9"
+"security.protocol" = "SASL_SSL"
+"sasl.mechanism" = "SCRAM-SHA-512"
+"sasl.username" = "hotlead"
+"#,
+            env(&[("HOTLEAD_KAFKA__SASL_PASSWORD_FILE", &secret.display().to_string())]),
+        )
+        .unwrap();
+        assert_eq!(c.kafka["sasl.password"], "s3cr3t-from-file");
+        assert!(!c.kafka.contains_key("sasl.password.file"));
+        assert!(!format!("{c:?}").contains("s3cr3t"), "Debug redacts secrets");
+        // The Kafka client is built with TLS and SCRAM: it accepts them.
+        let _: rdkafka::consumer::BaseConsumer = c.consumer_config().create().unwrap();
+        let _: rdkafka::producer::BaseProducer = c.producer_config().create().unwrap();
+        let e = Config::from_parts("[redis]\npassword_file = \"/nonexistent/pw\"", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("redis.password_file"), "{e}");
+    }
+
+    #[test]
+    fn redis_urls_are_redacted() {
+        assert_eq!(redact_url("redis://u:pw@h:1,rediss://:pw@h:2/0"), "redis://u:***@h:1,rediss://:***@h:2/0");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        let e = Config::from_parts("[redis]\nurl = \"http://u:topsecret@h\"", env(&[])).unwrap_err();
+        assert!(!e.to_string().contains("topsecret"), "{e}");
     }
 }

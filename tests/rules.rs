@@ -439,6 +439,14 @@ async fn sighup_reloads_the_rules_of_a_running_process() {
     let mean = value("hotlead_event_to_alert_seconds_sum") / 2.0;
     assert!((86_400.0..3.0 * 86_400.0).contains(&mean), "mean event-to-alert {mean}s");
     assert_eq!(line("hotlead_build_info{version="), 1.0);
+    // Two contacts, each read from Redis once it is new to the cache (the
+    // reload dropped the cache), the rest from memory.
+    let (hits, misses) = (
+        line("hotlead_state_cache_lookups_total{result=\"hit\"}"),
+        line("hotlead_state_cache_lookups_total{result=\"miss\"}"),
+    );
+    assert!(misses >= 2.0 && hits + misses >= 2.0, "state cache: {hits} hits, {misses} misses");
+    assert!(line("hotlead_state_cache_contacts") >= 1.0);
     let term = std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(term.success() && child.0.wait().unwrap().success());
 }

@@ -98,7 +98,7 @@ pub async fn run_with_clock(
     shutdown: impl Future<Output = ()>,
     clock: Clock,
 ) -> Result<(), PipelineError> {
-    let store = retry("connect_redis", || Store::connect_to(&config.redis.url, config.redis.cluster), |_| true).await?;
+    let store = retry("connect_redis", || Store::connect_with(&config.redis), |_| true).await?;
     let owned = Arc::new(Mutex::new(Owned::default()));
     let topic = config.topics.input.clone();
     let context =
@@ -245,6 +245,9 @@ fn seek_to(consumer: &StreamConsumer<PipelineContext>, topic: &str, partition: i
     }
 }
 
+/// A background relay: how many outbox messages it delivered.
+type RelayTask = tokio::task::JoinHandle<Result<usize, PipelineError>>;
+
 /// The outbox relays, run in the background so that scoring goes on while
 /// Kafka acknowledges alerts: one relay at most per partition, and a
 /// partition's offset is stored only once a relay that started after its
@@ -252,7 +255,7 @@ fn seek_to(consumer: &StreamConsumer<PipelineContext>, topic: &str, partition: i
 #[derive(Default)]
 struct Relays {
     /// Relays in flight: the task and the offset it covers.
-    running: HashMap<i32, (tokio::task::JoinHandle<Result<usize, PipelineError>>, Option<i64>)>,
+    running: HashMap<i32, (RelayTask, Option<i64>)>,
     /// Partitions whose outbox got entries since their last relay started.
     dirty: BTreeSet<i32>,
     /// Committed offsets not yet stored.
@@ -496,7 +499,7 @@ impl Worker<'_> {
     }
 
     /// Starts relaying a partition's outbox in the background.
-    fn spawn_relay(&self, partition: i32) -> tokio::task::JoinHandle<Result<usize, PipelineError>> {
+    fn spawn_relay(&self, partition: i32) -> RelayTask {
         let keys = PartitionKeys::new(&self.config.topics.input, partition);
         let (store, producer, alerts) = (self.store.clone(), self.producer.clone(), self.config.topics.alerts.clone());
         tokio::spawn(async move {

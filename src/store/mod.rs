@@ -332,7 +332,7 @@ impl redis::aio::ConnectionLike for Connection {
 #[derive(Clone)]
 pub enum Claimer {
     /// A single Redis.
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     /// A Redis Cluster.
     Cluster(Box<redis::cluster::ClusterClient>),
 }
@@ -368,15 +368,77 @@ impl Store {
     /// seed nodes `urls` lists (comma-separated), and loads the `hotlead`
     /// function library (on every primary of a cluster).
     pub async fn connect_to(urls: &str, cluster: bool) -> Result<Self, StoreError> {
-        let (claimer, mut conn) = if cluster {
+        let (claimer, conn) = if cluster {
             let client = redis::cluster::ClusterClient::new(urls.split(',').map(str::trim).collect::<Vec<_>>())?;
             let conn = client.get_async_connection().await?;
             (Claimer::Cluster(Box::new(client)), Connection::Cluster(conn))
         } else {
             let client = redis::Client::open(urls)?;
             let conn = client.get_connection_manager().await?;
-            (Claimer::Single(client), Connection::Single(conn))
+            (Claimer::Single(Box::new(client)), Connection::Single(conn))
         };
+        Self::with_functions(claimer, conn).await
+    }
+
+    /// Connects as the configuration says: URLs, cluster, ACL user,
+    /// password (from its file) and TLS certificates for `rediss://`.
+    pub async fn connect_with(c: &crate::config::RedisConfig) -> Result<Self, StoreError> {
+        use redis::IntoConnectionInfo as _;
+        // rustls needs a process-wide crypto provider for `rediss://`.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let read = |path: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, StoreError> {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read(p).map_err(|e| StoreError::Corrupt {
+                        key: p.display().to_string(),
+                        message: format!("cannot read a TLS file: {e}"),
+                    })
+                })
+                .transpose()
+        };
+        let root_cert = read(&c.tls_ca_file)?;
+        let client_tls = match (read(&c.tls_cert_file)?, read(&c.tls_key_file)?) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig { client_cert: cert, client_key: key }),
+            _ => None,
+        };
+        let tls = (root_cert.is_some() || client_tls.is_some())
+            .then(|| redis::TlsCertificates { client_tls: client_tls.clone(), root_cert: root_cert.clone() });
+        let mut infos = Vec::new();
+        for url in c.url.split(',').map(str::trim) {
+            let info = url.into_connection_info()?;
+            let mut settings = info.redis_settings().clone();
+            if let Some(user) = &c.username {
+                settings = settings.set_username(user);
+            }
+            if let Some(password) = &c.password {
+                settings = settings.set_password(password);
+            }
+            infos.push(info.set_redis_settings(settings));
+        }
+        let (claimer, conn) = if c.cluster {
+            let mut builder = redis::cluster::ClusterClientBuilder::new(infos);
+            if let Some(tls) = tls {
+                builder = builder.certs(tls);
+            }
+            let client = builder.build()?;
+            let conn = client.get_async_connection().await?;
+            (Claimer::Cluster(Box::new(client)), Connection::Cluster(conn))
+        } else {
+            let info = infos
+                .into_iter()
+                .next()
+                .ok_or_else(|| StoreError::Corrupt { key: "redis.url".into(), message: "no Redis URL".into() })?;
+            let client = match tls {
+                Some(tls) => redis::Client::build_with_tls(info, tls)?,
+                None => redis::Client::open(info)?,
+            };
+            let conn = client.get_connection_manager().await?;
+            (Claimer::Single(Box::new(client)), Connection::Single(conn))
+        };
+        Self::with_functions(claimer, conn).await
+    }
+
+    async fn with_functions(claimer: Claimer, mut conn: Connection) -> Result<Self, StoreError> {
         redis::cmd("FUNCTION")
             .arg("LOAD")
             .arg("REPLACE")
