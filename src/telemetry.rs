@@ -89,6 +89,14 @@ pub fn describe() {
     for reason in crate::decode::DecodeError::REASONS {
         counter!(DEAD_LETTERS_TOTAL, "reason" => reason).absolute(0);
     }
+    // Series that alert rules take rates of exist from the start, so the
+    // first reload refused or commit fenced is seen.
+    for result in ["ok", "refused"] {
+        counter!(RULES_RELOADS_TOTAL, "result" => result).absolute(0);
+    }
+    for result in ["ok", "fenced", "error"] {
+        counter!(COMMITS_TOTAL, "result" => result).absolute(0);
+    }
 }
 
 /// Latency buckets (seconds) for the histograms in seconds.
@@ -227,6 +235,10 @@ pub fn partitions_assigned(claims: &[(i32, i64, Option<i64>)], owned: usize) {
 pub fn partitions_revoked(partitions: &[i32], owned: usize) {
     info!(?partitions, "Released partitions.");
     gauge!(OWNED_PARTITIONS).set(owned as f64);
+    // Lag is reported by the owner; a released partition's is no longer ours.
+    for p in partitions {
+        gauge!(CONSUMER_LAG, "partition" => p.to_string()).set(0.0);
+    }
 }
 
 /// A fatal infrastructure failure: the process is about to exit.
