@@ -209,7 +209,6 @@ def drain(system: str, args, work: Path, broker: Broker, redis: Redis, ends: dic
     log(f"{system}: draining the backlog ...")
     redis.cli("FLUSHALL")
     mem0, cpu0 = redis.memory(), redis.cpu()
-    logf = open(work / f"{system}.log", "w")
     if system == "ceiling":
         started = time.time()
         r = bench_json(["ceiling", "--group", "bench-ceiling", "--fetch-wait-ms", str(args.fetch_wait_ms)],
@@ -217,6 +216,7 @@ def drain(system: str, args, work: Path, broker: Broker, redis: Redis, ends: dic
         return {"events_per_second": r["events"] / r["seconds"], "seconds": r["seconds"],
                 "cpu_seconds": r["cpu_seconds"], "events": r["events"], "redis_cpu_seconds": 0.0,
                 "peak_rss_mib": None, "check": {"ok": True, "note": "reads only"}, "wall": time.time() - started}
+    logf = open(work / f"{system}.log", "w")
     if system == "hotlead":
         http = free_port()
         cfg = hotlead_config(work, "hotlead", broker.brokers, redis, INPUT, http, args.fetch_wait_ms)

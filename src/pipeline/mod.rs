@@ -419,7 +419,7 @@ struct Reclaims {
 impl Worker<'_> {
     /// Sweeps every owned partition for contacts that cooled with no event,
     /// committing their COOLED alerts like a batch (fenced, watermark
-    /// unchanged) and relaying them.
+    /// unchanged) and marking their partitions for the relays.
     async fn sweep(&self, relays: &mut Relays) -> Result<(), PipelineError> {
         let owned: Vec<(i32, context::Ownership)> =
             self.owned.lock().expect("ownership lock").partitions.iter().map(|(p, o)| (*p, *o)).collect();
@@ -509,15 +509,14 @@ impl Worker<'_> {
         })
     }
 
+    /// Relays a partition's outbox and waits until it is delivered.
     async fn relay(&self, partition: i32) -> Result<(), PipelineError> {
-        let keys = PartitionKeys::new(&self.config.topics.input, partition);
-        let alerts = &self.config.topics.alerts;
-        retry("relay", || relay::relay_partition(&self.store, &self.producer, &keys, partition, alerts), |_| true)
-            .await?;
+        self.spawn_relay(partition).await.map_err(|e| RelayError::Task(e.to_string()))??;
         Ok(())
     }
 
-    /// Scores, commits and relays one partition's messages.
+    /// Scores and commits one partition's messages; the caller relays the
+    /// outbox and stores the offset.
     async fn process(&self, partition: i32, received: Vec<Received>) -> Result<Outcome, PipelineError> {
         let Some(own) = self.owned.lock().expect("ownership lock").partitions.get(&partition).copied() else {
             tracing::debug!(partition, n = received.len(), "Dropped messages of a partition no longer owned.");

@@ -368,16 +368,7 @@ impl Store {
     /// seed nodes `urls` lists (comma-separated), and loads the `hotlead`
     /// function library (on every primary of a cluster).
     pub async fn connect_to(urls: &str, cluster: bool) -> Result<Self, StoreError> {
-        let (claimer, conn) = if cluster {
-            let client = redis::cluster::ClusterClient::new(urls.split(',').map(str::trim).collect::<Vec<_>>())?;
-            let conn = client.get_async_connection().await?;
-            (Claimer::Cluster(Box::new(client)), Connection::Cluster(conn))
-        } else {
-            let client = redis::Client::open(urls)?;
-            let conn = client.get_connection_manager().await?;
-            (Claimer::Single(Box::new(client)), Connection::Single(conn))
-        };
-        Self::with_functions(claimer, conn).await
+        Self::connect_with(&crate::config::RedisConfig { url: urls.into(), cluster, ..Default::default() }).await
     }
 
     /// Connects as the configuration says: URLs, cluster, ACL user,
@@ -401,8 +392,8 @@ impl Store {
             (Some(cert), Some(key)) => Some(redis::ClientTlsConfig { client_cert: cert, client_key: key }),
             _ => None,
         };
-        let tls = (root_cert.is_some() || client_tls.is_some())
-            .then(|| redis::TlsCertificates { client_tls: client_tls.clone(), root_cert: root_cert.clone() });
+        let tls =
+            (root_cert.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates { client_tls, root_cert });
         let mut infos = Vec::new();
         for url in c.url.split(',').map(str::trim) {
             let info = url.into_connection_info()?;
@@ -415,7 +406,7 @@ impl Store {
             }
             infos.push(info.set_redis_settings(settings));
         }
-        let (claimer, conn) = if c.cluster {
+        let (claimer, mut conn) = if c.cluster {
             let mut builder = redis::cluster::ClusterClientBuilder::new(infos);
             if let Some(tls) = tls {
                 builder = builder.certs(tls);
@@ -435,10 +426,6 @@ impl Store {
             let conn = client.get_connection_manager().await?;
             (Claimer::Single(Box::new(client)), Connection::Single(conn))
         };
-        Self::with_functions(claimer, conn).await
-    }
-
-    async fn with_functions(claimer: Claimer, mut conn: Connection) -> Result<Self, StoreError> {
         redis::cmd("FUNCTION")
             .arg("LOAD")
             .arg("REPLACE")
