@@ -305,6 +305,7 @@ pub fn build_alert(
             .iter()
             .map(|(rule_id, points)| Contribution { rule_id: rule_id.clone(), points: *points })
             .collect(),
+        historical: false,
     }
 }
 
