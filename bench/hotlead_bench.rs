@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
-use hotlead::pipeline::batch::{self, BatchTarget, InputMessage};
+use hotlead::engine::{score_partition, Message as Scored, Source};
 use hotlead::proto::interaction_event::Interaction;
 use hotlead::proto::{FormSubmission, InteractionEvent, ScoreAlert, WebinarAttendance};
 use hotlead::rules::RuleSet;
@@ -274,22 +274,18 @@ fn verify(
 ) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(rules_path).with_context(|| format!("reading {rules_path}"))?;
     let rules = RuleSet::parse(&text, rules_path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut by_partition: BTreeMap<i32, Vec<InputMessage>> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<Scored>> = BTreeMap::new();
+    let limits = hotlead::decode::Limits { max_future_skew_ms: i64::MAX / 2, ..Default::default() };
+    let now = hotlead::decode::now_ms();
     read_topic(brokers, topic, "bench-verify", fetch_wait_ms, |p, offset, key, payload| {
-        by_partition.entry(p).or_default().push(InputMessage {
-            offset,
-            key: Some(key.to_vec()),
-            payload: Some(payload.to_vec()),
-        });
+        by_partition.entry(p).or_default().push(Scored::decode(offset, Some(key), Some(payload), &limits, now));
     })?;
     // The oracle: each model's (score, time) per contact.
     let mut want: HashMap<(String, String), (f64, Millis)> = HashMap::new();
-    let limits = hotlead::decode::Limits { max_future_skew_ms: i64::MAX / 2, ..Default::default() };
-    for (p, msgs) in &by_partition {
-        let target = BatchTarget { input_topic: topic, partition: *p, alerts_topic: "a", dead_letter_topic: "d" };
-        let decoded = batch::decode_all(msgs, &limits, hotlead::decode::now_ms());
-        let scored = batch::score_batch(&rules, &target, msgs, decoded, HashMap::new(), batch::Dedup::default());
-        for (contact, known) in scored.contacts {
+    let events: usize = by_partition.values().map(Vec::len).sum();
+    for (p, msgs) in by_partition {
+        let effects = score_partition(&rules, Source { topic, partition: p }, msgs);
+        for (contact, known) in effects.contacts {
             for (m, st) in rules.models.iter().zip(&known.state.models) {
                 if let Some(st) = st {
                     want.insert((contact.clone(), m.name.clone()), (st.score, st.at_ms));
@@ -350,7 +346,6 @@ fn verify(
         }
     }
     let extra = got.keys().filter(|k| !want.contains_key(*k)).filter(|k| value(&k.1, got[*k]).abs() > 1e-12).count();
-    let events: usize = by_partition.values().map(Vec::len).sum();
     Ok(json!({
         "events": events,
         "contacts_checked": checked,

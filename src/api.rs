@@ -1,5 +1,7 @@
 //! The HTTP listener: `/metrics` (Prometheus), `/healthz` (the process is
-//! up), `/readyz` (consuming, Redis and the broker reachable), the read API under
+//! up), `/readyz` (reads can be served: Redis reachable), `/v1/status`
+//! (whether the pipeline consumes, and how many partitions it owns), the
+//! read API under
 //! `/v1` (documented in `docs/openapi.yaml`), and the hot-leads board at
 //! `/board`:
 //!
@@ -24,7 +26,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 
-use crate::pipeline::Health;
+use crate::pipeline::Status;
 use crate::reload::LiveRules;
 use crate::score::Millis;
 use crate::store::Store;
@@ -34,8 +36,8 @@ use crate::store::Store;
 pub struct ApiContext {
     /// Prometheus rendering; `None` shows no metrics.
     pub metrics: Option<PrometheusHandle>,
-    /// Pipeline readiness.
-    pub health: Arc<Health>,
+    /// What the pipeline is doing (the read side serves either way).
+    pub status: Arc<Status>,
     /// Redis.
     pub store: Store,
     /// The rules in force.
@@ -54,13 +56,13 @@ impl ApiContext {
     pub fn new(
         store: Store,
         rules: Arc<LiveRules>,
-        health: Arc<Health>,
+        status: Arc<Status>,
         topic: String,
         kafka: &rdkafka::ClientConfig,
     ) -> Result<Self, rdkafka::error::KafkaError> {
         Ok(Self {
             metrics: None,
-            health,
+            status,
             store,
             rules,
             topic,
@@ -126,6 +128,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
+        .route("/v1/status", get(status))
         .route("/v1/models", get(models))
         .route("/v1/models/{model}/leaderboard", get(leaderboard))
         .route("/v1/contacts/{contact_id}", get(contact))
@@ -138,17 +141,32 @@ async fn render_metrics(State(s): State<ApiContext>) -> String {
     s.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default()
 }
 
+/// Ready means reads can be served: Redis answers. Whether the pipeline
+/// consumes is `/v1/status` and the `hotlead_consuming` metric, so a
+/// rebalance or a broker outage never takes the board away.
 async fn ready(State(s): State<ApiContext>) -> (StatusCode, &'static str) {
-    if !s.health.is_ready() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "not consuming\n");
+    if redis_reachable(&s).await {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n")
     }
-    if redis::cmd("PING").query_async::<String>(&mut s.store.connection()).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "redis unreachable\n");
-    }
-    if s.fetch_partitions(std::time::Duration::from_secs(2)).await.is_err() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n");
-    }
-    (StatusCode::OK, "ready\n")
+}
+
+async fn redis_reachable(s: &ApiContext) -> bool {
+    let mut conn = s.store.connection();
+    let cmd = redis::cmd("PING");
+    let ping = cmd.query_async::<String>(&mut conn);
+    matches!(tokio::time::timeout(std::time::Duration::from_secs(2), ping).await, Ok(Ok(_)))
+}
+
+async fn status(State(s): State<ApiContext>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
+    authorize(&s, &headers)?;
+    Ok(Json(json!({
+        "consuming": s.status.is_consuming(),
+        "owned_partitions": s.status.owned_partitions(),
+        "redis_reachable": redis_reachable(&s).await,
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
 }
 
 fn authorize(s: &ApiContext, headers: &HeaderMap) -> Result<(), ApiError> {

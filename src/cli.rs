@@ -1,7 +1,6 @@
 //! The `hotlead` command line.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -10,7 +9,6 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use prost::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::rules::RuleSet;
@@ -347,67 +345,7 @@ fn rules_test(file: &std::path::Path, events: &std::path::Path) -> std::process:
 }
 
 async fn run_scorer(config: Config) -> anyhow::Result<std::process::ExitCode> {
-    use crate::telemetry as t;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), t::SECONDS_BUCKETS)
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Full(t::BATCH_EVENTS.into()),
-                t::BATCH_BUCKETS,
-            )
-        })
-        .context("histogram buckets")?
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    crate::telemetry::describe();
-    let rules = Arc::new(crate::reload::LiveRules::load(&config.rules.path)?);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        crate::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    };
-    let health = Arc::new(crate::pipeline::Health::default());
-    if !config.http.listen.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&config.http.listen)
-            .await
-            .with_context(|| format!("cannot listen on http.listen = {}", config.http.listen))?;
-        let store = crate::store::Store::connect_with(&config.redis).await.context("cannot connect to Redis")?;
-        let mut ctx = crate::api::ApiContext::new(
-            store,
-            rules.clone(),
-            health.clone(),
-            config.topics.input.clone(),
-            &config.client_config(),
-        )?;
-        ctx.metrics = Some(metrics);
-        ctx.token = config.http.token.clone();
-        tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), "Serving /metrics, /healthz, /readyz and the read API.");
-        let s = stopped();
-        tokio::spawn(async move {
-            if let Err(e) = crate::api::serve(listener, ctx, s).await {
-                tracing::error!(error = %e, "HTTP listener failed.");
-            }
-        });
-    }
-    let interval = config.rules.reload_interval;
-    let watcher = rules.clone();
-    let watch_stop = stopped();
-    tokio::spawn(async move {
-        if interval.is_zero() {
-            // SIGHUP only: a tick that never comes in practice.
-            watcher.watch(Duration::from_secs(100 * 365 * 86_400), watch_stop).await;
-        } else {
-            watcher.watch(interval, watch_stop).await;
-        }
-    });
-    crate::pipeline::run(config, rules, health, stopped()).await?;
-    tracing::info!("Stopped cleanly.");
+    crate::service::run(config, crate::shutdown_signal()).await?;
     Ok(std::process::ExitCode::SUCCESS)
 }
 

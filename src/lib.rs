@@ -14,8 +14,14 @@
 //! - [`reload`]: the rules in force, reloaded on change or SIGHUP.
 //! - [`decode`]: raw payload -> validated event, or a dead-letter reason.
 //! - [`score`]: pure decay math, tiers with hysteresis, crossings.
-//! - [`store`]: Redis keys, the atomic batch commit, the outbox.
-//! - [`pipeline`]: consume -> score -> commit -> relay -> store offsets.
+//! - [`engine`]: a partition's messages and contact states in, typed
+//!   effects out (states, alerts, dead letters, counts); pure.
+//! - [`store`]: Redis keys, effects -> the atomic batch commit, the outbox.
+//! - [`pipeline`]: the consumer loop and one worker per owned partition:
+//!   decode -> engine -> store -> relay -> store offsets.
+//! - [`retry`]: the one retry policy for infrastructure calls.
+//! - [`service`]: the service wired (rules, HTTP listener, pipeline):
+//!   [`run`].
 //! - [`query`]: a contact's scores and explanations, decayed to now.
 //! - [`api`]: the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`telemetry`]: metric names, logging, one function per notable event.
@@ -28,21 +34,53 @@ pub mod api;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod engine;
 pub mod kafka;
 pub mod pipeline;
 pub mod query;
 pub mod reload;
 pub mod replay;
+pub mod retry;
 pub mod rules;
 pub mod score;
+pub mod service;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;
+
+pub use service::run;
 
 /// The `hotlead.v1` protobuf types, generated from `proto/hotlead/v1`.
 #[allow(missing_docs)]
 pub mod proto {
     include!(concat!(env!("OUT_DIR"), "/hotlead.v1.rs"));
+}
+
+impl proto::email_engagement::Action {
+    /// Every action with its name in rules files and JSON lines: the one
+    /// place these names are spelled.
+    pub const NAMES: [(Self, &'static str); 5] = [
+        (Self::Unspecified, "unspecified"),
+        (Self::Open, "open"),
+        (Self::Click, "click"),
+        (Self::Unsubscribe, "unsubscribe"),
+        (Self::Bounce, "bounce"),
+    ];
+
+    /// The action's name (`open`, `click`, ...).
+    pub fn name(self) -> &'static str {
+        Self::NAMES.iter().find(|(a, _)| *a == self).map_or("unspecified", |(_, n)| n)
+    }
+
+    /// The action a name means, in any case; `None` for an unknown name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)).map(|(a, _)| *a)
+    }
+
+    /// The name of a raw enum value (`unspecified` for an undefined one).
+    pub fn name_of(value: i32) -> &'static str {
+        Self::try_from(value).map_or("unspecified", Self::name)
+    }
 }
 
 /// Resolves when the process receives Ctrl-C or SIGTERM.

@@ -50,6 +50,18 @@ pub fn contact_view(
     now_ms: Millis,
 ) -> ContactView {
     let (account_id, state) = decode_contact(rules, fields);
+    view(rules, contact_id, partition, account_id, &state, now_ms)
+}
+
+/// A contact's view at `now_ms` from its state.
+pub fn view(
+    rules: &RuleSet,
+    contact_id: &str,
+    partition: i32,
+    account_id: Option<String>,
+    state: &crate::score::ContactState,
+    now_ms: Millis,
+) -> ContactView {
     let models = rules
         .models
         .iter()

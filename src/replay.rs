@@ -14,13 +14,13 @@
 //! `unsubscribe` or `bounce`), `content_download`, `profile_update` or
 //! `custom`, with that kind's fields by their protobuf names.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use prost::Message as _;
 use serde_json::Value as J;
 
-use crate::pipeline::batch::{self, BatchTarget, InputMessage};
+use crate::engine::{self, Message, Source};
 use crate::proto::interaction_event::Interaction;
 use crate::proto::{self, InteractionEvent, ScoreAlert};
 use crate::query::ModelView;
@@ -94,13 +94,11 @@ pub fn parse_event(line: &str) -> Result<InteractionEvent, String> {
                 }),
                 "email_engagement" => {
                     use proto::email_engagement::Action;
-                    let action = match text(b, "action")?.to_ascii_lowercase().as_str() {
-                        "open" => Action::Open,
-                        "click" => Action::Click,
-                        "unsubscribe" => Action::Unsubscribe,
-                        "bounce" => Action::Bounce,
-                        "" | "unspecified" => Action::Unspecified,
-                        other => return Err(format!("email action `{other}`: use open, click, unsubscribe or bounce")),
+                    let name = text(b, "action")?;
+                    let action = match name.as_str() {
+                        "" => Action::Unspecified,
+                        other => Action::from_name(other)
+                            .ok_or_else(|| format!("email action `{other}`: use open, click, unsubscribe or bounce"))?,
                     };
                     Interaction::EmailEngagement(proto::EmailEngagement {
                         campaign_id: text(b, "campaign_id")?,
@@ -157,13 +155,7 @@ pub fn to_json(e: &InteractionEvent) -> String {
             json!({"webinar_id": w.webinar_id, "attended": w.attended, "minutes_attended": w.minutes_attended}),
         ),
         Some(Interaction::EmailEngagement(m)) => {
-            let action = match proto::email_engagement::Action::try_from(m.action) {
-                Ok(proto::email_engagement::Action::Open) => "open",
-                Ok(proto::email_engagement::Action::Click) => "click",
-                Ok(proto::email_engagement::Action::Unsubscribe) => "unsubscribe",
-                Ok(proto::email_engagement::Action::Bounce) => "bounce",
-                _ => "unspecified",
-            };
+            let action = proto::email_engagement::Action::name_of(m.action);
             ("email_engagement", json!({"campaign_id": m.campaign_id, "action": action, "link_url": m.link_url}))
         }
         Some(Interaction::ContentDownload(d)) => {
@@ -196,42 +188,22 @@ pub struct Report {
 
 /// Scores events in order, as one partition of the service would.
 pub fn replay(rules: &RuleSet, events: &[InteractionEvent]) -> Report {
-    let messages: Vec<InputMessage> = events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| InputMessage {
-            offset: i as i64,
-            key: Some(e.contact_id.clone().into_bytes()),
-            payload: Some(e.encode_to_vec()),
-        })
-        .collect();
-    let target = BatchTarget {
-        input_topic: "rules-test",
-        partition: 0,
-        alerts_topic: "alerts",
-        dead_letter_topic: "dead-letters",
-    };
     let limits = crate::decode::Limits { max_future_skew_ms: i64::MAX / 2, ..Default::default() };
-    let decoded = batch::decode_all(&messages, &limits, crate::decode::now_ms());
-    let mut report = Report::default();
-    for (offset, d) in &decoded {
-        if let Err(e) = d {
-            report.rejected.push((*offset as usize + 1, e.to_string()));
-        }
-    }
-    let scored = batch::score_batch(rules, &target, &messages, decoded, HashMap::new(), batch::Dedup::default());
-    for e in &scored.commit.outbox {
-        if e.topic == target.alerts_topic {
-            if let Ok(a) = ScoreAlert::decode(e.payload.as_slice()) {
-                report.alerts.push(a);
-            }
-        }
-    }
-    for (contact, fields) in scored.commit.contacts {
-        let fields: HashMap<String, Vec<u8>> = fields.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+    let now = crate::decode::now_ms();
+    let messages = events.iter().enumerate().map(|(i, e)| {
+        let payload = e.encode_to_vec();
+        Message::decode(i as i64, Some(e.contact_id.as_bytes()), Some(&payload), &limits, now)
+    });
+    let effects = engine::score_partition(rules, Source { topic: "rules-test", partition: 0 }, messages);
+    let mut report = Report {
+        alerts: effects.alerts,
+        rejected: effects.dead_letters.iter().map(|d| (d.offset as usize + 1, d.rejected.error.to_string())).collect(),
+        ..Default::default()
+    };
+    for (id, contact) in effects.contacts {
         // At `Millis::MIN`, each model is seen at its own latest event.
-        let view = crate::query::contact_view(rules, &contact, 0, &fields, Millis::MIN);
-        report.contacts.insert(contact, view.models);
+        let view = crate::query::view(rules, &id, 0, contact.account, &contact.state, Millis::MIN);
+        report.contacts.insert(id, view.models);
     }
     report
 }

@@ -185,13 +185,7 @@ pub fn event_field<'a>(event: &'a InteractionEvent, path: &str) -> Option<Value<
         },
         Interaction::EmailEngagement(e) => match path {
             "campaign_id" => s(&e.campaign_id),
-            "action" => Some(Value::Str(match crate::proto::email_engagement::Action::try_from(e.action) {
-                Ok(crate::proto::email_engagement::Action::Open) => "open",
-                Ok(crate::proto::email_engagement::Action::Click) => "click",
-                Ok(crate::proto::email_engagement::Action::Unsubscribe) => "unsubscribe",
-                Ok(crate::proto::email_engagement::Action::Bounce) => "bounce",
-                _ => "unspecified",
-            })),
+            "action" => Some(Value::Str(crate::proto::email_engagement::Action::name_of(e.action))),
             "link_url" => s(&e.link_url),
             _ => None,
         },

@@ -46,6 +46,35 @@ pub const RETRIES_TOTAL: &str = "hotlead_retries_total";
 pub const STATE_CACHE_LOOKUPS_TOTAL: &str = "hotlead_state_cache_lookups_total";
 /// Contacts held in the state cache.
 pub const STATE_CACHE_CONTACTS: &str = "hotlead_state_cache_contacts";
+/// 1 while the pipeline consumes (running, not rebalancing, broker
+/// reachable), else 0. The read API serves either way.
+pub const CONSUMING: &str = "hotlead_consuming";
+
+/// The process's Prometheus recorder, installed (with every metric
+/// described) on first use; `None` if another recorder was installed first.
+pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    static HANDLE: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_EVENTS.into()), BATCH_BUCKETS))
+                .and_then(|b| b.install_recorder());
+            match handle {
+                Ok(h) => {
+                    describe();
+                    Some(h)
+                }
+                Err(e) => {
+                    warn!(error = %e, "No metrics: a recorder is installed already.");
+                    None
+                }
+            }
+        })
+        .clone()
+}
 
 /// Describes every metric so `/metrics` shows help text from the start.
 pub fn describe() {
@@ -85,6 +114,8 @@ pub fn describe() {
         "Contact states a batch looked up, by result: hit (state cache) or miss (read from Redis)."
     );
     metrics::describe_gauge!(STATE_CACHE_CONTACTS, "Contacts held in the state cache.");
+    metrics::describe_gauge!(CONSUMING, "1 while the pipeline consumes, 0 while stopped, rebalancing or cut off.");
+    gauge!(CONSUMING).set(0.0);
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for reason in crate::decode::DecodeError::REASONS {
         counter!(DEAD_LETTERS_TOTAL, "reason" => reason).absolute(0);
@@ -106,17 +137,6 @@ pub const SECONDS_BUCKETS: &[f64] =
 /// Size buckets for events per batch.
 pub const BATCH_BUCKETS: &[f64] = &[1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0];
 
-/// One raised alert, for its metric labels.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlertLabels {
-    /// Model name.
-    pub model: String,
-    /// Tier entered.
-    pub tier: String,
-    /// Direction.
-    pub direction: crate::score::Direction,
-}
-
 /// Sets up structured logging; `RUST_LOG` filters, `json` switches format.
 pub fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -135,34 +155,44 @@ pub fn contact_hash(contact_id: &str) -> String {
     d[..6].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An event could not be scored and was dead-lettered.
-pub fn dead_lettered(partition: i32, offset: i64, reason: &'static str, error: &dyn std::fmt::Display) {
-    warn!(partition, offset, reason, error = %error, "Dead-lettered an event that cannot be scored.");
-    counter!(DEAD_LETTERS_TOTAL, "reason" => reason).increment(1);
-    counter!(EVENTS_TOTAL, "outcome" => "dead_lettered").increment(1);
-}
-
-/// A batch of events was scored and committed.
+/// A batch of events was scored and committed: counts its events, logs
+/// and counts its dead letters and alerts.
 pub fn batch_committed(
     partition: i32,
-    events: usize,
-    scored: usize,
-    alerts: &[AlertLabels],
+    effects: &crate::engine::Effects,
+    dead_letter_topic: &str,
     seconds: f64,
     redis_seconds: f64,
 ) {
-    debug!(partition, events, scored, alerts = alerts.len(), "Committed a partition batch.");
-    counter!(EVENTS_TOTAL, "outcome" => "scored").increment(scored as u64);
+    let c = effects.counts;
+    debug!(
+        partition,
+        events = c.messages,
+        scored = c.scored,
+        alerts = effects.alerts.len(),
+        "Committed a partition batch."
+    );
+    for d in &effects.dead_letters {
+        let e = &d.rejected.error;
+        warn!(partition, offset = d.offset, reason = e.reason(), error = %e, topic = dead_letter_topic, "Dead-lettered an event that cannot be scored.");
+        counter!(DEAD_LETTERS_TOTAL, "reason" => e.reason()).increment(1);
+    }
+    counter!(EVENTS_TOTAL, "outcome" => "scored").increment(c.scored as u64);
+    counter!(EVENTS_TOTAL, "outcome" => "deduplicated").increment(c.deduplicated as u64);
+    counter!(EVENTS_TOTAL, "outcome" => "dead_lettered").increment(c.dead_lettered as u64);
     counter!(COMMITS_TOTAL, "result" => "ok").increment(1);
     histogram!(COMMIT_SECONDS).record(seconds);
     histogram!(REDIS_COMMIT_SECONDS).record(redis_seconds);
-    histogram!(BATCH_EVENTS).record(events as f64);
-    alerts_raised(alerts);
+    histogram!(BATCH_EVENTS).record(c.messages as f64);
+    alerts_raised(partition, &effects.alerts);
 }
 
-fn alerts_raised(alerts: &[AlertLabels]) {
+fn alerts_raised(partition: i32, alerts: &[crate::proto::ScoreAlert]) {
     for a in alerts {
-        counter!(ALERTS_TOTAL, "model" => a.model.clone(), "tier" => a.tier.clone(), "direction" => a.direction.as_str())
+        let direction =
+            if a.direction == crate::proto::score_alert::Direction::Cooled as i32 { "cooled" } else { "heated" };
+        debug!(partition, contact = %contact_hash(&a.contact_id), model = a.model, from = a.previous_tier, to = a.tier, direction, "Contact crossed a tier.");
+        counter!(ALERTS_TOTAL, "model" => a.model.clone(), "tier" => a.tier.clone(), "direction" => direction)
             .increment(1);
     }
 }
@@ -174,9 +204,14 @@ pub fn state_cache_lookups(hits: usize, misses: usize) {
     counter!(STATE_CACHE_LOOKUPS_TOTAL, "result" => "miss").increment(misses as u64);
 }
 
-/// The state cache now holds `contacts` contacts.
-pub fn state_cache_size(contacts: usize) {
-    gauge!(STATE_CACHE_CONTACTS).set(contacts as f64);
+/// A partition's state cache went from `before` to `after` contacts.
+pub fn state_cache_size(before: usize, after: usize) {
+    gauge!(STATE_CACHE_CONTACTS).increment(after as f64 - before as f64);
+}
+
+/// Whether the pipeline consumes.
+pub fn consuming(yes: bool) {
+    gauge!(CONSUMING).set(if yes { 1.0 } else { 0.0 });
 }
 
 /// An owned partition's lag, from the Kafka client's statistics.
@@ -189,11 +224,6 @@ pub fn kafka_error(error: &rdkafka::error::KafkaError, reason: &str) {
     let code = error.rdkafka_error_code().map_or_else(|| "other".to_string(), |c| format!("{c:?}"));
     warn!(error = %error, reason, "Kafka client error.");
     counter!(KAFKA_ERRORS_TOTAL, "code" => code).increment(1);
-}
-
-/// A contact crossed a tier.
-pub fn tier_crossed(partition: i32, contact_id: &str, model: &str, from: &str, to: &str, direction: &str) {
-    debug!(partition, contact = %contact_hash(contact_id), model, from, to, direction, "Contact crossed a tier.");
 }
 
 /// This instance lost ownership of a partition while committing.
@@ -223,12 +253,15 @@ pub fn relayed(partition: i32, alerts: usize, dead_letters: usize, seconds: f64,
     counter!(RELAYED_TOTAL, "kind" => "dead_letter").increment(dead_letters as u64);
 }
 
-/// Partitions were assigned to this instance.
-pub fn partitions_assigned(claims: &[(i32, i64, Option<i64>)], owned: usize) {
-    for (partition, epoch, watermark) in claims {
-        info!(partition, epoch, watermark = ?watermark, "Claimed a partition; scoring resumes after its watermark.");
-    }
+/// Partitions were assigned to this instance; their workers claim them.
+pub fn partitions_assigned(partitions: &[i32], owned: usize) {
+    info!(?partitions, "Assigned partitions.");
     gauge!(OWNED_PARTITIONS).set(owned as f64);
+}
+
+/// A partition worker claimed its partition.
+pub fn partition_claimed(partition: i32, epoch: i64, watermark: Option<i64>) {
+    info!(partition, epoch, watermark = ?watermark, "Claimed a partition; scoring resumes after its watermark.");
 }
 
 /// Partitions were revoked from this instance.
@@ -268,13 +301,7 @@ pub fn rules_refused(error: &dyn std::fmt::Display) {
 }
 
 /// A sweep found contacts that cooled with no event.
-pub fn swept(partition: i32, alerts: &[AlertLabels]) {
+pub fn swept(partition: i32, alerts: &[crate::proto::ScoreAlert]) {
     debug!(partition, alerts = alerts.len(), "Swept a partition for cooled contacts.");
-    alerts_raised(alerts);
-}
-
-/// An event repeated an event id already applied to its contact.
-pub fn deduplicated(partition: i32, offset: i64) {
-    debug!(partition, offset, "Skipped a repeated event id.");
-    counter!(EVENTS_TOTAL, "outcome" => "deduplicated").increment(1);
+    alerts_raised(partition, alerts);
 }

@@ -1,7 +1,16 @@
 //! The outbox relay: delivers a partition's outbox entries (alerts and dead
 //! letters) with the idempotent producer, waits for every acknowledgement,
 //! then deletes them from the outbox.
+//!
+//! Invariants:
+//! - An entry is deleted only after Kafka acknowledged it, so a crash in
+//!   between delivers it again, with the same alert id.
+//! - A relay runs only for a partition its worker owns: it reads the owner
+//!   epoch with every chunk and stops when another owner has claimed the
+//!   partition, and it stops between chunks when its worker asks, so after
+//!   it returns nothing of it is left in flight.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -17,9 +26,6 @@ pub enum RelayError {
     /// Reading or trimming the outbox failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A background relay task failed to run to its end.
-    #[error("relay task: {0}")]
-    Task(String),
     /// Kafka did not acknowledge a message.
     #[error("delivery to {topic} failed: {error}")]
     Delivery {
@@ -30,61 +36,89 @@ pub enum RelayError {
     },
 }
 
+/// How a relay ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Relayed {
+    /// The outbox is empty: this many messages were delivered.
+    All(usize),
+    /// Stopped between chunks (asked to, or the partition has a new owner)
+    /// after delivering this many; the rest stays in the outbox.
+    Stopped(usize),
+}
+
 /// How many outbox entries are read and sent at a time.
 const RELAY_CHUNK: usize = 1000;
 
-/// Delivers everything in a partition's outbox; returns the number of
-/// messages delivered. Entries are deleted only after Kafka acknowledged them,
-/// so a crash in between delivers them again, with the same alert ids.
-pub async fn relay_partition(
-    store: &Store,
-    producer: &FutureProducer,
-    keys: &PartitionKeys,
-    partition: i32,
-    alerts_topic: &str,
-) -> Result<usize, RelayError> {
-    let mut total = 0;
-    let started = std::time::Instant::now();
-    loop {
-        let entries = store.read_outbox(keys, RELAY_CHUNK).await?;
-        if entries.is_empty() {
-            return Ok(total);
-        }
-        let sends = entries.iter().map(|(_, e)| {
-            let mut headers = OwnedHeaders::new_with_capacity(e.headers.len());
-            for (k, v) in &e.headers {
-                headers = headers.insert(Header { key: k, value: Some(v) });
+/// One partition's relay: what it delivers and for which owner.
+pub struct Relay<'a> {
+    /// Redis.
+    pub store: &'a Store,
+    /// The idempotent producer.
+    pub producer: &'a FutureProducer,
+    /// The partition's keys.
+    pub keys: &'a PartitionKeys,
+    /// The partition.
+    pub partition: i32,
+    /// The owner epoch this instance holds.
+    pub epoch: i64,
+    /// The alert topic (to tell alerts from dead letters in metrics).
+    pub alerts_topic: &'a str,
+}
+
+impl Relay<'_> {
+    /// Delivers the outbox until it is empty, `stop` is set, or another
+    /// owner holds the partition.
+    pub async fn run(&self, stop: &AtomicBool) -> Result<Relayed, RelayError> {
+        let mut total = 0;
+        let started = std::time::Instant::now();
+        loop {
+            if stop.load(Ordering::Acquire) {
+                return Ok(Relayed::Stopped(total));
             }
-            let record = FutureRecord::to(&e.topic).key(&e.key).payload(&e.payload).headers(headers);
-            producer.send(record, Duration::from_secs(30))
-        });
-        for (result, (_, e)) in join_all(sends).await.into_iter().zip(&entries) {
-            if let Err((error, _)) = result {
-                return Err(RelayError::Delivery { topic: e.topic.clone(), error });
+            let (epoch, entries) = self.store.read_outbox(self.keys, RELAY_CHUNK).await?;
+            if epoch != Some(self.epoch) {
+                return Ok(Relayed::Stopped(total));
             }
+            if entries.is_empty() {
+                return Ok(Relayed::All(total));
+            }
+            let sends = entries.iter().map(|(_, e)| {
+                let mut headers = OwnedHeaders::new_with_capacity(e.headers.len());
+                for (k, v) in &e.headers {
+                    headers = headers.insert(Header { key: k, value: Some(v) });
+                }
+                let record = FutureRecord::to(&e.topic).key(&e.key).payload(&e.payload).headers(headers);
+                self.producer.send(record, Duration::from_secs(30))
+            });
+            for (result, (_, e)) in join_all(sends).await.into_iter().zip(&entries) {
+                if let Err((error, _)) = result {
+                    return Err(RelayError::Delivery { topic: e.topic.clone(), error });
+                }
+            }
+            let acked_ms = crate::decode::now_ms();
+            let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+            self.store.delete_outbox(self.keys, &ids).await?;
+            let alerts: Vec<&crate::store::OutboxEntry> =
+                entries.iter().map(|(_, e)| e).filter(|e| e.topic == self.alerts_topic).collect();
+            let latencies: Vec<f64> = alerts
+                .iter()
+                .filter_map(|e| {
+                    use prost::Message as _;
+                    let a = crate::proto::ScoreAlert::decode(e.payload.as_slice()).ok()?;
+                    let t = a.crossed_at?;
+                    (!a.trigger_event_id.is_empty()).then(|| {
+                        (acked_ms - (t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)).max(0) as f64 / 1000.0
+                    })
+                })
+                .collect();
+            telemetry::relayed(
+                self.partition,
+                alerts.len(),
+                entries.len() - alerts.len(),
+                started.elapsed().as_secs_f64(),
+                &latencies,
+            );
+            total += entries.len();
         }
-        let acked_ms = crate::decode::now_ms();
-        let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
-        store.delete_outbox(keys, &ids).await?;
-        let alerts: Vec<&crate::store::OutboxEntry> =
-            entries.iter().map(|(_, e)| e).filter(|e| e.topic == alerts_topic).collect();
-        let latencies: Vec<f64> = alerts
-            .iter()
-            .filter_map(|e| {
-                use prost::Message as _;
-                let a = crate::proto::ScoreAlert::decode(e.payload.as_slice()).ok()?;
-                let t = a.crossed_at?;
-                (!a.trigger_event_id.is_empty())
-                    .then(|| (acked_ms - (t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)).max(0) as f64 / 1000.0)
-            })
-            .collect();
-        telemetry::relayed(
-            partition,
-            alerts.len(),
-            entries.len() - alerts.len(),
-            started.elapsed().as_secs_f64(),
-            &latencies,
-        );
-        total += entries.len();
     }
 }

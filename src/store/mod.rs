@@ -19,6 +19,11 @@ use std::fmt::Write as _;
 
 use redis::aio::ConnectionManager;
 
+mod plan;
+
+pub use plan::{commit_for, dead_letter, entries, Entries, Outputs, Stored, Written};
+pub use plan::{HEADER_ERROR, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
+
 use crate::rules::{Model, RuleSet};
 use crate::score::{CapUse, ContactState, ModelState};
 
@@ -34,6 +39,18 @@ pub enum StoreError {
     /// The partition's watermark moved under us.
     #[error("watermark mismatch: {0}")]
     WatermarkMismatch(String),
+    /// A TLS certificate or key file named in the configuration cannot be
+    /// read.
+    #[error("cannot read the TLS file {path}: {source}")]
+    TlsFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The configuration names no Redis URL.
+    #[error("redis.url names no Redis server")]
+    NoUrl,
     /// Stored state could not be read back.
     #[error("corrupt state at {key}: {message}")]
     Corrupt {
@@ -269,6 +286,26 @@ impl OutboxEntry {
     }
 }
 
+/// Fields to set in one contact's hash.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HashWrite {
+    /// The contact id.
+    pub contact: String,
+    /// Field names and values.
+    pub fields: Vec<(String, String)>,
+}
+
+/// One sorted-set entry to set or remove.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntryWrite {
+    /// The model whose sorted set it is.
+    pub model: String,
+    /// The member: a contact id.
+    pub contact: String,
+    /// The entry's score; `None` removes the member.
+    pub score: Option<f64>,
+}
+
 /// Everything one partition batch changes, committed in one call.
 #[derive(Debug, Clone, Default)]
 pub struct Commit {
@@ -278,12 +315,12 @@ pub struct Commit {
     pub expected_watermark: Option<i64>,
     /// Offset of the last message in the batch.
     pub new_watermark: i64,
-    /// Contact hashes: contact id and the fields to set.
-    pub contacts: Vec<(String, Vec<(String, String)>)>,
-    /// Leaderboard changes: model, contact id, new entry score (`None` removes).
-    pub leaderboard: Vec<(String, String, Option<f64>)>,
-    /// Cooling schedule changes: model, contact id, due time (`None` removes).
-    pub cooling: Vec<(String, String, Option<f64>)>,
+    /// Contact hash fields to set.
+    pub contacts: Vec<HashWrite>,
+    /// Leaderboard changes (the entry score is the leaderboard value).
+    pub leaderboard: Vec<EntryWrite>,
+    /// Cooling schedule changes (the entry score is the due time in ms).
+    pub cooling: Vec<EntryWrite>,
     /// Alerts and dead letters to relay.
     pub outbox: Vec<OutboxEntry>,
     /// Alert payloads to keep in the recent-alerts stream.
@@ -327,34 +364,9 @@ impl redis::aio::ConnectionLike for Connection {
     }
 }
 
-/// Claims partitions with blocking calls, from librdkafka's rebalance
-/// callback.
-#[derive(Clone)]
-pub enum Claimer {
-    /// A single Redis.
-    Single(Box<redis::Client>),
-    /// A Redis Cluster.
-    Cluster(Box<redis::cluster::ClusterClient>),
-}
-
-impl Claimer {
-    /// Claims a partition for a new owner: increments its epoch and reads its
-    /// watermark, atomically (the `hotlead_claim` function).
-    pub fn claim(&self, keys: &PartitionKeys) -> Result<(i64, Option<i64>), StoreError> {
-        let mut cmd = redis::cmd("FCALL");
-        cmd.arg("hotlead_claim").arg(2).arg(keys.epoch()).arg(keys.watermark());
-        let (epoch, wm): (i64, String) = match self {
-            Claimer::Single(c) => cmd.query(&mut c.get_connection_with_timeout(std::time::Duration::from_secs(5))?)?,
-            Claimer::Cluster(c) => cmd.query(&mut c.get_connection()?)?,
-        };
-        Ok((epoch, wm.parse().ok()))
-    }
-}
-
 /// Redis access for one hotlead instance.
 #[derive(Clone)]
 pub struct Store {
-    claimer: Claimer,
     conn: Connection,
 }
 
@@ -379,12 +391,7 @@ impl Store {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let read = |path: &Option<std::path::PathBuf>| -> Result<Option<Vec<u8>>, StoreError> {
             path.as_ref()
-                .map(|p| {
-                    std::fs::read(p).map_err(|e| StoreError::Corrupt {
-                        key: p.display().to_string(),
-                        message: format!("cannot read a TLS file: {e}"),
-                    })
-                })
+                .map(|p| std::fs::read(p).map_err(|source| StoreError::TlsFile { path: p.clone(), source }))
                 .transpose()
         };
         let root_cert = read(&c.tls_ca_file)?;
@@ -406,25 +413,20 @@ impl Store {
             }
             infos.push(info.set_redis_settings(settings));
         }
-        let (claimer, mut conn) = if c.cluster {
+        let mut conn = if c.cluster {
             let mut builder = redis::cluster::ClusterClientBuilder::new(infos);
             if let Some(tls) = tls {
                 builder = builder.certs(tls);
             }
             let client = builder.build()?;
-            let conn = client.get_async_connection().await?;
-            (Claimer::Cluster(Box::new(client)), Connection::Cluster(conn))
+            Connection::Cluster(client.get_async_connection().await?)
         } else {
-            let info = infos
-                .into_iter()
-                .next()
-                .ok_or_else(|| StoreError::Corrupt { key: "redis.url".into(), message: "no Redis URL".into() })?;
+            let info = infos.into_iter().next().ok_or(StoreError::NoUrl)?;
             let client = match tls {
                 Some(tls) => redis::Client::build_with_tls(info, tls)?,
                 None => redis::Client::open(info)?,
             };
-            let conn = client.get_connection_manager().await?;
-            (Claimer::Single(Box::new(client)), Connection::Single(conn))
+            Connection::Single(client.get_connection_manager().await?)
         };
         redis::cmd("FUNCTION")
             .arg("LOAD")
@@ -432,12 +434,7 @@ impl Store {
             .arg(FUNCTION_LIBRARY)
             .query_async::<redis::Value>(&mut conn)
             .await?;
-        Ok(Self { claimer, conn })
-    }
-
-    /// Blocking partition claims, for librdkafka's rebalance callback.
-    pub fn claimer(&self) -> Claimer {
-        self.claimer.clone()
+        Ok(Self { conn })
     }
 
     /// A connection for ad-hoc commands.
@@ -477,7 +474,7 @@ impl Store {
             c.expected_watermark.map(|w| w.to_string()).unwrap_or_default().into_bytes(),
             c.new_watermark.to_string().into_bytes(),
         ];
-        for (contact, fields) in &c.contacts {
+        for HashWrite { contact, fields } in &c.contacts {
             if fields.is_empty() {
                 continue;
             }
@@ -490,8 +487,8 @@ impl Store {
                 args.push(v.as_bytes().to_vec());
             }
         }
-        let sets = c.leaderboard.iter().map(|(m, c, z)| (keys.leaderboard(m), c, z));
-        let sets = sets.chain(c.cooling.iter().map(|(m, c, z)| (keys.cooling(m), c, z)));
+        let sets = c.leaderboard.iter().map(|e| (keys.leaderboard(&e.model), &e.contact, e.score));
+        let sets = sets.chain(c.cooling.iter().map(|e| (keys.cooling(&e.model), &e.contact, e.score)));
         for (key, contact, z) in sets {
             let i = key_index(key, &mut key_list);
             match z {
@@ -527,28 +524,37 @@ impl Store {
         }
     }
 
-    /// Reads up to `count` outbox entries, oldest first, with their stream ids.
+    /// Reads the partition's owner epoch and up to `count` outbox entries,
+    /// oldest first, with their stream ids (one pipelined round trip).
     pub async fn read_outbox(
         &self,
         keys: &PartitionKeys,
         count: usize,
-    ) -> Result<Vec<(String, OutboxEntry)>, StoreError> {
-        let raw: Vec<(String, StreamFields)> = redis::cmd("XRANGE")
-            .arg(keys.outbox())
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut self.conn.clone())
-            .await?;
-        raw.into_iter()
+    ) -> Result<(Option<i64>, Vec<(String, OutboxEntry)>), StoreError> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(keys.epoch());
+        pipe.cmd("XRANGE").arg(keys.outbox()).arg("-").arg("+").arg("COUNT").arg(count);
+        let (epoch, raw): (Option<i64>, Vec<(String, StreamFields)>) = pipe.query_async(&mut self.conn.clone()).await?;
+        let entries = raw
+            .into_iter()
             .map(|(id, fields)| {
                 OutboxEntry::from_fields(&fields).map(|e| (id.clone(), e)).ok_or_else(|| StoreError::Corrupt {
                     key: keys.outbox(),
                     message: format!("entry {id} lacks a topic"),
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok((epoch, entries))
+    }
+
+    /// Claims a partition for a new owner: increments its epoch (fencing
+    /// every earlier owner) and reads its watermark, atomically (the
+    /// `hotlead_claim` function).
+    pub async fn claim(&self, keys: &PartitionKeys) -> Result<(i64, Option<i64>), StoreError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("hotlead_claim").arg(2).arg(keys.epoch()).arg(keys.watermark());
+        let (epoch, wm): (i64, String) = cmd.query_async(&mut self.conn.clone()).await?;
+        Ok((epoch, wm.parse().ok()))
     }
 
     /// Deletes delivered outbox entries.

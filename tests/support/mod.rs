@@ -28,12 +28,14 @@ pub struct Stack {
     pub brokers: String,
     /// Redis URL.
     pub redis_url: String,
+    broker: Option<Child>,
     children: Vec<Child>,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
+        self.stop_broker();
         for c in &mut self.children {
             let _ = c.kill();
             let _ = c.wait();
@@ -82,13 +84,14 @@ impl Stack {
     pub fn start() -> Stack {
         let dir = tempfile::tempdir().unwrap();
         let mut children = Vec::new();
+        let mut broker = None;
         let brokers = match std::env::var("HOTLEAD_TEST_KAFKA") {
             Ok(b) => b,
             Err(_) => {
                 let port = free_port();
                 let url = format!("tcp://127.0.0.1:{port}");
                 let log = dir.path().join("tansu.log");
-                children.push(spawn(
+                broker = Some(spawn(
                     Command::new("tansu")
                         .arg("broker")
                         .args(["--listener-url", &url, "--advertised-listener-url", &url])
@@ -118,7 +121,16 @@ impl Stack {
                 format!("redis://127.0.0.1:{port}")
             }
         };
-        Stack { brokers, redis_url, children, _dir: dir }
+        Stack { brokers, redis_url, broker, children, _dir: dir }
+    }
+
+    /// Stops the broker this stack started (an outage; no-op with an
+    /// external one).
+    pub fn stop_broker(&mut self) {
+        if let Some(mut c) = self.broker.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// Random topic names for one test: input, alerts, dead letters.
@@ -238,6 +250,7 @@ impl Stack {
             let left = if out.is_empty() { wait } else { Duration::from_secs(1) };
             match tokio::time::timeout(left, consumer.recv()).await {
                 Ok(Ok(m)) => out.push(Record {
+                    timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
                     key: m.key().unwrap_or_default().to_vec(),
                     payload: m.payload().unwrap_or_default().to_vec(),
                     headers: m
@@ -283,6 +296,22 @@ pub struct Record {
     pub payload: Vec<u8>,
     /// Headers as text.
     pub headers: HashMap<String, String>,
+    /// The producer's timestamp (ms since the Unix epoch; 0 if none).
+    pub timestamp_ms: i64,
+}
+
+/// GET `path` from a listener on 127.0.0.1:`port`; returns the status and
+/// the body as JSON (`Null` when it is not JSON).
+pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status: u16 = raw.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
 }
 
 /// Writes a rules file into a temp dir that lives as long as the returned guard.
@@ -293,25 +322,25 @@ pub fn rules_file(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     (dir, path)
 }
 
-/// A pipeline running in this process.
+/// The service running in this process, as `hotlead run` runs it.
 pub struct Running {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    handle: Option<tokio::task::JoinHandle<Result<(), hotlead::pipeline::PipelineError>>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     /// The rules in force, reloaded from their file every 100 ms.
     pub rules: std::sync::Arc<hotlead::reload::LiveRules>,
+    /// What the pipeline is doing.
+    pub status: std::sync::Arc<hotlead::pipeline::Status>,
 }
 
 impl Running {
-    /// Stops the pipeline gracefully and checks it ended without error.
+    /// Stops the service gracefully and checks it ended without error.
     pub async fn finish(mut self) {
         self.stop.take().unwrap().send(()).unwrap();
         self.handle.take().unwrap().await.unwrap().unwrap();
     }
-}
 
-impl Running {
-    /// Waits for the pipeline to stop by itself and returns its result.
-    pub async fn wait(mut self) -> Result<(), hotlead::pipeline::PipelineError> {
+    /// Waits for the service to stop by itself and returns its result.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
         let r = self.handle.take().unwrap().await.unwrap();
         drop(self.stop.take());
         r
@@ -319,7 +348,7 @@ impl Running {
 }
 
 impl Drop for Running {
-    /// A test that failed leaves its pipeline running: cancel it and wait,
+    /// A test that failed leaves its service running: cancel it and wait,
     /// so it is gone before the servers it uses are stopped.
     fn drop(&mut self) {
         if let Some(handle) = self.handle.take() {
@@ -334,37 +363,22 @@ impl Drop for Running {
     }
 }
 
-/// Runs the pipeline in this process, with its rules reloaded from
-/// `rules_path` when the file changes.
+/// Runs the service in this process, its rules reloaded every 100 ms.
 pub fn spawn_pipeline(config: Config, rules_path: &Path) -> Running {
     spawn_pipeline_with_clock(config, rules_path, std::sync::Arc::new(hotlead::decode::now_ms))
 }
 
 /// [`spawn_pipeline`] with the clock the cooling sweep reads.
-pub fn spawn_pipeline_with_clock(config: Config, rules_path: &Path, clock: hotlead::pipeline::Clock) -> Running {
-    let rules = std::sync::Arc::new(hotlead::reload::LiveRules::load(rules_path).unwrap());
+pub fn spawn_pipeline_with_clock(mut config: Config, rules_path: &Path, clock: hotlead::pipeline::Clock) -> Running {
+    config.rules.path = rules_path.to_path_buf();
+    config.rules.reload_interval = Duration::from_millis(100);
+    let service = hotlead::service::Service::new(config).unwrap().with_clock(clock);
+    let (rules, status) = (service.rules(), service.status());
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let (watch_tx, watch_rx) = tokio::sync::oneshot::channel::<()>();
-    let watcher = rules.clone();
-    tokio::spawn(async move {
-        watcher
-            .watch(std::time::Duration::from_millis(100), async move {
-                let _ = watch_rx.await;
-            })
-            .await
-    });
-    let health = std::sync::Arc::new(hotlead::pipeline::Health::default());
-    let handle = tokio::spawn(hotlead::pipeline::run_with_clock(
-        config,
-        rules.clone(),
-        health,
-        async move {
-            let _ = rx.await;
-            drop(watch_tx);
-        },
-        clock,
-    ));
-    Running { stop: Some(tx), handle: Some(handle), rules }
+    let handle = tokio::spawn(service.run(async move {
+        let _ = rx.await;
+    }));
+    Running { stop: Some(tx), handle: Some(handle), rules, status }
 }
 
 /// The highest offset per partition among delivered messages.
@@ -396,7 +410,7 @@ pub struct Oracle {
     pub contacts: Vec<ContactFields>,
 }
 
-/// The oracle: the same scoring core the service runs, over each whole
+/// The oracle: the same scoring engine the service runs, over each whole
 /// partition at once, in offset order. `messages` are (partition, offset,
 /// key, payload) as delivered.
 pub fn oracle(
@@ -404,32 +418,22 @@ pub fn oracle(
     topics: &Topics,
     messages: impl IntoIterator<Item = (i32, i64, Vec<u8>, Vec<u8>)>,
 ) -> Oracle {
-    use hotlead::pipeline::batch::{self, BatchTarget, InputMessage};
-    use prost::Message as _;
-    let mut by_partition: std::collections::BTreeMap<i32, Vec<InputMessage>> = Default::default();
+    use hotlead::engine::{score_partition, Message, Source};
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<_>> = Default::default();
     for (p, offset, key, payload) in messages {
-        by_partition.entry(p).or_default().push(InputMessage { offset, key: Some(key), payload: Some(payload) });
+        by_partition.entry(p).or_default().push((offset, key, payload));
     }
+    let limits = hotlead::decode::Limits::default();
+    let now = hotlead::decode::now_ms();
     let mut out = Oracle { alerts: Default::default(), dead: Default::default(), contacts: vec![] };
     for (p, mut msgs) in by_partition {
-        msgs.sort_by_key(|m| m.offset);
-        let target = BatchTarget {
-            input_topic: &topics.input,
-            partition: p,
-            alerts_topic: &topics.alerts,
-            dead_letter_topic: &topics.dead_letter,
-        };
-        let decoded = batch::decode_all(&msgs, &hotlead::decode::Limits::default(), hotlead::decode::now_ms());
-        let scored = batch::score_batch(rules, &target, &msgs, decoded, HashMap::new(), batch::Dedup::default());
-        for e in scored.commit.outbox {
-            if e.topic == topics.alerts {
-                out.alerts.insert(hotlead::proto::ScoreAlert::decode(e.payload.as_slice()).unwrap().alert_id);
-            } else {
-                let offset = &e.headers.iter().find(|h| h.0 == "hotlead.source.offset").unwrap().1;
-                out.dead.insert((p, String::from_utf8_lossy(offset).to_string()));
-            }
-        }
-        for (contact, fields) in scored.commit.contacts {
+        msgs.sort_by_key(|m: &(i64, Vec<u8>, Vec<u8>)| m.0);
+        let msgs = msgs.iter().map(|(o, k, v)| Message::decode(*o, Some(k), Some(v), &limits, now));
+        let effects = score_partition(rules, Source { topic: &topics.input, partition: p }, msgs);
+        out.alerts.extend(effects.alerts.into_iter().map(|a| a.alert_id));
+        out.dead.extend(effects.dead_letters.iter().map(|d| (p, d.offset.to_string())));
+        for (contact, c) in effects.contacts {
+            let fields = hotlead::store::encode_contact(rules, c.account.as_deref(), &c.state);
             out.contacts.push((p, contact, fields));
         }
     }
@@ -456,7 +460,7 @@ pub async fn serve_api(stack: &Stack, running: &Running, topics: &Topics, token:
     let mut ctx = hotlead::api::ApiContext::new(
         store,
         running.rules.clone(),
-        std::sync::Arc::new(hotlead::pipeline::Health::default()),
+        running.status.clone(),
         topics.input.clone(),
         &hotlead::kafka::client_config(&stack.brokers, &[]),
     )

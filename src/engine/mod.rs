@@ -1,0 +1,303 @@
+//! The scoring engine: one partition's decoded messages (or a sweep instant)
+//! and its contacts' states in, typed effects out.
+//!
+//! Invariants:
+//! - Pure: no Kafka, no Redis, no metrics, no logs. The same inputs give the
+//!   same [`Effects`], so the service, `hotlead rules test`, the tests'
+//!   oracle and the benchmark's verification all score through
+//!   [`score_batch`] (or [`score_partition`], its whole-partition form).
+//! - Messages are taken in offset order. A contact's alerts come out in the
+//!   order they were raised; dead letters in offset order.
+//! - Every message is accounted for exactly once in [`Counts`]: scored,
+//!   deduplicated or dead-lettered.
+//!
+//! The store turns [`Effects`] into its commit (diffing against what it has
+//! stored); the pipeline counts metrics from [`Counts`] and the alerts once
+//! the commit is durable.
+
+mod alert;
+
+use std::collections::HashMap;
+
+pub use alert::{alert_id, build_alert};
+
+use crate::decode::{self, DecodeError, Limits, ValidEvent};
+use crate::proto::ScoreAlert;
+use crate::rules::RuleSet;
+use crate::score::{self, ContactState, Millis};
+
+/// The input partition a batch comes from: it names alert ids and dead
+/// letters.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// Input topic.
+    pub topic: &'a str,
+    /// Partition of the input topic.
+    pub partition: i32,
+}
+
+/// One message of the input topic, decoded.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Offset in its partition.
+    pub offset: i64,
+    /// The event, or why it cannot be scored.
+    pub event: Result<ValidEvent, Rejected>,
+}
+
+/// A message that cannot be scored, with what a dead letter carries.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    /// Why.
+    pub error: DecodeError,
+    /// The original key.
+    pub key: Option<Vec<u8>>,
+    /// The original payload.
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Message {
+    /// Decodes a raw message at the wall clock `now_ms`. Key and payload are
+    /// copied only when the message is rejected.
+    pub fn decode(offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Self {
+        let event = decode::decode(payload, limits, now_ms).map_err(|error| Rejected {
+            error,
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+        });
+        Self { offset, event }
+    }
+}
+
+/// A contact as the engine sees it: its account and its scoring state.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Contact {
+    /// The account id of its latest event that named one.
+    pub account: Option<String>,
+    /// Profile, per-model state and recent event ids.
+    pub state: ContactState,
+}
+
+impl Contact {
+    /// A contact with no history under `rules`.
+    pub fn new(rules: &RuleSet) -> Self {
+        Self { account: None, state: ContactState::new(rules.models.len()) }
+    }
+}
+
+/// How repeats of an event id are recognised.
+#[derive(Debug, Clone, Copy)]
+pub struct Dedup {
+    /// How long (event time) an event id is remembered, in milliseconds.
+    pub window_ms: Millis,
+    /// How many ids a contact remembers at most; 0 turns the check off.
+    pub max_ids: usize,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Self { window_ms: 3_600_000, max_ids: 32 }
+    }
+}
+
+/// A message that goes to the dead-letter topic.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// Its offset in the input partition.
+    pub offset: i64,
+    /// Its original key and payload, and why it was rejected.
+    pub rejected: Rejected,
+}
+
+/// How a batch's messages fared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Messages in the batch.
+    pub messages: usize,
+    /// Events applied to a contact.
+    pub scored: usize,
+    /// Events skipped as repeats of an event id already applied.
+    pub deduplicated: usize,
+    /// Messages dead-lettered.
+    pub dead_lettered: usize,
+}
+
+/// What scoring a batch (or sweeping a partition) did.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Every contact the batch touched, as it leaves it, in the order first
+    /// touched.
+    pub contacts: Vec<(String, Contact)>,
+    /// Alerts, in the order raised.
+    pub alerts: Vec<ScoreAlert>,
+    /// Messages that cannot be scored, in offset order.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Tallies.
+    pub counts: Counts,
+}
+
+/// Scores a partition's messages (in offset order) against the known states
+/// of their contacts; a contact missing from `known` starts empty. Several
+/// events of one contact leave one final state.
+pub fn score_batch(
+    rules: &RuleSet,
+    source: Source<'_>,
+    messages: impl IntoIterator<Item = Message>,
+    mut known: HashMap<String, Contact>,
+    dedup: Dedup,
+) -> Effects {
+    let mut out = Effects::default();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for m in messages {
+        out.counts.messages += 1;
+        let valid = match m.event {
+            Ok(v) => v,
+            Err(rejected) => {
+                out.counts.dead_lettered += 1;
+                out.dead_letters.push(DeadLetter { offset: m.offset, rejected });
+                continue;
+            }
+        };
+        let ev = &valid.event;
+        let i = match index.get(&ev.contact_id) {
+            Some(i) => *i,
+            None => {
+                let contact = known.remove(&ev.contact_id).unwrap_or_else(|| Contact::new(rules));
+                out.contacts.push((ev.contact_id.clone(), contact));
+                index.insert(ev.contact_id.clone(), out.contacts.len() - 1);
+                out.contacts.len() - 1
+            }
+        };
+        let contact = &mut out.contacts[i].1;
+        if contact.state.seen_before(&ev.event_id, valid.at_ms, dedup.window_ms, dedup.max_ids) {
+            out.counts.deduplicated += 1;
+            continue;
+        }
+        out.counts.scored += 1;
+        if !ev.account_id.is_empty() {
+            contact.account = Some(ev.account_id.clone());
+        }
+        for c in score::apply_event(rules, &mut contact.state, ev, valid.at_ms) {
+            let model = &rules.models[c.model];
+            let account = contact.account.as_deref();
+            out.alerts.push(build_alert(source, m.offset, &ev.event_id, &ev.contact_id, account, model, &c));
+        }
+    }
+    out
+}
+
+/// Scores a whole partition from empty state, in offset order, as the
+/// service does batch by batch: `hotlead rules test`, the tests' oracle and
+/// the benchmark's verification use it.
+pub fn score_partition(rules: &RuleSet, source: Source<'_>, messages: impl IntoIterator<Item = Message>) -> Effects {
+    score_batch(rules, source, messages, HashMap::new(), Dedup::default())
+}
+
+/// Cools contacts whose decayed score fell below their tier's exit by
+/// `now_ms` with no event: their COOLED alerts, dated to the exact crossing.
+/// `due` holds the contacts the cooling schedule names; each comes back in
+/// [`Effects::contacts`], changed or not, so the store can also reschedule
+/// or unschedule it.
+pub fn sweep(rules: &RuleSet, source: Source<'_>, due: Vec<(String, Contact)>, now_ms: Millis) -> Effects {
+    let mut out = Effects::default();
+    for (id, mut contact) in due {
+        for (i, model) in rules.models.iter().enumerate() {
+            let Some(st) = contact.state.models.get_mut(i).and_then(Option::as_mut) else { continue };
+            if let Some(c) = score::cool(i, model, st, now_ms) {
+                out.alerts.push(build_alert(source, -1, "", &id, contact.account.as_deref(), model, &c));
+            }
+        }
+        out.contacts.push((id, contact));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::interaction_event::Interaction;
+    use crate::proto::{InteractionEvent, PageView};
+    use prost::Message as _;
+
+    const T0: Millis = 1_760_000_000_000;
+
+    fn rules() -> RuleSet {
+        RuleSet::parse(
+            "models: [{name: m, half_life: 1d, tiers: [{name: warm, enter: 30, exit: 20}], rules: [{id: p, when: {kind: page_view}, points: 40}]}]",
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn page(contact: &str, id: &str, at: Millis) -> InteractionEvent {
+        InteractionEvent {
+            event_id: id.into(),
+            contact_id: contact.into(),
+            occurred_at: Some(decode::timestamp(at)),
+            interaction: Some(Interaction::PageView(PageView::default())),
+            ..Default::default()
+        }
+    }
+
+    fn messages(events: &[InteractionEvent]) -> Vec<Message> {
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let payload = e.encode_to_vec();
+                Message::decode(i as i64, None, Some(&payload), &Limits::default(), T0)
+            })
+            .collect()
+    }
+
+    const SOURCE: Source<'static> = Source { topic: "in", partition: 3 };
+
+    #[test]
+    fn every_message_is_counted_once_and_alerts_keep_their_order() {
+        let r = rules();
+        let mut msgs = messages(&[page("a", "1", T0), page("a", "1", T0), page("b", "2", T0 - 1)]);
+        msgs.push(Message::decode(3, Some(b"k"), Some(b"\xff\xff"), &Limits::default(), T0));
+        let fx = score_partition(&r, SOURCE, msgs);
+        assert_eq!(fx.counts, Counts { messages: 4, scored: 2, deduplicated: 1, dead_lettered: 1 });
+        let who: Vec<&str> = fx.alerts.iter().map(|a| a.contact_id.as_str()).collect();
+        assert_eq!(who, ["a", "b"]);
+        assert_eq!(fx.contacts.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(fx.dead_letters[0].offset, 3);
+        assert_eq!(fx.dead_letters[0].rejected.key.as_deref(), Some(&b"k"[..]));
+    }
+
+    #[test]
+    fn batching_does_not_change_the_effects() {
+        let r = rules();
+        let events: Vec<_> = (0..20).map(|i| page(["a", "b", "c"][i % 3], &i.to_string(), T0 + i as i64)).collect();
+        let whole = score_partition(&r, SOURCE, messages(&events));
+        let mut known: HashMap<String, Contact> = HashMap::new();
+        let mut alerts = vec![];
+        let all = messages(&events);
+        for chunk in all.chunks(7) {
+            let fx = score_batch(&r, SOURCE, chunk.to_vec(), std::mem::take(&mut known), Dedup::default());
+            alerts.extend(fx.alerts);
+            known = fx.contacts.into_iter().collect();
+        }
+        assert_eq!(alerts, whole.alerts);
+        let whole: HashMap<String, Contact> = whole.contacts.into_iter().collect();
+        assert_eq!(known, whole);
+    }
+
+    #[test]
+    fn a_sweep_and_an_event_name_the_same_cooling_alike() {
+        let r = rules();
+        let later = T0 + 5 * 86_400_000;
+        let first = score_partition(&r, SOURCE, messages(&[page("c", "1", T0)]));
+        let (id, contact) = first.contacts.into_iter().next().unwrap();
+        let swept = sweep(&r, SOURCE, vec![(id.clone(), contact.clone())], later);
+        let known = HashMap::from([(id, contact)]);
+        let msg = Message::decode(17, None, Some(&page("c", "2", later).encode_to_vec()), &Limits::default(), later);
+        let caught = score_batch(&r, SOURCE, [msg], known, Dedup::default());
+        assert_eq!(swept.alerts.len(), 1);
+        let (a, b) = (&swept.alerts[0], &caught.alerts[0]);
+        assert_eq!(a.alert_id, b.alert_id);
+        assert_eq!(a.crossed_at, b.crossed_at);
+        assert_eq!(b.trigger_event_id, "", "decay, not the event, caused it");
+    }
+}

@@ -1,0 +1,229 @@
+//! From the engine's effects to a partition commit.
+//!
+//! Invariants:
+//! - A commit writes only what differs from what is stored: hash fields
+//!   whose text changed, and leaderboard and cooling entries that moved.
+//!   What is stored is known from the [`Written`] form of each contact; a
+//!   contact read from Redis has exact fields but unknown entries, so all of
+//!   its entries are written (an entry for a model it has no state in is
+//!   removed).
+//! - Alerts go to the outbox and the recent-alerts stream in the order the
+//!   engine raised them; dead letters follow, in offset order.
+
+use std::collections::HashMap;
+
+use prost::Message as _;
+
+use super::{decode_contact, encode_contact, Commit, EntryWrite, HashWrite, OutboxEntry};
+use crate::engine::{Contact, DeadLetter, Effects, Source};
+use crate::rules::RuleSet;
+use crate::score::{self, ContactState, Millis};
+
+/// Dead-letter header: the reason code.
+pub const HEADER_REASON: &str = "hotlead.reason";
+/// Dead-letter header: the full error message.
+pub const HEADER_ERROR: &str = "hotlead.error";
+/// Dead-letter header: source topic.
+pub const HEADER_SOURCE_TOPIC: &str = "hotlead.source.topic";
+/// Dead-letter header: source partition.
+pub const HEADER_SOURCE_PARTITION: &str = "hotlead.source.partition";
+/// Dead-letter header: source offset.
+pub const HEADER_SOURCE_OFFSET: &str = "hotlead.source.offset";
+
+/// Where a partition's outbox entries go.
+#[derive(Debug, Clone, Copy)]
+pub struct Outputs<'a> {
+    /// Alert topic.
+    pub alerts: &'a str,
+    /// Dead-letter topic.
+    pub dead_letter: &'a str,
+}
+
+/// A model's sorted-set entries for one contact.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Entries {
+    /// Leaderboard value (`None`: not on the leaderboard).
+    pub leaderboard: Option<f64>,
+    /// When decay takes it below its tier's exit (`None`: not scheduled).
+    pub cooling_due: Option<Millis>,
+}
+
+/// What is stored for one contact, as far as this instance knows.
+#[derive(Debug, Clone, Default)]
+pub struct Written {
+    /// The hash fields as stored.
+    pub fields: HashMap<String, String>,
+    /// Each model's sorted-set entries as stored, when known exactly.
+    pub entries: Option<Vec<Entries>>,
+}
+
+impl Written {
+    /// Nothing stored: a contact with no history.
+    pub fn nothing(rules: &RuleSet) -> Self {
+        Self { fields: HashMap::new(), entries: Some(vec![Entries::default(); rules.models.len()]) }
+    }
+}
+
+/// A contact's state with what is stored for it (the state cache's form).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// The contact.
+    pub contact: Contact,
+    /// What is stored for it.
+    pub written: Written,
+}
+
+impl Stored {
+    /// A contact read from its Redis hash.
+    pub fn from_hash(rules: &RuleSet, fields: HashMap<String, Vec<u8>>) -> Self {
+        if fields.is_empty() {
+            return Self { contact: Contact::new(rules), written: Written::nothing(rules) };
+        }
+        let (account, state) = decode_contact(rules, &fields);
+        let fields = fields.into_iter().filter_map(|(k, v)| Some((k, String::from_utf8(v).ok()?))).collect();
+        Self { contact: Contact { account, state }, written: Written { fields, entries: None } }
+    }
+}
+
+/// Each model's sorted-set entries for a state.
+pub fn entries(rules: &RuleSet, state: &ContactState) -> Vec<Entries> {
+    rules
+        .models
+        .iter()
+        .zip(&state.models)
+        .map(|(m, st)| match st {
+            Some(st) => Entries { leaderboard: st.leaderboard_score(m), cooling_due: score::cooling_due(m, st) },
+            None => Entries::default(),
+        })
+        .collect()
+}
+
+/// Builds the commit of a batch's (or a sweep's) effects. `written` holds
+/// what is stored for the touched contacts (a contact missing from it has
+/// nothing stored). Returns the commit (epoch and watermarks left for the
+/// caller) and, parallel to `effects.contacts`, what will be stored once it
+/// is durable.
+pub fn commit_for(
+    rules: &RuleSet,
+    source: Source<'_>,
+    outputs: Outputs<'_>,
+    effects: &Effects,
+    mut written: HashMap<String, Written>,
+) -> (Commit, Vec<Written>) {
+    let mut commit = Commit::default();
+    let mut after = Vec::with_capacity(effects.contacts.len());
+    for (id, contact) in &effects.contacts {
+        let mut w = written.remove(id).unwrap_or_else(|| Written::nothing(rules));
+        let now = entries(rules, &contact.state);
+        for (i, model) in rules.models.iter().enumerate() {
+            let old = w.entries.as_ref().map(|e| e[i]);
+            if old.is_none_or(|o| o.leaderboard != now[i].leaderboard) {
+                commit.leaderboard.push(EntryWrite {
+                    model: model.name.clone(),
+                    contact: id.clone(),
+                    score: now[i].leaderboard,
+                });
+            }
+            if old.is_none_or(|o| o.cooling_due != now[i].cooling_due) {
+                commit.cooling.push(EntryWrite {
+                    model: model.name.clone(),
+                    contact: id.clone(),
+                    score: now[i].cooling_due.map(|t| t as f64),
+                });
+            }
+        }
+        let changed: Vec<(String, String)> = encode_contact(rules, contact.account.as_deref(), &contact.state)
+            .into_iter()
+            .filter(|(k, v)| w.fields.get(k) != Some(v))
+            .collect();
+        for (k, v) in &changed {
+            w.fields.insert(k.clone(), v.clone());
+        }
+        if !changed.is_empty() {
+            commit.contacts.push(HashWrite { contact: id.clone(), fields: changed });
+        }
+        w.entries = Some(now);
+        after.push(w);
+    }
+    for alert in &effects.alerts {
+        let payload = alert.encode_to_vec();
+        commit.recent_alerts.push(payload.clone());
+        commit.outbox.push(OutboxEntry {
+            topic: outputs.alerts.to_string(),
+            key: alert.contact_id.as_bytes().to_vec(),
+            payload,
+            headers: vec![],
+        });
+    }
+    for d in &effects.dead_letters {
+        commit.outbox.push(dead_letter(source, outputs.dead_letter, d));
+    }
+    (commit, after)
+}
+
+/// The outbox entry of a dead letter: its original key and payload, with
+/// headers naming the reason and the source.
+pub fn dead_letter(source: Source<'_>, topic: &str, d: &DeadLetter) -> OutboxEntry {
+    let e = &d.rejected.error;
+    OutboxEntry {
+        topic: topic.to_string(),
+        key: d.rejected.key.clone().unwrap_or_default(),
+        payload: d.rejected.payload.clone().unwrap_or_default(),
+        headers: vec![
+            (HEADER_REASON.into(), e.reason().as_bytes().to_vec()),
+            (HEADER_ERROR.into(), e.to_string().into_bytes()),
+            (HEADER_SOURCE_TOPIC.into(), source.topic.as_bytes().to_vec()),
+            (HEADER_SOURCE_PARTITION.into(), source.partition.to_string().into_bytes()),
+            (HEADER_SOURCE_OFFSET.into(), d.offset.to_string().into_bytes()),
+        ],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::{timestamp, Limits};
+    use crate::engine::{score_batch, score_partition, Dedup, Message};
+    use crate::proto::interaction_event::Interaction;
+    use crate::proto::{InteractionEvent, PageView};
+
+    const SOURCE: Source<'static> = Source { topic: "in", partition: 0 };
+    const OUT: Outputs<'static> = Outputs { alerts: "a", dead_letter: "d" };
+
+    fn page(at: Millis) -> Message {
+        let e = InteractionEvent {
+            contact_id: "c".into(),
+            occurred_at: Some(timestamp(at)),
+            interaction: Some(Interaction::PageView(PageView::default())),
+            ..Default::default()
+        };
+        Message::decode(at, None, Some(&e.encode_to_vec()), &Limits::default(), at)
+    }
+
+    #[test]
+    fn a_commit_writes_only_what_changed() {
+        let rules = RuleSet::parse(
+            "models: [{name: m, half_life: 1d, tiers: [{name: warm, enter: 30, exit: 20}], rules: [{id: p, when: {kind: page_view}, points: 40}]}]",
+            "t",
+        )
+        .unwrap();
+        let t0 = 1_760_000_000_000;
+        let first = score_partition(&rules, SOURCE, [page(t0)]);
+        let (commit, after) = commit_for(&rules, SOURCE, OUT, &first, HashMap::new());
+        assert_eq!(commit.contacts.len(), 1);
+        assert_eq!((commit.leaderboard.len(), commit.cooling.len(), commit.outbox.len()), (1, 1, 1));
+        // The same state again writes nothing.
+        let known: HashMap<String, Contact> = first.contacts.iter().cloned().collect();
+        let same = Effects { contacts: first.contacts.clone(), ..Default::default() };
+        let written: HashMap<String, Written> = HashMap::from([("c".to_string(), after[0].clone())]);
+        let (commit, _) = commit_for(&rules, SOURCE, OUT, &same, written.clone());
+        assert!(commit.contacts.is_empty() && commit.leaderboard.is_empty() && commit.cooling.is_empty());
+        // A later event moves the score and time, not the account or the tier.
+        let next = score_batch(&rules, SOURCE, [page(t0 + 1000)], known, Dedup::default());
+        let (commit, _) = commit_for(&rules, SOURCE, OUT, &next, written);
+        let fields: Vec<&str> = commit.contacts[0].fields.iter().map(|(k, _)| k.as_str()).collect();
+        assert!(fields.contains(&"m:s") && fields.contains(&"m:t") && !fields.contains(&"m:tier"), "{fields:?}");
+        assert_eq!(commit.leaderboard.len(), 1);
+        assert!(commit.outbox.is_empty());
+    }
+}
