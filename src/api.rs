@@ -45,7 +45,7 @@ pub struct ApiContext {
     /// Input topic (its partitions key the state).
     pub topic: String,
     /// A Kafka client for metadata: partition count and broker reachability.
-    kafka: Arc<rdkafka::consumer::BaseConsumer>,
+    kafka: Arc<rdkafka::consumer::BaseConsumer<crate::kafka::QuietContext>>,
     /// Bearer token required by `/v1`, if any.
     pub token: Option<String>,
     partitions: Arc<Mutex<Option<i32>>>,
@@ -66,7 +66,7 @@ impl ApiContext {
             store,
             rules,
             topic,
-            kafka: Arc::new(kafka.create()?),
+            kafka: Arc::new(kafka.create_with_context(crate::kafka::QuietContext)?),
             token: None,
             partitions: Arc::new(Mutex::new(None)),
         })
@@ -211,7 +211,7 @@ async fn contact(
     let at = at_param(&q)?;
     let partitions = s.partitions().await?;
     let rules = s.rules.current();
-    match s.store.find_contact(&s.topic, partitions, &contact_id).await? {
+    match read(|| s.store.find_contact(&s.topic, partitions, &contact_id)).await? {
         Some((p, fields)) => Ok(Json(crate::query::contact_view(&rules, &contact_id, p, &fields, at))),
         None => Err(ApiError::not_found(format!("no contact `{contact_id}` has a score"))),
     }
@@ -246,9 +246,9 @@ async fn leaderboard(
     let at = at_param(&q)?;
     let floor = min_score.map_or(f64::NEG_INFINITY, |x| crate::query::leaderboard_floor(m, x, at));
     let partitions = s.partitions().await?;
-    let all = s.store.leaderboard_top(&s.topic, partitions, &m.name, floor, limit).await?;
+    let all = read(|| s.store.leaderboard_top(&s.topic, partitions, &m.name, floor, limit)).await?;
     let who: Vec<(i32, &str)> = all.iter().map(|(c, _, p)| (*p, c.as_str())).collect();
-    let tiers = s.store.tiers(&s.topic, &m.name, &who).await?;
+    let tiers = read(|| s.store.tiers(&s.topic, &m.name, &who)).await?;
     let entries: Vec<crate::query::LeaderboardEntry> = all
         .iter()
         .zip(tiers)
@@ -271,12 +271,29 @@ async fn recent_alerts(
     authorize(&s, &headers)?;
     let limit = limit_param(&q, 50, 200)?;
     let partitions = s.partitions().await?;
-    let raw = s.store.recent_alerts(&s.topic, partitions, limit).await?;
+    let raw = read(|| s.store.recent_alerts(&s.topic, partitions, limit)).await?;
     let alerts: Vec<crate::query::AlertView> = raw
         .into_iter()
         .filter_map(|(_, payload)| crate::proto::ScoreAlert::decode(payload.as_slice()).ok().map(Into::into))
         .collect();
     Ok(Json(json!({ "alerts": alerts })))
+}
+
+/// Runs a read, and once more if its connection had dropped (Redis
+/// restarted, say): the connection reconnects on the first failure, so a
+/// reader never sees the restart.
+async fn read<T, F, Fut>(f: F) -> Result<T, crate::store::StoreError>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, crate::store::StoreError>>,
+{
+    match f().await {
+        Err(crate::store::StoreError::Redis(e)) if e.is_io_error() || e.is_connection_dropped() => {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            f().await
+        }
+        r => r,
+    }
 }
 
 /// The hot-leads board: one page that reads the API.

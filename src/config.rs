@@ -233,8 +233,9 @@ pub struct PipelineConfig {
     /// tier's exit with no event; `0s` disables the sweep.
     #[serde(deserialize_with = "duration")]
     pub sweep_interval: Duration,
-    /// How long (in event time) a contact remembers the event ids applied to
-    /// it, so a repeated event counts once, e.g. `1h`.
+    /// How long (in arrival time: the Kafka timestamp of the message) a
+    /// contact remembers the event ids applied to it, so a repeat arriving
+    /// within it counts once whatever its event time, e.g. `24h`.
     #[serde(deserialize_with = "duration")]
     pub dedup_window: Duration,
     /// How many event ids a contact remembers at most; 0 turns the check off.
@@ -246,6 +247,19 @@ pub struct PipelineConfig {
     /// committed for it: `false` stops with an error, `true` scores the
     /// partition again from the start of the topic (`hotlead run --rebuild`).
     pub rebuild_lost_state: bool,
+    /// An alert whose crossing lies further in the past than this when it is
+    /// raised (catch-up, rebuild, replay) is marked `historical`, e.g. `1h`.
+    #[serde(deserialize_with = "duration")]
+    pub historical_after: Duration,
+    /// How long a shutdown may take to finish what it can (batches in hand,
+    /// relays, offsets) before the process exits anyway; what was not
+    /// committed is replayed from the watermark. E.g. `30s`.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Largest dead-letter payload in bytes: a larger one is cut to this
+    /// size, with headers giving its original size and SHA-256, so every
+    /// dead letter fits the broker's message size.
+    pub dead_letter_max_bytes: usize,
 }
 
 impl Default for PipelineConfig {
@@ -257,10 +271,13 @@ impl Default for PipelineConfig {
             max_contact_id_bytes: 256,
             max_future_skew: Duration::from_secs(3600),
             sweep_interval: Duration::from_secs(10),
-            dedup_window: Duration::from_secs(3600),
+            dedup_window: Duration::from_secs(24 * 3600),
             dedup_max_ids: 32,
             state_cache_contacts: 1_000_000,
             rebuild_lost_state: false,
+            historical_after: Duration::from_secs(3600),
+            shutdown_timeout: Duration::from_secs(30),
+            dead_letter_max_bytes: 512 * 1024,
         }
     }
 }
@@ -461,6 +478,18 @@ impl Config {
         if self.pipeline.batch_max_events == 0 {
             return Err(invalid("pipeline.batch_max_events", "must be at least 1".into()));
         }
+        if self.pipeline.dead_letter_max_bytes < 1024 {
+            return Err(invalid(
+                "pipeline.dead_letter_max_bytes",
+                "must be at least 1024 (a dead letter keeps this much of the payload), e.g. `524288`".into(),
+            ));
+        }
+        if self.pipeline.shutdown_timeout.is_zero() {
+            return Err(invalid(
+                "pipeline.shutdown_timeout",
+                "must be longer than 0s: it is how long a shutdown may finish its work, e.g. `30s`".into(),
+            ));
+        }
         if self.pipeline.max_contact_id_bytes == 0 || self.pipeline.max_message_bytes == 0 {
             return Err(invalid("pipeline.max_message_bytes", "limits must be at least 1 byte".into()));
         }
@@ -489,7 +518,7 @@ impl Config {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "100")
-            .set("statistics.interval.ms", "5000");
+            .set("statistics.interval.ms", "1000");
         for (k, v) in &self.kafka {
             c.set(k, v);
         }

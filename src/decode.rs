@@ -71,6 +71,10 @@ pub enum DecodeError {
     /// No interaction kind this version of hotlead knows is set.
     #[error("no known interaction is set")]
     NoInteraction,
+    /// The Kafka key is set and is not the event's contact id, so the event
+    /// sits on another partition than its contact's state.
+    #[error("the message key is not the event's contact_id")]
+    KeyMismatch,
     /// An enum field holds a value the schema does not define.
     #[error("{field} holds {value}, which is not a defined value")]
     UnknownEnumValue {
@@ -95,11 +99,12 @@ impl DecodeError {
             Self::FutureTimestamp { .. } => "future_timestamp",
             Self::NoInteraction => "no_interaction",
             Self::UnknownEnumValue { .. } => "unknown_enum_value",
+            Self::KeyMismatch => "key_mismatch",
         }
     }
 
     /// Every reason code, for pre-registering metrics.
-    pub const REASONS: [&'static str; 10] = [
+    pub const REASONS: [&'static str; 11] = [
         "oversized",
         "empty",
         "undecodable",
@@ -110,6 +115,7 @@ impl DecodeError {
         "future_timestamp",
         "no_interaction",
         "unknown_enum_value",
+        "key_mismatch",
     ];
 }
 

@@ -13,6 +13,25 @@ use rdkafka::{ClientConfig, Message};
 
 use crate::proto::{score_alert, ScoreAlert};
 
+/// A client context whose logs stay short through a broker outage: errors
+/// and librdkafka's log lines go through [`crate::telemetry`], which logs
+/// an outage once, reminds of it at most once a minute, and counts every
+/// error.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuietContext;
+
+impl rdkafka::ClientContext for QuietContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::telemetry::librdkafka_log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::telemetry::kafka_error(&error, reason);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
 /// A client configuration for `brokers` plus extra librdkafka properties.
 pub fn client_config(brokers: &str, extra: &[(String, String)]) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -51,13 +70,13 @@ pub async fn create_topics(config: &ClientConfig, topics: &[(&str, i32)], replic
 
 /// The number of partitions of `topic`.
 pub fn partition_count(config: &ClientConfig, topic: &str) -> Result<i32, KafkaError> {
-    let client: rdkafka::consumer::BaseConsumer = config.create()?;
+    let client: rdkafka::consumer::BaseConsumer<QuietContext> = config.create_with_context(QuietContext)?;
     partition_count_with(&client, topic, Duration::from_secs(10))
 }
 
 /// The number of partitions of `topic`, asked through an existing client.
 pub fn partition_count_with(
-    client: &rdkafka::consumer::BaseConsumer,
+    client: &rdkafka::consumer::BaseConsumer<QuietContext>,
     topic: &str,
     timeout: Duration,
 ) -> Result<i32, KafkaError> {

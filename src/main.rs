@@ -7,14 +7,24 @@ use clap::Parser;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     let cli = hotlead::cli::Cli::parse();
-    match hotlead::cli::run(cli).await {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let code = match runtime.block_on(hotlead::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::from(2)
         }
-    }
+    };
+    // A Kafka client whose broker is gone can hold its thread forever:
+    // exit without waiting for it.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

@@ -38,7 +38,7 @@ pub fn decay_factor(dt_ms: Millis, half_life_secs: f64) -> f64 {
 /// How much of a capped rule a contact has used in its current window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct CapUse {
-    /// The window number ([`crate::rules::Window::index`], or [`ONCE_WINDOW`]).
+    /// The window's id ([`window_id`], or [`ONCE_WINDOW`]).
     pub window: i64,
     /// Matching events counted in the window.
     pub hits: u32,
@@ -63,6 +63,10 @@ pub struct ModelState {
     pub caps: BTreeMap<String, CapUse>,
     /// When the last alert into each tier was raised (for cooldowns).
     pub alerted: BTreeMap<String, Millis>,
+    /// The latest cooling a sweep applied with no event (0: none): the tier
+    /// is settled up to then, so an event dated earlier that arrives later
+    /// does not judge the tier again at its own time.
+    pub settled_ms: Millis,
 }
 
 impl ModelState {
@@ -122,8 +126,8 @@ pub struct ContactState {
     pub profile: BTreeMap<String, (String, Millis)>,
     /// State per model, parallel to the rule set's models.
     pub models: Vec<Option<ModelState>>,
-    /// Recently applied event ids (hashed) with their event times, for
-    /// counting a repeated event once.
+    /// Recently applied event ids (hashed) with their arrival times, in
+    /// arrival order, for counting a repeated event once.
     pub seen: Vec<(u64, Millis)>,
 }
 
@@ -133,11 +137,13 @@ impl ContactState {
         Self { profile: BTreeMap::new(), models: vec![None; models], seen: Vec::new() }
     }
 
-    /// Records `event_id` at `at_ms` as applied and says whether it was
-    /// applied already: a repeat (a producer's retry, a replayed export) is
-    /// counted once. Ids are remembered for `window_ms` of event time after
-    /// the contact's latest event, `max` at the most (the oldest go first).
-    pub fn seen_before(&mut self, event_id: &str, at_ms: Millis, window_ms: Millis, max: usize) -> bool {
+    /// Records `event_id`, arrived at `arrived_ms`, as applied and says
+    /// whether it was applied already: a repeat (a producer's retry, a
+    /// replayed export) is counted once if it arrives within `window_ms` of
+    /// arrival time of the original, whatever its event time. At most `max`
+    /// ids are remembered: the latest to arrive (in arrival order, so the
+    /// choice does not depend on clock ties).
+    pub fn seen_before(&mut self, event_id: &str, arrived_ms: Millis, window_ms: Millis, max: usize) -> bool {
         if event_id.is_empty() || max == 0 {
             return false;
         }
@@ -145,12 +151,12 @@ impl ContactState {
         if self.seen.iter().any(|(x, _)| *x == h) {
             return true;
         }
-        self.seen.push((h, at_ms));
-        let latest = self.seen.iter().map(|(_, t)| *t).max().unwrap_or(at_ms);
-        self.seen.retain(|(_, t)| latest - *t <= window_ms);
+        self.seen.push((h, arrived_ms));
+        let cutoff = arrived_ms.saturating_sub(window_ms);
+        self.seen.retain(|(_, t)| *t >= cutoff);
         if self.seen.len() > max {
-            self.seen.sort_by_key(|(x, t)| (std::cmp::Reverse(*t), *x));
-            self.seen.truncate(max);
+            let excess = self.seen.len() - max;
+            self.seen.drain(..excess);
         }
         false
     }
@@ -271,7 +277,7 @@ pub fn apply_event(
         .collect();
     for (i, model) in rules.models.iter().enumerate() {
         let Some(st) = contact.models[i].as_mut() else { continue };
-        let when = st.at_ms.max(at_ms);
+        let when = st.at_ms.max(at_ms).max(st.settled_ms);
         let total = st.score_at(when, model.half_life_secs);
         let other = |m: usize| totals[m].unwrap_or(0.0);
         let from = st.tier;
@@ -364,6 +370,14 @@ pub fn cool(index: usize, model: &Model, st: &mut ModelState, now_ms: Millis) ->
     Some(c)
 }
 
+/// What a sweep does between events: [`cool`], with the tier it leaves
+/// settled up to the crossing.
+pub fn cool_by_sweep(index: usize, model: &Model, st: &mut ModelState, now_ms: Millis) -> Option<Crossing> {
+    let c = cool(index, model, st, now_ms)?;
+    st.settled_ms = st.settled_ms.max(c.at_ms);
+    Some(c)
+}
+
 /// Decays a model's state to `at_ms` (if later) and reports cooling that
 /// happened on the way, at its exact time.
 fn advance(index: usize, model: &Model, st: &mut ModelState, at_ms: Millis) -> Option<Crossing> {
@@ -385,11 +399,15 @@ fn advance(index: usize, model: &Model, st: &mut ModelState, at_ms: Millis) -> O
 fn capped_points(rule: &Rule, st: &mut ModelState, at_ms: Millis) -> f64 {
     let window = match (rule.once, rule.cap) {
         (true, _) => ONCE_WINDOW,
-        (false, Some(cap)) => cap.per.index(at_ms),
+        (false, Some(cap)) => window_id(cap.per, at_ms),
         (false, None) => return rule.points,
     };
     let used = st.caps.entry(rule.id.clone()).or_insert(CapUse { window, hits: 0, points: 0.0 });
-    if used.window < window {
+    if !same_kind(used.window, window) {
+        // The rule's window changed (per: day -> week, or cap <-> once):
+        // its count starts afresh.
+        *used = CapUse { window, hits: 0, points: 0.0 };
+    } else if used.window < window {
         *used = CapUse { window, hits: 0, points: 0.0 };
     } else if used.window > window {
         // A late event in a window already closed: its cap use is no longer
@@ -407,6 +425,32 @@ fn capped_points(rule: &Rule, st: &mut ModelState, at_ms: Millis) -> f64 {
         used.points += p.abs();
     }
     p
+}
+
+/// Bits above which a cap window id keeps its kind (day, week, month).
+const WINDOW_KIND_SHIFT: u32 = 40;
+
+/// A cap window's id: its kind (day 1, week 2, month 3) above
+/// [`WINDOW_KIND_SHIFT`] and its index below, so ids of one kind grow with
+/// time and ids of different kinds never compare as the same window.
+pub fn window_id(per: crate::rules::Window, at_ms: Millis) -> i64 {
+    let kind = match per {
+        crate::rules::Window::Day => 1,
+        crate::rules::Window::Week => 2,
+        crate::rules::Window::Month => 3,
+    };
+    (kind << WINDOW_KIND_SHIFT) | per.index(at_ms)
+}
+
+/// Whether a stored cap window and the current one are of one kind. A
+/// stored id without a kind (written before kinds were kept) counts as the
+/// current kind.
+fn same_kind(stored: i64, current: i64) -> bool {
+    if stored == ONCE_WINDOW || current == ONCE_WINDOW {
+        return stored == current;
+    }
+    let kind = |w: i64| w >> WINDOW_KIND_SHIFT;
+    kind(stored) == 0 || kind(stored) == kind(current)
 }
 
 /// Whether a tier's requirements on other models hold, at enter (`true`) or
@@ -683,15 +727,17 @@ models:
         assert!(c.seen_before("e1", T0 - DAY_MS / 2, DAY_MS, 8), "a repeat, whatever its stated time");
         assert!(!c.seen_before("", T0, DAY_MS, 8), "events without an id are never repeats");
         assert!(!c.seen_before("", T0, DAY_MS, 8));
-        // Two days later e1 has left the window.
+        // Arriving two days later, e1 has left the window.
         assert!(!c.seen_before("e2", T0 + 2 * DAY_MS, DAY_MS, 8));
         assert!(!c.seen_before("e1", T0 + 2 * DAY_MS, DAY_MS, 8));
-        // At most `max` ids are kept, the newest.
+        // At most `max` ids are kept: the last to arrive, even at one instant.
         for i in 0..20 {
-            c.seen_before(&format!("x{i}"), T0 + 3 * DAY_MS + i, DAY_MS, 8);
+            c.seen_before(&format!("x{i}"), T0 + 3 * DAY_MS, DAY_MS, 8);
         }
         assert_eq!(c.seen.len(), 8);
-        assert!(c.seen_before("x19", T0, DAY_MS, 8));
+        assert!(c.seen_before("x19", T0 + 3 * DAY_MS, DAY_MS, 8));
+        assert!(c.seen_before("x12", T0 + 3 * DAY_MS, DAY_MS, 8));
+        assert!(!c.seen_before("x11", T0 + 3 * DAY_MS, DAY_MS, 8));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub const RETRIES_TOTAL: &str = "hotlead_retries_total";
 pub const STATE_CACHE_LOOKUPS_TOTAL: &str = "hotlead_state_cache_lookups_total";
 /// Contacts held in the state cache.
 pub const STATE_CACHE_CONTACTS: &str = "hotlead_state_cache_contacts";
+/// Outbox messages the broker refused for good (dropped).
+pub const RELAY_REFUSED_TOTAL: &str = "hotlead_relay_refused_total";
 /// 1 while the pipeline consumes (running, not rebalancing, broker
 /// reachable), else 0. The read API serves either way.
 pub const CONSUMING: &str = "hotlead_consuming";
@@ -116,6 +118,10 @@ pub fn describe() {
     metrics::describe_gauge!(STATE_CACHE_CONTACTS, "Contacts held in the state cache.");
     metrics::describe_gauge!(CONSUMING, "1 while the pipeline consumes, 0 while stopped, rebalancing or cut off.");
     gauge!(CONSUMING).set(0.0);
+    metrics::describe_counter!(
+        RELAY_REFUSED_TOTAL,
+        "Outbox messages the broker refused for good and that were dropped."
+    );
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for reason in crate::decode::DecodeError::REASONS {
         counter!(DEAD_LETTERS_TOTAL, "reason" => reason).absolute(0);
@@ -219,11 +225,132 @@ pub fn consumer_lag(partition: i32, lag: i64) {
     gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
 }
 
-/// The Kafka client reported an error.
+/// The Kafka client reported an error. Errors that mean the broker cannot
+/// be reached are an outage: logged once when it starts, reminded at most
+/// once a minute with the count, and once when it ends ([`kafka_reachable`]);
+/// the metric counts every one.
 pub fn kafka_error(error: &rdkafka::error::KafkaError, reason: &str) {
-    let code = error.rdkafka_error_code().map_or_else(|| "other".to_string(), |c| format!("{c:?}"));
-    warn!(error = %error, reason, "Kafka client error.");
-    counter!(KAFKA_ERRORS_TOTAL, "code" => code).increment(1);
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let code = error.rdkafka_error_code();
+    counter!(KAFKA_ERRORS_TOTAL, "code" => code.map_or_else(|| "other".to_string(), |c| format!("{c:?}"))).increment(1);
+    let unreachable = matches!(
+        code,
+        Some(C::AllBrokersDown | C::BrokerTransportFailure | C::Resolve | C::NetworkException | C::BrokerNotAvailable)
+    );
+    if unreachable {
+        outage_error(reason);
+    } else {
+        warn!(error = %error, reason, "Kafka client error.");
+    }
+}
+
+/// A librdkafka log line: connection failures count towards an outage;
+/// the rest is logged at its level (debug below warnings).
+pub fn librdkafka_log(level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    let connection = matches!(facility, "FAIL" | "ERROR" | "BROKERFAIL")
+        || message.contains("Connection refused")
+        || message.contains("Disconnected");
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error | L::Warning if connection => outage_error(message),
+        L::Emerg | L::Alert | L::Critical | L::Error => error!(facility, message, "librdkafka"),
+        L::Warning => warn!(facility, message, "librdkafka"),
+        _ => debug!(facility, message, "librdkafka"),
+    }
+}
+
+/// The broker answered again: ends an outage, if one was going on.
+pub fn kafka_reachable() {
+    if let Some(ended) = OUTAGE.lock().expect("outage lock").over(std::time::Instant::now()) {
+        info!(seconds = ended.lasted.as_secs(), errors = ended.errors, "The Kafka broker is reachable again.");
+    }
+}
+
+fn outage_error(detail: &str) {
+    let line = OUTAGE.lock().expect("outage lock").error(std::time::Instant::now());
+    match line {
+        Some(OutageLine::Started) => {
+            warn!(detail, "The Kafka broker is unreachable; retrying. Reminders at most once a minute.")
+        }
+        Some(OutageLine::Reminder { lasted, errors }) => {
+            warn!(seconds = lasted.as_secs(), errors, detail, "The Kafka broker is still unreachable; retrying.")
+        }
+        None => debug!(detail, "Kafka broker unreachable."),
+    }
+}
+
+static OUTAGE: std::sync::Mutex<Outage> = std::sync::Mutex::new(Outage { since: None, errors: 0, reminded: None });
+
+/// A broker outage, as far as the logs need it.
+#[derive(Debug)]
+pub struct Outage {
+    since: Option<std::time::Instant>,
+    errors: u64,
+    reminded: Option<std::time::Instant>,
+}
+
+/// What an outage error should log.
+#[derive(Debug, PartialEq, Eq)]
+pub enum OutageLine {
+    /// The first error: the outage starts.
+    Started,
+    /// A minute or more since the last line.
+    Reminder {
+        /// Since the outage started.
+        lasted: std::time::Duration,
+        /// Errors so far.
+        errors: u64,
+    },
+}
+
+/// How an outage ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OutageEnded {
+    /// How long it lasted.
+    pub lasted: std::time::Duration,
+    /// Errors during it.
+    pub errors: u64,
+}
+
+impl Outage {
+    /// How often a going outage is reminded of.
+    pub const REMIND_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+    /// No outage.
+    pub const fn new() -> Self {
+        Self { since: None, errors: 0, reminded: None }
+    }
+
+    /// An error at `now`; what to log, if anything.
+    pub fn error(&mut self, now: std::time::Instant) -> Option<OutageLine> {
+        self.errors += 1;
+        let Some(since) = self.since else {
+            self.since = Some(now);
+            self.reminded = Some(now);
+            self.errors = 1;
+            return Some(OutageLine::Started);
+        };
+        let last = self.reminded.unwrap_or(since);
+        if now.duration_since(last) >= Self::REMIND_EVERY {
+            self.reminded = Some(now);
+            return Some(OutageLine::Reminder { lasted: now.duration_since(since), errors: self.errors });
+        }
+        None
+    }
+
+    /// The broker is reachable at `now`: how the outage ended, if one was
+    /// going on.
+    pub fn over(&mut self, now: std::time::Instant) -> Option<OutageEnded> {
+        let since = self.since.take()?;
+        self.reminded = None;
+        Some(OutageEnded { lasted: now.duration_since(since), errors: std::mem::take(&mut self.errors) })
+    }
+}
+
+impl Default for Outage {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// This instance lost ownership of a partition while committing.
@@ -251,6 +378,13 @@ pub fn relayed(partition: i32, alerts: usize, dead_letters: usize, seconds: f64,
     }
     counter!(RELAYED_TOTAL, "kind" => "alert").increment(alerts as u64);
     counter!(RELAYED_TOTAL, "kind" => "dead_letter").increment(dead_letters as u64);
+}
+
+/// The broker refused an outbox message for good; it is dropped so later
+/// ones go out.
+pub fn relay_refused(partition: i32, topic: &str, bytes: usize, error: &rdkafka::error::KafkaError) {
+    error!(partition, topic, bytes, error = %error, "The broker refused an outbox message for good; dropped it so the partition's later messages go out.");
+    counter!(RELAY_REFUSED_TOTAL).increment(1);
 }
 
 /// Partitions were assigned to this instance; their workers claim them.
@@ -304,4 +438,29 @@ pub fn rules_refused(error: &dyn std::fmt::Display) {
 pub fn swept(partition: i32, alerts: &[crate::proto::ScoreAlert]) {
     debug!(partition, alerts = alerts.len(), "Swept a partition for cooled contacts.");
     alerts_raised(partition, alerts);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn an_outage_logs_a_handful_of_lines() {
+        let mut o = Outage::new();
+        let t0 = Instant::now();
+        let mut lines = 0;
+        // An error every 150 ms for 30 minutes.
+        for i in 0..12_000u64 {
+            if o.error(t0 + Duration::from_millis(150 * i)).is_some() {
+                lines += 1;
+            }
+        }
+        assert_eq!(lines, 30, "one when it starts and one a minute after: {lines}");
+        let ended = o.over(t0 + Duration::from_secs(1800)).unwrap();
+        assert_eq!(ended.errors, 12_000);
+        assert_eq!(ended.lasted, Duration::from_secs(1800));
+        assert!(o.over(t0 + Duration::from_secs(1801)).is_none(), "ends once");
+        assert_eq!(o.error(t0 + Duration::from_secs(1900)), Some(OutageLine::Started), "a new outage");
+    }
 }

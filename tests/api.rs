@@ -158,12 +158,17 @@ async fn read_api_answers_with_the_formula_and_a_brute_force_ranking() {
         .collect();
     assert_eq!(cli_order, api_order);
 
-    // This API's pipeline health was never marked consuming.
+    // Ready means reads can be served; whether the pipeline consumes is
+    // /v1/status.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     write!(s, "GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
-    assert!(raw.starts_with("HTTP/1.1 503") && raw.contains("not consuming"), "{raw}");
+    assert!(raw.starts_with("HTTP/1.1 200") && raw.contains("ready"), "{raw}");
+    let (status, body) = get("/v1/status".into(), token).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["consuming"], true, "{body}");
+    assert!(body["owned_partitions"].as_u64().unwrap() >= 1, "{body}");
 
     // Errors name what is wrong.
     let (status, body) = get("/v1/contacts/nobody".into(), token).await.unwrap();

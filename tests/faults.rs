@@ -25,7 +25,7 @@ use hotlead::simulate::{SimConfig, Simulator};
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use support::{close, free_port, Stack};
+use support::{free_port, Stack};
 
 /// Where a message landed: partition, offset, key, payload.
 type Landed = (i32, i64, Vec<u8>, Vec<u8>);
@@ -176,7 +176,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         .into_iter()
         .map(|(k, v)| if k == "HOTLEAD_REDIS__URL" { (k, redis.url()) } else { (k, v) })
         .chain([
-            ("HOTLEAD_PIPELINE__SWEEP_INTERVAL".to_string(), "0s".to_string()),
+            ("HOTLEAD_PIPELINE__SWEEP_INTERVAL".to_string(), "1s".to_string()),
             ("HOTLEAD_PIPELINE__BATCH_MAX_EVENTS".to_string(), "50".to_string()),
             ("HOTLEAD_KAFKA__SESSION_TIMEOUT_MS".to_string(), "6000".to_string()),
             ("RUST_LOG".to_string(), "info".to_string()),
@@ -307,8 +307,10 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     }
 
     // The oracle: the same core over each whole partition.
-    let support::Oracle { alerts: want_alerts, dead: want_dead, contacts: want_state } =
-        support::oracle(&rules, &topics, delivered.iter().cloned());
+    // The oracle: the same core over each whole partition, then the
+    // coolings due by now (the instances sweep as they go).
+    let support::Oracle { alerts: want_alerts, order: want_order, dead: want_dead, contacts: want_state } =
+        support::oracle_swept(&rules, &topics, delivered.iter().cloned(), Some(hotlead::decode::now_ms()));
 
     // Compare.
     let got_records = stack.read_all(&topics.alerts, usize::MAX, Duration::from_secs(20)).await;
@@ -318,6 +320,16 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     let lost = want_alerts.difference(&got_set).count();
     let unexpected = got_set.difference(&want_alerts).count();
     let duplicated = got.len() - got_set.len();
+    // Each contact's alerts, in the order first delivered.
+    let mut got_order: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut first = BTreeSet::new();
+    for r in &got_records {
+        let a = ScoreAlert::decode(r.payload.as_slice()).unwrap();
+        if first.insert(a.alert_id.clone()) {
+            got_order.entry(a.contact_id).or_default().push(a.alert_id);
+        }
+    }
+    let out_of_order = want_order.iter().filter(|(c, ids)| got_order.get(*c) != Some(ids)).count();
     let dead = stack.read_all(&topics.dead_letter, usize::MAX, Duration::from_secs(20)).await;
     let got_dead: BTreeSet<(i32, String)> = dead
         .iter()
@@ -328,18 +340,13 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         let key = hotlead::store::PartitionKeys::new(&topics.input, *p).contact(contact);
         let stored: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut r).unwrap();
         for (f, want) in fields {
-            let ok = match (f.ends_with(":s"), stored.get(f)) {
-                (true, Some(g)) => close(g.parse().unwrap_or(f64::NAN), want.parse().unwrap()),
-                (false, Some(g)) => g == want,
-                (_, None) => false,
-            };
-            if !ok {
+            if !support::field_matches(f, stored.get(f), want) {
                 mismatched.push(format!("{contact} {f}: {:?} vs {want}", stored.get(f)));
             }
         }
     }
     println!(
-        "faults: seed {} | {} events ({} duplicates, {} late, {} poison) | {} kills, zombie {}, redis restart {}, {} added, {} removed | alerts: {} expected, {} delivered, lost {}, duplicated {}, unexpected {} | dead letters {}/{} | contacts {} checked, {} differ | logs {}",
+        "faults: seed {} | {} events ({} duplicates, {} late, {} poison) | {} kills, zombie {}, redis restart {}, {} added, {} removed | sweep on | alerts: {} expected, {} delivered, lost {}, delivered more than once {}, unexpected {}, contacts out of order {} | dead letters {}/{} | contacts {} checked, {} differ | logs {}",
         plan.seed,
         delivered.len(),
         duplicates,
@@ -355,6 +362,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         lost,
         duplicated,
         unexpected,
+        out_of_order,
         got_dead.len(),
         want_dead.len(),
         want_state.len(),
@@ -363,6 +371,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     );
     assert!(want_alerts.len() > 50, "the stream should raise alerts");
     assert_eq!((lost, unexpected), (0, 0), "alerts lost or unexpected");
+    assert_eq!(out_of_order, 0, "contacts whose alerts arrived out of the order raised");
     assert!(mismatched.is_empty(), "scores differ from the oracle: {:?}", &mismatched[..mismatched.len().min(10)]);
     assert_eq!(got_dead, want_dead, "dead letters are exactly the poison input");
     assert_eq!(want_dead.len(), poison);

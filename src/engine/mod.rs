@@ -41,6 +41,9 @@ pub struct Source<'a> {
 pub struct Message {
     /// Offset in its partition.
     pub offset: i64,
+    /// When it arrived (wall clock at decoding): repeats are recognised by
+    /// arrival time.
+    pub arrived_ms: Millis,
     /// The event, or why it cannot be scored.
     pub event: Result<ValidEvent, Rejected>,
 }
@@ -57,15 +60,21 @@ pub struct Rejected {
 }
 
 impl Message {
-    /// Decodes a raw message at the wall clock `now_ms`. Key and payload are
+    /// Decodes a raw message arrived at the wall clock `now_ms`. A message
+    /// whose key is set and differs from its contact id is rejected: its
+    /// contact's state lives on another partition. Key and payload are
     /// copied only when the message is rejected.
     pub fn decode(offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Self {
-        let event = decode::decode(payload, limits, now_ms).map_err(|error| Rejected {
+        let event = decode::decode(payload, limits, now_ms).and_then(|v| match key {
+            Some(k) if !k.is_empty() && k != v.event.contact_id.as_bytes() => Err(DecodeError::KeyMismatch),
+            _ => Ok(v),
+        });
+        let event = event.map_err(|error| Rejected {
             error,
             key: key.map(<[u8]>::to_vec),
             payload: payload.map(<[u8]>::to_vec),
         });
-        Self { offset, event }
+        Self { offset, arrived_ms: now_ms, event }
     }
 }
 
@@ -88,7 +97,7 @@ impl Contact {
 /// How repeats of an event id are recognised.
 #[derive(Debug, Clone, Copy)]
 pub struct Dedup {
-    /// How long (event time) an event id is remembered, in milliseconds.
+    /// How long (arrival time) an event id is remembered, in milliseconds.
     pub window_ms: Millis,
     /// How many ids a contact remembers at most; 0 turns the check off.
     pub max_ids: usize,
@@ -96,7 +105,7 @@ pub struct Dedup {
 
 impl Default for Dedup {
     fn default() -> Self {
-        Self { window_ms: 3_600_000, max_ids: 32 }
+        Self { window_ms: 24 * 3_600_000, max_ids: 32 }
     }
 }
 
@@ -169,7 +178,7 @@ pub fn score_batch(
             }
         };
         let contact = &mut out.contacts[i].1;
-        if contact.state.seen_before(&ev.event_id, valid.at_ms, dedup.window_ms, dedup.max_ids) {
+        if contact.state.seen_before(&ev.event_id, m.arrived_ms, dedup.window_ms, dedup.max_ids) {
             out.counts.deduplicated += 1;
             continue;
         }
@@ -203,7 +212,7 @@ pub fn sweep(rules: &RuleSet, source: Source<'_>, due: Vec<(String, Contact)>, n
     for (id, mut contact) in due {
         for (i, model) in rules.models.iter().enumerate() {
             let Some(st) = contact.state.models.get_mut(i).and_then(Option::as_mut) else { continue };
-            if let Some(c) = score::cool(i, model, st, now_ms) {
+            if let Some(c) = score::cool_by_sweep(i, model, st, now_ms) {
                 out.alerts.push(build_alert(source, -1, "", &id, contact.account.as_deref(), model, &c));
             }
         }

@@ -52,6 +52,11 @@ pub struct Loop {
     drain_timeout: Duration,
     /// Whether the broker is reachable, as far as the client can tell.
     broker_down: AtomicBool,
+    /// Each partition's low and high watermarks, from the statistics.
+    log_ends: Mutex<HashMap<i32, (i64, i64)>>,
+    /// Seeks the consumer refused, to try again: partition, offset, the
+    /// worker's seek number, attempts so far.
+    pending_seeks: Mutex<Vec<(i32, Offset, u64, u32)>>,
 }
 
 impl Loop {
@@ -76,6 +81,8 @@ impl Loop {
             cache_contacts,
             drain_timeout,
             broker_down: AtomicBool::new(false),
+            log_ends: Mutex::default(),
+            pending_seeks: Mutex::default(),
         }
     }
 
@@ -113,6 +120,9 @@ impl Loop {
             let mut workers = self.workers.lock().expect("workers lock");
             partitions.iter().filter_map(|p| workers.remove(p)).collect()
         };
+        if handles.is_empty() {
+            return;
+        }
         for h in &handles {
             let _ = h.stop.send(how);
         }
@@ -142,17 +152,7 @@ impl Loop {
                 Err(_) => return,
             };
             match r {
-                Request::Seek { partition, offset, seek } => {
-                    if let Some(offset) = offset {
-                        if let Err(e) = consumer.seek(&self.topic, partition, offset, Duration::from_secs(10)) {
-                            tracing::warn!(partition, ?offset, error = %e, "Seek failed.");
-                        }
-                    }
-                    let mut tpl = TopicPartitionList::new();
-                    tpl.add_partition(&self.topic, partition);
-                    let _ = consumer.resume(&tpl);
-                    self.deliver(partition, Delivery::Sought(seek));
-                }
+                Request::Seek { partition, offset, seek } => self.seek(consumer, partition, offset, seek, 1),
                 Request::StoreOffset { partition, offset } => {
                     if let Err(e) = consumer.store_offset(&self.topic, partition, offset) {
                         tracing::debug!(partition, error = %e, "Offset not stored (partition no longer assigned).");
@@ -163,6 +163,37 @@ impl Loop {
                 }
                 Request::Ended { partition, worker, why } => self.ended(partition, worker, why),
             }
+        }
+    }
+
+    /// Moves a partition's read position for its worker, resumes it and
+    /// marks the channel. A seek the consumer refuses (a partition assigned
+    /// a moment ago is not fetching yet) is tried again on the loop's next
+    /// turns; the worker reads nothing until the marker comes.
+    fn seek(&self, consumer: &BaseConsumer<Self>, partition: i32, offset: Option<Offset>, seek: u64, attempt: u32) {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        let _ = consumer.resume(&tpl);
+        if let Some(o) = offset {
+            if let Err(e) = consumer.seek(&self.topic, partition, o, Duration::from_secs(10)) {
+                let assigned = consumer.assignment().is_ok_and(|a| a.find_partition(&self.topic, partition).is_some());
+                if assigned && attempt < 200 {
+                    tracing::debug!(partition, offset = ?o, attempt, error = %e, "Seek refused; trying again.");
+                    self.pending_seeks.lock().expect("seeks lock").push((partition, o, seek, attempt + 1));
+                } else {
+                    tracing::warn!(partition, offset = ?o, error = %e, "Seek failed.");
+                }
+                return;
+            }
+        }
+        self.deliver(partition, Delivery::Sought(seek));
+    }
+
+    /// Tries refused seeks again.
+    fn retry_seeks(&self, consumer: &BaseConsumer<Self>) {
+        let pending = std::mem::take(&mut *self.pending_seeks.lock().expect("seeks lock"));
+        for (partition, offset, seek, attempt) in pending {
+            self.seek(consumer, partition, Some(offset), seek, attempt);
         }
     }
 
@@ -227,6 +258,25 @@ impl Loop {
         }
     }
 
+    /// Tells every worker how far its partition's log reaches, so an idle
+    /// one knows whether it has caught up.
+    fn send_positions(&self) {
+        let workers: Vec<(i32, tokio::sync::mpsc::Sender<Delivery>)> =
+            self.workers.lock().expect("workers lock").iter().map(|(p, h)| (*p, h.deliveries.clone())).collect();
+        for (p, tx) in workers {
+            if let Some(end) = self.log_end(p) {
+                // A busy worker learns it with its next messages.
+                let _ = tx.try_send(Delivery::Messages(vec![], Some(end)));
+            }
+        }
+    }
+
+    /// A partition's low and high watermarks, from the client's latest
+    /// statistics.
+    fn log_end(&self, partition: i32) -> Option<(i64, i64)> {
+        self.log_ends.lock().expect("log ends lock").get(&partition).copied()
+    }
+
     /// Hands a delivery to its partition's worker; dropped if it has none.
     fn deliver(&self, partition: i32, d: Delivery) {
         let sender = self.workers.lock().expect("workers lock").get(&partition).map(|h| h.deliveries.clone());
@@ -252,17 +302,30 @@ impl ClientContext for Loop {
     fn stats(&self, statistics: rdkafka::Statistics) {
         // The broker is back once the client has a connection up again.
         let up = statistics.brokers.values().any(|b| b.state == "UP");
-        if up && self.broker_down.swap(false, Ordering::Relaxed) {
-            tracing::info!("The broker is reachable again.");
-            self.status.set_consuming(true);
+        if up {
+            telemetry::kafka_reachable();
+            if self.broker_down.swap(false, Ordering::Relaxed) {
+                self.status.set_consuming(true);
+            }
         }
         let Some(topic) = statistics.topics.get(&self.topic) else { return };
+        let mut ends = self.log_ends.lock().expect("log ends lock");
+        for (p, s) in &topic.partitions {
+            if *p >= 0 && s.lo_offset >= 0 && s.hi_offset >= 0 {
+                ends.insert(*p, (s.lo_offset, s.hi_offset));
+            }
+        }
+        drop(ends);
         let workers = self.workers.lock().expect("workers lock");
         for (p, s) in &topic.partitions {
             if *p >= 0 && workers.contains_key(p) && s.consumer_lag >= 0 {
                 telemetry::consumer_lag(*p, s.consumer_lag);
             }
         }
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        telemetry::librdkafka_log(level, fac, log_message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -295,20 +358,26 @@ impl ConsumerContext for Loop {
 /// Runs the consumer loop on the calling thread until `stop` is set or a
 /// worker fails; then ends every worker (relaying what they committed) and
 /// leaves the group.
-pub fn run(consumer: BaseConsumer<Loop>, limits: Limits, stop: &AtomicBool) -> Result<(), PipelineError> {
+pub fn run(consumer: &BaseConsumer<Loop>, limits: Limits, stop: &AtomicBool) -> Result<(), PipelineError> {
     const MAX_POLL: usize = 2000;
+    const POSITIONS_EVERY: Duration = Duration::from_millis(500);
     let ctx = consumer.context();
     ctx.status.set_consuming(true);
     let mut groups: HashMap<i32, Vec<Message>> = HashMap::new();
+    let mut last_positions = Instant::now();
     while !stop.load(Ordering::Acquire) {
-        if let Some(e) = ctx.fatal.lock().expect("fatal lock").take() {
+        let fatal = ctx.fatal.lock().expect("fatal lock").take();
+        if let Some(e) = fatal {
+            tracing::debug!(error = %e, "Stopping the consumer loop on a fatal error.");
             ctx.status.set_consuming(false);
             let all: Vec<i32> = ctx.workers.lock().expect("workers lock").keys().copied().collect();
-            ctx.stop_workers(&consumer, &all, Stop::Revoke);
+            ctx.stop_workers(consumer, &all, Stop::Revoke);
+            consumer.unsubscribe();
             return Err(e);
         }
-        ctx.serve_requests(&consumer);
-        ctx.reclaim_due(&consumer);
+        ctx.serve_requests(consumer);
+        ctx.retry_seeks(consumer);
+        ctx.reclaim_due(consumer);
         let mut timeout = Duration::from_millis(10);
         for _ in 0..MAX_POLL {
             match consumer.poll(timeout) {
@@ -320,18 +389,23 @@ pub fn run(consumer: BaseConsumer<Loop>, limits: Limits, stop: &AtomicBool) -> R
                     let msg = Message::decode(m.offset(), m.key(), m.payload(), &limits, now_ms());
                     groups.entry(m.partition()).or_default().push(msg);
                 }
-                Some(Err(e)) => tracing::warn!(error = %e, "Consumer error."),
+                Some(Err(e)) => telemetry::kafka_error(&e, "poll"),
             }
             timeout = Duration::ZERO;
         }
         for (p, messages) in groups.drain() {
-            ctx.deliver(p, Delivery::Messages(messages));
+            let log_end = ctx.log_end(p);
+            ctx.deliver(p, Delivery::Messages(messages, log_end));
+        }
+        if last_positions.elapsed() >= POSITIONS_EVERY {
+            last_positions = Instant::now();
+            ctx.send_positions();
         }
     }
     ctx.status.set_consuming(false);
     tracing::info!("Shutting down: relaying, storing offsets and leaving the group.");
     let all: Vec<i32> = ctx.workers.lock().expect("workers lock").keys().copied().collect();
-    ctx.stop_workers(&consumer, &all, Stop::Shutdown);
+    ctx.stop_workers(consumer, &all, Stop::Shutdown);
     if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
         tracing::debug!(error = %e, "Nothing committed on the way out.");
     }

@@ -102,7 +102,8 @@ pub async fn run(
     clock: Clock,
 ) -> Result<(), PipelineError> {
     let store = crate::retry::always("connect_redis", || Store::connect_with(&config.redis)).await?;
-    let producer: FutureProducer = config.producer_config().create()?;
+    let producer: FutureProducer<crate::kafka::QuietContext> =
+        config.producer_config().create_with_context(crate::kafka::QuietContext)?;
     let (requests, requests_rx) = std::sync::mpsc::channel();
     let shared = Arc::new(worker::Shared {
         topic: config.topics.input.clone(),
@@ -120,14 +121,17 @@ pub async fn run(
         batch_wait: config.pipeline.batch_wait,
         sweep_interval: config.pipeline.sweep_interval,
         rebuild_lost_state: config.pipeline.rebuild_lost_state,
+        historical_after_ms: config.pipeline.historical_after.as_millis() as i64,
+        dead_letter_max_bytes: config.pipeline.dead_letter_max_bytes,
         requests,
+        abandoned: std::sync::Mutex::default(),
     });
     let context = consumer::Loop::new(
         shared,
         requests_rx,
         status.clone(),
         config.pipeline.state_cache_contacts,
-        std::time::Duration::from_secs(30),
+        config.pipeline.shutdown_timeout,
     );
     let consumer: BaseConsumer<consumer::Loop> = config.consumer_config().create_with_context(context)?;
     consumer.subscribe(&[&config.topics.input])?;
@@ -144,7 +148,10 @@ pub async fn run(
     std::thread::Builder::new()
         .name("hotlead-consumer".into())
         .spawn(move || {
-            let _ = done_tx.send(consumer::run(consumer, limits, &flag));
+            let result = consumer::run(&consumer, limits, &flag);
+            let _ = done_tx.send(result);
+            // Leaving the group can wait on the broker: after the answer.
+            drop(consumer);
         })
         .map_err(|e| PipelineError::Task(e.to_string()))?;
     tokio::pin!(shutdown);
@@ -153,9 +160,20 @@ pub async fn run(
         r = &mut done => r,
         _ = &mut shutdown => {
             stop.store(true, Ordering::Release);
-            done.await
+            match tokio::time::timeout(config.pipeline.shutdown_timeout, &mut done).await {
+                Ok(r) => r,
+                Err(_) => {
+                    status.set_consuming(false);
+                    tracing::error!(
+                        timeout = ?config.pipeline.shutdown_timeout,
+                        "Shutdown did not finish in time (is the broker down?); exiting anyway. What was not committed is scored again from the watermark."
+                    );
+                    return Ok(());
+                }
+            }
         }
     };
     status.set_consuming(false);
+    tracing::debug!(ok = matches!(result, Ok(Ok(()))), "The consumer loop ended.");
     result.map_err(|e| PipelineError::Task(e.to_string()))?
 }

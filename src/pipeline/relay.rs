@@ -4,7 +4,9 @@
 //!
 //! Invariants:
 //! - An entry is deleted only after Kafka acknowledged it, so a crash in
-//!   between delivers it again, with the same alert id.
+//!   between delivers it again, with the same alert id; or after the broker
+//!   refused it for good (its size or form), which is logged and counted
+//!   and never holds back the partition's later alerts.
 //! - A relay runs only for a partition its worker owns: it reads the owner
 //!   epoch with every chunk and stops when another owner has claimed the
 //!   partition, and it stops between chunks when its worker asks, so after
@@ -46,6 +48,16 @@ pub enum Relayed {
     Stopped(usize),
 }
 
+/// Whether the broker refuses a message for good (its size or form), as
+/// opposed to failing for now.
+fn refused_for_good(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(C::MessageSizeTooLarge | C::InvalidMessageSize | C::InvalidRecord | C::InvalidMessage)
+    )
+}
+
 /// How many outbox entries are read and sent at a time.
 const RELAY_CHUNK: usize = 1000;
 
@@ -54,7 +66,7 @@ pub struct Relay<'a> {
     /// Redis.
     pub store: &'a Store,
     /// The idempotent producer.
-    pub producer: &'a FutureProducer,
+    pub producer: &'a FutureProducer<crate::kafka::QuietContext>,
     /// The partition's keys.
     pub keys: &'a PartitionKeys,
     /// The partition.
@@ -91,8 +103,14 @@ impl Relay<'_> {
                 self.producer.send(record, Duration::from_secs(30))
             });
             for (result, (_, e)) in join_all(sends).await.into_iter().zip(&entries) {
-                if let Err((error, _)) = result {
-                    return Err(RelayError::Delivery { topic: e.topic.clone(), error });
+                match result {
+                    Ok(_) => {}
+                    // The broker will never take this message: retrying would
+                    // hold back every later alert of the partition.
+                    Err((error, _)) if refused_for_good(&error) => {
+                        telemetry::relay_refused(self.partition, &e.topic, e.payload.len(), &error);
+                    }
+                    Err((error, _)) => return Err(RelayError::Delivery { topic: e.topic.clone(), error }),
                 }
             }
             let acked_ms = crate::decode::now_ms();

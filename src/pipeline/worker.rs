@@ -31,14 +31,16 @@ use super::{Clock, PipelineError};
 use crate::engine::{self, Contact, Dedup, Message, Source};
 use crate::reload::LiveRules;
 use crate::retry;
-use crate::store::{commit_for, Outputs, PartitionKeys, Store, StoreError, Stored, Written};
+use crate::rules::RuleSet;
+use crate::store::{commit_for, Commit, Outputs, PartitionKeys, Store, StoreError, Stored, Written};
 use crate::telemetry;
 
 /// What the consumer loop hands a worker.
 #[derive(Debug)]
 pub enum Delivery {
-    /// Messages of the partition, in offset order.
-    Messages(Vec<Message>),
+    /// Messages of the partition, in offset order (maybe none), with the
+    /// partition's low and high watermarks as the consumer last saw them.
+    Messages(Vec<Message>, Option<(i64, i64)>),
     /// The seek the worker asked for under this number has been made:
     /// messages from here on are read after it.
     Sought(u64),
@@ -119,7 +121,7 @@ pub struct Shared {
     /// Redis.
     pub store: Store,
     /// The alert and dead-letter producer.
-    pub producer: FutureProducer,
+    pub producer: FutureProducer<crate::kafka::QuietContext>,
     /// The rules in force.
     pub rules: Arc<LiveRules>,
     /// The wall clock the sweep reads.
@@ -134,8 +136,14 @@ pub struct Shared {
     pub sweep_interval: Duration,
     /// Score a partition whose state is gone from the start of the topic.
     pub rebuild_lost_state: bool,
+    /// Alerts for crossings older than this (ms) when raised are historical.
+    pub historical_after_ms: i64,
+    /// Where outbox entries go, and how large a dead letter may be.
+    pub dead_letter_max_bytes: usize,
     /// Requests to the consumer loop.
     pub requests: std::sync::mpsc::Sender<Request>,
+    /// Relays of workers given up on, still delivering their last chunk.
+    pub abandoned: std::sync::Mutex<HashMap<i32, JoinHandle<Result<Relayed, RelayError>>>>,
 }
 
 /// The consumer loop's handle on a running worker.
@@ -176,6 +184,11 @@ pub fn spawn(
         relay: None,
         dirty: false,
         pending: None,
+        commits: 0,
+        log_end: None,
+        rules: None,
+        fingerprints_written: false,
+        backlog: std::collections::VecDeque::new(),
     };
     let task = runtime.spawn(worker.run(rx, stop_rx));
     Handle { id, deliveries, stop, task }
@@ -183,9 +196,33 @@ pub fn spawn(
 
 /// A relay in flight: its task, its stop flag and the offset it covers.
 struct RelayRun {
-    task: JoinHandle<Result<Relayed, RelayError>>,
+    task: Option<JoinHandle<Result<Relayed, RelayError>>>,
     stop: Arc<AtomicBool>,
     covers: Option<i64>,
+    shared: Arc<Shared>,
+    partition: i32,
+}
+
+impl RelayRun {
+    /// Waits for the relay to end.
+    async fn finish(&mut self) -> Result<Result<Relayed, RelayError>, tokio::task::JoinError> {
+        let result = self.task.as_mut().expect("a relay task").await;
+        self.task = None;
+        result
+    }
+}
+
+impl Drop for RelayRun {
+    /// A worker given up on (it did not end in time after a revocation)
+    /// leaves a relay whose chunk is still with the producer: it is told to
+    /// stop after that chunk, and the partition's next relay in this process
+    /// waits for it, so no entry is sent twice from here.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            self.stop.store(true, Ordering::Release);
+            self.shared.abandoned.lock().expect("abandoned lock").insert(self.partition, task);
+        }
+    }
 }
 
 struct Worker {
@@ -209,6 +246,16 @@ struct Worker {
     dirty: bool,
     /// Committed offset not yet stored.
     pending: Option<i64>,
+    /// Commits made under this claim (numbers their ids).
+    commits: u64,
+    /// The partition's low and high watermarks, as the consumer last saw.
+    log_end: Option<(i64, i64)>,
+    /// The rules the stored leaderboard and cooling entries are indexed for.
+    rules: Option<Arc<RuleSet>>,
+    /// Whether the partition's index fingerprints match the rules in force.
+    fingerprints_written: bool,
+    /// Messages received and not yet scored, in offset order.
+    backlog: std::collections::VecDeque<Message>,
 }
 
 /// What became of a batch.
@@ -254,7 +301,7 @@ impl Worker {
                         return Ok(());
                     }
                 }
-                r = async { (&mut self.relay.as_mut().expect("a relay").task).await }, if relay_running => {
+                r = async { self.relay.as_mut().expect("a relay").finish().await }, if relay_running => {
                     let run = self.relay.take().expect("a relay");
                     let relayed = r.map_err(|e| Ended::Failed(PipelineError::Task(e.to_string())))?;
                     match relayed.map_err(|e| Ended::Failed(e.into()))? {
@@ -268,11 +315,22 @@ impl Worker {
                     }
                     self.pump();
                 }
+                () = std::future::ready(()), if !self.backlog.is_empty() => {
+                    // Messages read already: the next batch, at most
+                    // `batch_max` of them.
+                    let n = self.backlog.len().min(self.shared.batch_max);
+                    let messages: Vec<Message> = self.backlog.drain(..n).collect();
+                    match self.process(messages).await? {
+                        Outcome::Stored | Outcome::Dropped => self.pump(),
+                        Outcome::Fenced => return Err(Ended::Fenced),
+                    }
+                }
                 d = rx.recv() => {
                     let Some(d) = d else { return Ok(()) };
-                    let mut messages = self.accept(d);
+                    let accepted = self.accept(d);
+                    self.backlog.extend(accepted);
                     let deadline = tokio::time::Instant::now() + self.shared.batch_wait;
-                    while messages.len() < self.shared.batch_max {
+                    while self.backlog.len() < self.shared.batch_max {
                         let next = match rx.try_recv() {
                             Ok(d) => d,
                             Err(_) if self.shared.batch_wait.is_zero() => break,
@@ -281,13 +339,8 @@ impl Worker {
                                 _ => break,
                             },
                         };
-                        messages.extend(self.accept(next));
-                    }
-                    if !messages.is_empty() {
-                        match self.process(messages).await? {
-                            Outcome::Stored | Outcome::Dropped => self.pump(),
-                            Outcome::Fenced => return Err(Ended::Fenced),
-                        }
+                        let accepted = self.accept(next);
+                        self.backlog.extend(accepted);
                     }
                 }
                 _ = sweep.tick(), if !sweep_every.is_zero() => {
@@ -347,6 +400,8 @@ impl Worker {
     /// Asks the loop to read the partition again from `offset`; messages
     /// are dropped until its marker arrives.
     fn seek(&mut self, offset: Option<rdkafka::Offset>) {
+        // What was read before the seek is read again after it.
+        self.backlog.clear();
         self.seeks += 1;
         self.awaiting = Some(self.seeks);
         let _ = self.shared.requests.send(Request::Seek { partition: self.partition, offset, seek: self.seeks });
@@ -366,8 +421,11 @@ impl Worker {
                 }
                 vec![]
             }
-            Delivery::Messages(_) if self.awaiting.is_some() => vec![],
-            Delivery::Messages(mut m) => {
+            Delivery::Messages(_, _) if self.awaiting.is_some() => vec![],
+            Delivery::Messages(mut m, log_end) => {
+                if log_end.is_some() {
+                    self.log_end = log_end;
+                }
                 if let Some(w) = self.watermark {
                     m.retain(|m| m.offset > w);
                 }
@@ -388,7 +446,11 @@ impl Worker {
             let stop = Arc::new(AtomicBool::new(false));
             let (shared, keys, partition, epoch) = (self.shared.clone(), self.keys.clone(), self.partition, self.epoch);
             let flag = stop.clone();
+            let before = shared.abandoned.lock().expect("abandoned lock").remove(&partition);
             let task = tokio::spawn(async move {
+                if let Some(before) = before {
+                    let _ = before.await;
+                }
                 let relay = Relay {
                     store: &shared.store,
                     producer: &shared.producer,
@@ -399,7 +461,13 @@ impl Worker {
                 };
                 retry::always("relay", || relay.run(&flag)).await
             });
-            self.relay = Some(RelayRun { task, stop, covers });
+            self.relay = Some(RelayRun {
+                task: Some(task),
+                stop,
+                covers,
+                shared: self.shared.clone(),
+                partition: self.partition,
+            });
         } else if let Some(offset) = covers {
             self.store_offset(offset);
         }
@@ -413,11 +481,11 @@ impl Worker {
             if !abandon && self.relay.is_none() && (self.dirty || self.pending.is_some()) {
                 self.pump();
             }
-            let Some(run) = self.relay.take() else { return Ok(()) };
+            let Some(mut run) = self.relay.take() else { return Ok(()) };
             if abandon {
                 run.stop.store(true, Ordering::Release);
             }
-            let relayed = run.task.await.map_err(|e| PipelineError::Task(e.to_string()))??;
+            let relayed = run.finish().await.map_err(|e| PipelineError::Task(e.to_string()))??;
             match relayed {
                 Relayed::All(_) => {
                     if let Some(offset) = run.covers {
@@ -456,7 +524,7 @@ impl Worker {
             }
         }
         let started = Instant::now();
-        let rules = self.shared.rules.current();
+        let rules = self.adopt_rules().await?;
         let mut ids: Vec<&str> =
             messages.iter().filter_map(|m| m.event.as_ref().ok().map(|v| v.event.contact_id.as_str())).collect();
         ids.sort_unstable();
@@ -473,46 +541,22 @@ impl Worker {
         }
         let (known, written) = split(stored);
         let source = Source { topic: &self.shared.topic, partition: self.partition };
-        let effects = engine::score_batch(&rules, source, messages, known, self.shared.dedup);
-        let outputs = Outputs { alerts: &self.shared.alerts_topic, dead_letter: &self.shared.dead_letter_topic };
-        let (mut commit, after) = commit_for(&rules, source, outputs, &effects, written);
-        commit.epoch = self.epoch;
-        commit.expected_watermark = self.watermark;
-        commit.new_watermark = last;
-        let commit_started = Instant::now();
-        let store = &self.shared.store;
-        let committed =
-            retry::retry("commit", || store.commit(&self.keys, &commit), |e: &StoreError| !e.is_ownership()).await;
-        let redis_seconds = commit_started.elapsed().as_secs_f64();
-        match committed {
-            Ok(_) => {}
-            Err(StoreError::WatermarkMismatch(e)) => {
-                self.cache.clear();
-                // Still the owner, but the stored watermark is not ours (Redis
-                // lost its last writes, say): resume from what Redis holds.
-                let stored = retry::always("watermark", || store.watermark(&self.keys))
-                    .await
-                    .map_err(|e| Ended::Failed(e.into()))?;
-                tracing::warn!(partition = self.partition, ours = ?self.watermark, stored = ?stored, error = %e, "Watermark moved; resuming from the stored one.");
-                self.watermark = stored;
-                self.gap_sought = None;
-                if let Some(w) = stored {
-                    self.seek(Some(rdkafka::Offset::Offset(w + 1)));
-                }
-                return Ok(Outcome::Dropped);
-            }
-            Err(e) if e.is_ownership() => {
-                telemetry::fenced(self.partition, &e);
-                return Ok(Outcome::Fenced);
-            }
-            Err(e) => {
-                self.cache.clear();
-                return Err(Ended::Failed(e.into()));
-            }
+        let mut effects = engine::score_batch(&rules, source, messages, known, self.shared.dedup);
+        self.mark_historical(&mut effects);
+        let (mut commit, after) = commit_for(&rules, source, self.outputs(), &effects, written);
+        if !self.fingerprints_written {
+            commit.strings.extend(fingerprints(&self.keys, &rules));
         }
+        let expected = self.watermark;
+        let commit_started = Instant::now();
+        let outcome = self.commit(&mut commit, expected, last).await?;
+        let redis_seconds = commit_started.elapsed().as_secs_f64();
+        if outcome != Outcome::Stored {
+            return Ok(outcome);
+        }
+        self.fingerprints_written = true;
         self.watermark = Some(last);
         self.gap_sought = None;
-        self.dirty |= !commit.outbox.is_empty();
         self.pending = Some(last);
         telemetry::batch_committed(
             self.partition,
@@ -528,12 +572,167 @@ impl Worker {
         Ok(Outcome::Stored)
     }
 
+    fn outputs(&self) -> Outputs<'_> {
+        Outputs {
+            alerts: &self.shared.alerts_topic,
+            dead_letter: &self.shared.dead_letter_topic,
+            dead_letter_max_bytes: self.shared.dead_letter_max_bytes,
+        }
+    }
+
+    /// Marks alerts whose crossing lies further back than
+    /// `historical_after` as historical.
+    fn mark_historical(&self, effects: &mut engine::Effects) {
+        let now = (self.shared.clock)();
+        for a in &mut effects.alerts {
+            let at = a.crossed_at.as_ref().map_or(now, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+            a.historical = now - at > self.shared.historical_after_ms;
+        }
+    }
+
+    /// Commits under this claim, from watermark `expected` to `last`, with
+    /// an id the commit function recognises if a retry finds it applied.
+    /// What a refused commit means is handled here: a watermark that moved
+    /// is read back and sought to; lost state is claimed again (which stops
+    /// or rebuilds as at start); another owner ends the worker.
+    async fn commit(&mut self, commit: &mut Commit, expected: Option<i64>, last: i64) -> Result<Outcome, Ended> {
+        self.commits += 1;
+        commit.id = format!("{}.{}", self.epoch, self.commits);
+        commit.epoch = self.epoch;
+        commit.expected_watermark = expected;
+        commit.new_watermark = last;
+        let store = &self.shared.store;
+        let keys = &self.keys;
+        let committed = retry::retry("commit", || store.commit(keys, commit), |e: &StoreError| !e.is_ownership()).await;
+        let error = match committed {
+            Ok(_) => {
+                self.dirty |= !commit.outbox.is_empty();
+                return Ok(Outcome::Stored);
+            }
+            Err(e) => e,
+        };
+        self.cache.clear();
+        match error {
+            StoreError::WatermarkMismatch(e) => {
+                let stored =
+                    retry::always("watermark", || store.watermark(keys)).await.map_err(|e| Ended::Failed(e.into()))?;
+                tracing::warn!(partition = self.partition, ours = ?self.watermark, stored = ?stored, error = %e, "The stored watermark moved; reading again from it.");
+                self.gap_sought = None;
+                match stored {
+                    Some(w) => {
+                        self.watermark = Some(w);
+                        self.seek(Some(rdkafka::Offset::Offset(w + 1)));
+                    }
+                    // Redis went back to before this partition's first
+                    // commit: its state is lost, as at start.
+                    None => self.claim().await?,
+                }
+                Ok(Outcome::Dropped)
+            }
+            StoreError::StateGone(e) => {
+                tracing::error!(partition = self.partition, error = %e, "The partition's state is gone from Redis while running; claiming it again.");
+                self.claim().await?;
+                Ok(Outcome::Dropped)
+            }
+            e if e.is_ownership() => {
+                telemetry::fenced(self.partition, &e);
+                Ok(Outcome::Fenced)
+            }
+            e => Err(Ended::Failed(e.into())),
+        }
+    }
+
+    /// The rules in force, with the partition's leaderboard and cooling
+    /// entries re-indexed first if a model's half-life or tiers changed
+    /// since they were written.
+    async fn adopt_rules(&mut self) -> Result<Arc<RuleSet>, Ended> {
+        let rules = self.shared.rules.current();
+        if self.rules.as_ref().is_some_and(|r| Arc::ptr_eq(r, &rules)) {
+            return Ok(rules);
+        }
+        let store = &self.shared.store;
+        let keys = &self.keys;
+        let names: Vec<String> = rules.models.iter().map(|m| keys.index_fingerprint(&m.name)).collect();
+        let stored: Vec<Option<String>> =
+            retry::always("index_fingerprints", || store.strings(&names)).await.map_err(|e| Ended::Failed(e.into()))?;
+        let stale: Vec<&str> = rules
+            .models
+            .iter()
+            .zip(&stored)
+            .filter(|(m, f)| f.as_ref().is_some_and(|f| *f != crate::store::index_fingerprint(m)))
+            .map(|(m, _)| m.name.as_str())
+            .collect();
+        self.fingerprints_written =
+            stored.iter().zip(&rules.models).all(|(f, m)| f.as_deref() == Some(&*crate::store::index_fingerprint(m)));
+        if !stale.is_empty() {
+            if let Some(w) = self.watermark {
+                tracing::info!(partition = self.partition, models = ?stale, "A half-life or tiers changed: re-indexing the leaderboard and cooling entries.");
+                self.reindex(&rules, &stale, w).await?;
+            }
+        }
+        self.rules = Some(rules.clone());
+        Ok(rules)
+    }
+
+    /// Rewrites the leaderboard and cooling entries of every contact in the
+    /// sorted sets of `models` under `rules`, in chunks, each a fenced commit
+    /// at the unchanged watermark `w`; the last sets the fingerprints.
+    async fn reindex(&mut self, rules: &Arc<RuleSet>, models: &[&str], w: i64) -> Result<(), Ended> {
+        const CHUNK: usize = 1000;
+        let store = self.shared.store.clone();
+        let keys = self.keys.clone();
+        let sets: Vec<String> = models.iter().flat_map(|m| [keys.leaderboard(m), keys.cooling(m)]).collect();
+        let mut members: Vec<String> =
+            retry::always("reindex", || store.members(&sets)).await.map_err(|e| Ended::Failed(e.into()))?;
+        members.sort_unstable();
+        members.dedup();
+        let chunks: Vec<Vec<String>> = members.chunks(CHUNK).map(<[String]>::to_vec).collect();
+        let n = chunks.len().max(1);
+        for i in 0..n {
+            let ids: Vec<&str> = chunks.get(i).map(|c| c.iter().map(String::as_str).collect()).unwrap_or_default();
+            let hashes = retry::always("reindex", || store.load_contacts(&keys, &ids))
+                .await
+                .map_err(|e| Ended::Failed(e.into()))?;
+            let effects = engine::Effects {
+                contacts: ids
+                    .iter()
+                    .zip(hashes)
+                    .filter(|(_, f)| !f.is_empty())
+                    .map(|(id, f)| (id.to_string(), Stored::from_hash(rules, f).contact))
+                    .collect(),
+                ..Default::default()
+            };
+            let source = Source { topic: &self.shared.topic, partition: self.partition };
+            let (mut commit, _) = commit_for(rules, source, self.outputs(), &effects, HashMap::new());
+            if i + 1 == n {
+                commit.strings.extend(fingerprints(&keys, rules));
+            }
+            if self.commit(&mut commit, Some(w), w).await? != Outcome::Stored {
+                return Ok(());
+            }
+        }
+        self.fingerprints_written = true;
+        Ok(())
+    }
+
+    /// Whether the partition has been read to its end (as far as the
+    /// consumer knows): only then may time, not events, move it forward.
+    fn caught_up(&self) -> bool {
+        let Some((low, high)) = self.log_end else { return false };
+        self.watermark.map_or(low, |w| w + 1) >= high
+    }
+
     /// Sweeps the partition for contacts that cooled with no event: commits
-    /// their COOLED alerts like a batch (fenced, watermark unchanged).
+    /// their COOLED alerts like a batch (fenced, watermark unchanged). Only
+    /// a caught-up partition is swept: while events are unread, they, not
+    /// the clock, say what cooled.
     async fn sweep(&mut self) -> Result<Outcome, Ended> {
         const LIMIT: usize = 1000;
+        let rules = self.adopt_rules().await?;
         let Some(watermark) = self.watermark else { return Ok(Outcome::Dropped) };
-        let rules = self.shared.rules.current();
+        if !self.caught_up() {
+            return Ok(Outcome::Dropped);
+        }
         let now = (self.shared.clock)();
         let names: Vec<&str> = rules.models.iter().map(|m| m.name.as_str()).collect();
         let store = &self.shared.store;
@@ -560,26 +759,21 @@ impl Worker {
         let source = Source { topic: &self.shared.topic, partition: self.partition };
         let mut due: Vec<(String, Contact)> = known.into_iter().collect();
         due.sort_by(|a, b| a.0.cmp(&b.0));
-        let effects = engine::sweep(&rules, source, due, now);
-        let outputs = Outputs { alerts: &self.shared.alerts_topic, dead_letter: &self.shared.dead_letter_topic };
-        let (mut commit, _) = commit_for(&rules, source, outputs, &effects, written);
-        commit.epoch = self.epoch;
-        commit.expected_watermark = Some(watermark);
-        commit.new_watermark = watermark;
-        match retry::retry("commit", || store.commit(keys, &commit), |e: &StoreError| !e.is_ownership()).await {
-            Ok(_) => {}
-            Err(e) if e.is_ownership() => {
-                // A batch moved the watermark or another owner took over:
-                // the next batch or sweep finds out which.
-                tracing::debug!(partition = self.partition, error = %e, "Sweep skipped.");
-                return Ok(Outcome::Dropped);
-            }
-            Err(e) => return Err(Ended::Failed(e.into())),
+        let mut effects = engine::sweep(&rules, source, due, now);
+        self.mark_historical(&mut effects);
+        let (mut commit, _) = commit_for(&rules, source, self.outputs(), &effects, written);
+        let outcome = self.commit(&mut commit, Some(watermark), watermark).await?;
+        if outcome == Outcome::Stored {
+            telemetry::swept(self.partition, &effects.alerts);
         }
-        telemetry::swept(self.partition, &effects.alerts);
-        self.dirty |= !commit.outbox.is_empty();
-        Ok(Outcome::Stored)
+        Ok(outcome)
     }
+}
+
+/// The `SET`s that record which half-life and tiers a partition's sorted
+/// sets are indexed for.
+fn fingerprints(keys: &PartitionKeys, rules: &RuleSet) -> Vec<(String, String)> {
+    rules.models.iter().map(|m| (keys.index_fingerprint(&m.name), crate::store::index_fingerprint(m))).collect()
 }
 
 impl PartialEq for Outcome {

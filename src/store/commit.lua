@@ -7,27 +7,40 @@
 -- call is atomic on a single Redis and on Redis Cluster alike.
 --
 -- KEYS[1] owner epoch, KEYS[2] offset watermark, KEYS[3] outbox stream,
--- KEYS[4] recent-alerts stream, KEYS[5..] contact hashes and sorted sets
--- referred to by index.
+-- KEYS[4] recent-alerts stream, KEYS[5] id of the last commit applied,
+-- KEYS[6..] contact hashes and sorted sets referred to by index.
 -- ARGV[1] caller's epoch, ARGV[2] expected watermark ('' for none),
--- ARGV[3] new watermark, then operations:
+-- ARGV[3] new watermark, ARGV[4] commit id (unique per owner epoch), then
+-- operations:
 --   H <key index> <n> <field> <value> ...   HSET
 --   Z <key index> <score> <member>          ZADD
 --   R <key index> <member>                  ZREM
 --   X <n> <field> <value> ...               XADD to the outbox
 --   A <payload>                             XADD to recent alerts (capped)
+--   S <key index> <value>                   SET
 -- Returns the outbox length.
+--
+-- A commit retried after its reply was lost (the call ran, the connection
+-- dropped) is recognised by its id and not applied again: the reply is the
+-- outbox length, as the first time. A partition with no owner epoch at all
+-- lost its state (a flushed or replaced Redis): LOST, not FENCED.
 
 local function commit(keys, args)
   local epoch = redis.call('GET', keys[1])
+  if not epoch then
+    return redis.error_reply('LOST the partition has no owner epoch: its state is gone')
+  end
   if epoch ~= args[1] then
-    return redis.error_reply('FENCED owner epoch is ' .. tostring(epoch) .. ', caller holds ' .. args[1])
+    return redis.error_reply('FENCED owner epoch is ' .. epoch .. ', caller holds ' .. args[1])
+  end
+  if redis.call('GET', keys[5]) == args[4] then
+    return redis.call('XLEN', keys[3])
   end
   local wm = redis.call('GET', keys[2]) or ''
   if wm ~= args[2] then
     return redis.error_reply('WATERMARK stored ' .. wm .. ', caller expected ' .. args[2])
   end
-  local i = 4
+  local i = 5
   local n = #args
   while i <= n do
     local op = args[i]
@@ -48,11 +61,15 @@ local function commit(keys, args)
     elseif op == 'A' then
       redis.call('XADD', keys[4], 'MAXLEN', '~', '200', '*', 'alert', args[i + 1])
       i = i + 2
+    elseif op == 'S' then
+      redis.call('SET', keys[tonumber(args[i + 1])], args[i + 2])
+      i = i + 3
     else
       return redis.error_reply('BADOP unknown operation ' .. tostring(op))
     end
   end
   redis.call('SET', keys[2], args[3])
+  redis.call('SET', keys[5], args[4])
   return redis.call('XLEN', keys[3])
 end
 

@@ -21,8 +21,9 @@ use redis::aio::ConnectionManager;
 
 mod plan;
 
-pub use plan::{commit_for, dead_letter, entries, Entries, Outputs, Stored, Written};
+pub use plan::{commit_for, dead_letter, entries, index_fingerprint, Entries, Outputs, Stored, Written};
 pub use plan::{HEADER_ERROR, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
+pub use plan::{HEADER_PAYLOAD_BYTES, HEADER_PAYLOAD_SHA256, HEADER_TRUNCATED};
 
 use crate::rules::{Model, RuleSet};
 use crate::score::{CapUse, ContactState, ModelState};
@@ -39,6 +40,10 @@ pub enum StoreError {
     /// The partition's watermark moved under us.
     #[error("watermark mismatch: {0}")]
     WatermarkMismatch(String),
+    /// The partition has no owner epoch: its state is gone from Redis
+    /// (flushed, evicted or replaced while hotlead ran).
+    #[error("state lost: {0}")]
+    StateGone(String),
     /// A TLS certificate or key file named in the configuration cannot be
     /// read.
     #[error("cannot read the TLS file {path}: {source}")]
@@ -68,7 +73,7 @@ impl StoreError {
     /// True when this instance lost ownership of the partition, rather than
     /// Redis failing.
     pub fn is_ownership(&self) -> bool {
-        matches!(self, Self::Fenced(_) | Self::WatermarkMismatch(_))
+        matches!(self, Self::Fenced(_) | Self::WatermarkMismatch(_) | Self::StateGone(_))
     }
 }
 
@@ -111,6 +116,14 @@ impl PartitionKeys {
     /// The owner epoch.
     pub fn epoch(&self) -> String {
         format!("{}:epoch", self.tag)
+    }
+    /// The half-life and tiers a model's sorted sets are indexed for.
+    pub fn index_fingerprint(&self, model: &str) -> String {
+        format!("{}:ix:{model}", self.tag)
+    }
+    /// The id of the last commit applied (a retried commit is recognised).
+    pub fn last_commit(&self) -> String {
+        format!("{}:cid", self.tag)
     }
 }
 
@@ -159,7 +172,7 @@ fn split<T>(text: Option<&str>, value: impl Fn(&str) -> Option<T>) -> BTreeMap<S
 /// | `<model>:v` | the model version that last scored it |
 pub fn encode_model_state(model: &Model, st: &ModelState) -> Vec<(String, String)> {
     let m = &model.name;
-    vec![
+    let mut fields = vec![
         (format!("{m}:s"), format!("{:?}", st.score)),
         (format!("{m}:t"), st.at_ms.to_string()),
         (format!("{m}:tier"), model.tier_name(st.tier).to_string()),
@@ -168,7 +181,11 @@ pub fn encode_model_state(model: &Model, st: &ModelState) -> Vec<(String, String
         (format!("{m}:k"), join(&st.caps, |u| format!("{}:{}:{:?}", u.window, u.hits, u.points))),
         (format!("{m}:a"), join(&st.alerted, |t| t.to_string())),
         (format!("{m}:v"), model.version.to_string()),
-    ]
+    ];
+    if st.settled_ms != 0 {
+        fields.push((format!("{m}:w"), st.settled_ms.to_string()));
+    }
+    fields
 }
 
 /// Reads one model's state back from a contact hash; `None` if the contact
@@ -194,6 +211,7 @@ pub fn decode_model_state(model: &Model, fields: &HashMap<String, Vec<u8>>) -> O
             })
         }),
         alerted: split(get("a"), |v| v.parse().ok()),
+        settled_ms: get("w").and_then(|v| v.parse().ok()).unwrap_or(0),
     })
 }
 
@@ -315,6 +333,9 @@ pub struct Commit {
     pub expected_watermark: Option<i64>,
     /// Offset of the last message in the batch.
     pub new_watermark: i64,
+    /// Unique per owner epoch: a retry of this commit is recognised and not
+    /// applied twice.
+    pub id: String,
     /// Contact hash fields to set.
     pub contacts: Vec<HashWrite>,
     /// Leaderboard changes (the entry score is the leaderboard value).
@@ -325,6 +346,8 @@ pub struct Commit {
     pub outbox: Vec<OutboxEntry>,
     /// Alert payloads to keep in the recent-alerts stream.
     pub recent_alerts: Vec<Vec<u8>>,
+    /// Strings of the partition to set: full key and value.
+    pub strings: Vec<(String, String)>,
 }
 
 /// A connection to a single Redis or to a Redis Cluster.
@@ -461,7 +484,8 @@ impl Store {
     /// Commits one partition batch atomically; returns the outbox length.
     pub async fn commit(&self, keys: &PartitionKeys, c: &Commit) -> Result<u64, StoreError> {
         let mut cmd = redis::cmd("FCALL");
-        let mut key_list: Vec<String> = vec![keys.epoch(), keys.watermark(), keys.outbox(), keys.recent_alerts()];
+        let mut key_list: Vec<String> =
+            vec![keys.epoch(), keys.watermark(), keys.outbox(), keys.recent_alerts(), keys.last_commit()];
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut key_index = |k: String, list: &mut Vec<String>| -> usize {
             *index.entry(k.clone()).or_insert_with(|| {
@@ -473,6 +497,7 @@ impl Store {
             c.epoch.to_string().into_bytes(),
             c.expected_watermark.map(|w| w.to_string()).unwrap_or_default().into_bytes(),
             c.new_watermark.to_string().into_bytes(),
+            c.id.as_bytes().to_vec(),
         ];
         for HashWrite { contact, fields } in &c.contacts {
             if fields.is_empty() {
@@ -516,6 +541,12 @@ impl Store {
         for payload in &c.recent_alerts {
             args.push(b"A".to_vec());
             args.push(payload.clone());
+        }
+        for (key, value) in &c.strings {
+            let i = key_index(key.clone(), &mut key_list);
+            args.push(b"S".to_vec());
+            args.push(i.to_string().into_bytes());
+            args.push(value.as_bytes().to_vec());
         }
         cmd.arg("hotlead_commit").arg(key_list.len()).arg(&key_list).arg(args);
         match cmd.query_async::<u64>(&mut self.conn.clone()).await {
@@ -704,6 +735,24 @@ impl Store {
         .await?)
     }
 
+    /// The values of these strings (of one partition), `None` where unset.
+    pub async fn strings(&self, keys: &[String]) -> Result<Vec<Option<String>>, StoreError> {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(redis::cmd("MGET").arg(keys).query_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Every member of these sorted sets (of one partition).
+    pub async fn members(&self, sets: &[String]) -> Result<Vec<String>, StoreError> {
+        let mut pipe = redis::pipe();
+        for s in sets {
+            pipe.cmd("ZRANGE").arg(s).arg(0).arg(-1);
+        }
+        let all: Vec<Vec<String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(all.into_iter().flatten().collect())
+    }
+
     /// The watermark of a partition, if it has one.
     pub async fn watermark(&self, keys: &PartitionKeys) -> Result<Option<i64>, StoreError> {
         Ok(redis::cmd("GET").arg(keys.watermark()).query_async(&mut self.conn.clone()).await?)
@@ -714,6 +763,7 @@ fn classify(e: redis::RedisError) -> StoreError {
     match e.code() {
         Some("FENCED") => StoreError::Fenced(e.detail().unwrap_or_default().to_string()),
         Some("WATERMARK") => StoreError::WatermarkMismatch(e.detail().unwrap_or_default().to_string()),
+        Some("LOST") => StoreError::StateGone(e.detail().unwrap_or_default().to_string()),
         _ => StoreError::Redis(e),
     }
 }
@@ -740,6 +790,7 @@ mod tests {
                 .into_iter()
                 .collect(),
             alerted: [("warm".to_string(), 17)].into_iter().collect(),
+            settled_ms: 1_760_000_000_999,
         };
         let c = ContactState {
             profile: [("job_title".to_string(), ("VP; Sales = \"x\"".to_string(), 5))].into_iter().collect(),

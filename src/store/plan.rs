@@ -30,6 +30,13 @@ pub const HEADER_SOURCE_PARTITION: &str = "hotlead.source.partition";
 /// Dead-letter header: source offset.
 pub const HEADER_SOURCE_OFFSET: &str = "hotlead.source.offset";
 
+/// Dead-letter header: the payload was cut to fit (`true`).
+pub const HEADER_TRUNCATED: &str = "hotlead.payload.truncated";
+/// Dead-letter header: the original payload's size in bytes.
+pub const HEADER_PAYLOAD_BYTES: &str = "hotlead.payload.bytes";
+/// Dead-letter header: the original payload's SHA-256, hex.
+pub const HEADER_PAYLOAD_SHA256: &str = "hotlead.payload.sha256";
+
 /// Where a partition's outbox entries go.
 #[derive(Debug, Clone, Copy)]
 pub struct Outputs<'a> {
@@ -37,6 +44,19 @@ pub struct Outputs<'a> {
     pub alerts: &'a str,
     /// Dead-letter topic.
     pub dead_letter: &'a str,
+    /// Largest dead-letter payload; a larger one is cut to this size.
+    pub dead_letter_max_bytes: usize,
+}
+
+/// What a partition's leaderboard and cooling entries depend on in a
+/// model: its half-life and tiers. Stored beside the sorted sets, so a
+/// change is seen and they are re-indexed.
+pub fn index_fingerprint(model: &crate::rules::Model) -> String {
+    let mut f = format!("h={:?}", model.half_life_secs);
+    for t in &model.tiers {
+        f.push_str(&format!(";{}:{:?}:{:?}", t.name, t.enter, t.exit));
+    }
+    f
 }
 
 /// A model's sorted-set entries for one contact.
@@ -156,27 +176,41 @@ pub fn commit_for(
         });
     }
     for d in &effects.dead_letters {
-        commit.outbox.push(dead_letter(source, outputs.dead_letter, d));
+        commit.outbox.push(dead_letter(source, outputs, d));
     }
     (commit, after)
 }
 
+/// Longest key a dead letter keeps.
+const DEAD_LETTER_MAX_KEY_BYTES: usize = 1024;
+
 /// The outbox entry of a dead letter: its original key and payload, with
-/// headers naming the reason and the source.
-pub fn dead_letter(source: Source<'_>, topic: &str, d: &DeadLetter) -> OutboxEntry {
+/// headers naming the reason and the source. It always fits: a payload
+/// over `outputs.dead_letter_max_bytes` is cut to that size (a key to
+/// 1 KiB), and headers give the original size and SHA-256.
+pub fn dead_letter(source: Source<'_>, outputs: Outputs<'_>, d: &DeadLetter) -> OutboxEntry {
+    use sha2::{Digest, Sha256};
     let e = &d.rejected.error;
-    OutboxEntry {
-        topic: topic.to_string(),
-        key: d.rejected.key.clone().unwrap_or_default(),
-        payload: d.rejected.payload.clone().unwrap_or_default(),
-        headers: vec![
-            (HEADER_REASON.into(), e.reason().as_bytes().to_vec()),
-            (HEADER_ERROR.into(), e.to_string().into_bytes()),
-            (HEADER_SOURCE_TOPIC.into(), source.topic.as_bytes().to_vec()),
-            (HEADER_SOURCE_PARTITION.into(), source.partition.to_string().into_bytes()),
-            (HEADER_SOURCE_OFFSET.into(), d.offset.to_string().into_bytes()),
-        ],
-    }
+    let mut key = d.rejected.key.clone().unwrap_or_default();
+    key.truncate(DEAD_LETTER_MAX_KEY_BYTES);
+    let mut headers = vec![
+        (HEADER_REASON.into(), e.reason().as_bytes().to_vec()),
+        (HEADER_ERROR.into(), e.to_string().into_bytes()),
+        (HEADER_SOURCE_TOPIC.into(), source.topic.as_bytes().to_vec()),
+        (HEADER_SOURCE_PARTITION.into(), source.partition.to_string().into_bytes()),
+        (HEADER_SOURCE_OFFSET.into(), d.offset.to_string().into_bytes()),
+    ];
+    let full = d.rejected.payload.as_deref().unwrap_or_default();
+    let payload = if full.len() > outputs.dead_letter_max_bytes {
+        let digest: String = Sha256::digest(full).iter().map(|b| format!("{b:02x}")).collect();
+        headers.push((HEADER_TRUNCATED.into(), b"true".to_vec()));
+        headers.push((HEADER_PAYLOAD_BYTES.into(), full.len().to_string().into_bytes()));
+        headers.push((HEADER_PAYLOAD_SHA256.into(), digest.into_bytes()));
+        full[..outputs.dead_letter_max_bytes].to_vec()
+    } else {
+        full.to_vec()
+    };
+    OutboxEntry { topic: outputs.dead_letter.to_string(), key, payload, headers }
 }
 
 #[cfg(test)]
@@ -188,7 +222,32 @@ mod tests {
     use crate::proto::{InteractionEvent, PageView};
 
     const SOURCE: Source<'static> = Source { topic: "in", partition: 0 };
-    const OUT: Outputs<'static> = Outputs { alerts: "a", dead_letter: "d" };
+    const OUT: Outputs<'static> = Outputs { alerts: "a", dead_letter: "d", dead_letter_max_bytes: 2048 };
+
+    #[test]
+    fn a_dead_letter_always_fits() {
+        let big = vec![7u8; 5000];
+        let d = DeadLetter {
+            offset: 9,
+            rejected: crate::engine::Rejected {
+                error: crate::decode::DecodeError::Empty,
+                key: Some(vec![1; 3000]),
+                payload: Some(big.clone()),
+            },
+        };
+        let e = dead_letter(SOURCE, OUT, &d);
+        assert_eq!((e.payload.len(), e.key.len()), (2048, 1024));
+        let h: HashMap<&str, String> =
+            e.headers.iter().map(|(k, v)| (k.as_str(), String::from_utf8_lossy(v).into_owned())).collect();
+        assert_eq!(h[HEADER_PAYLOAD_BYTES], "5000");
+        assert_eq!(h[HEADER_TRUNCATED], "true");
+        assert_eq!(h[HEADER_PAYLOAD_SHA256].len(), 64);
+        assert_eq!(&e.payload[..], &big[..2048]);
+        let small = DeadLetter { rejected: crate::engine::Rejected { payload: Some(vec![1; 10]), ..d.rejected }, ..d };
+        let e = dead_letter(SOURCE, OUT, &small);
+        assert_eq!(e.payload.len(), 10);
+        assert!(!e.headers.iter().any(|(k, _)| k == HEADER_TRUNCATED));
+    }
 
     fn page(at: Millis) -> Message {
         let e = InteractionEvent {

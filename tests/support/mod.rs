@@ -28,15 +28,14 @@ pub struct Stack {
     pub brokers: String,
     /// Redis URL.
     pub redis_url: String,
-    broker: Option<Child>,
-    children: Vec<Child>,
+    broker: Option<(Child, u16)>,
+    redis: Option<(Child, u16)>,
     _dir: tempfile::TempDir,
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.stop_broker();
-        for c in &mut self.children {
+        for (c, _) in self.broker.iter_mut().chain(self.redis.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -79,28 +78,47 @@ fn spawn(cmd: &mut Command, what: &str, log: &Path) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {what} ({e}); run scripts/setup.sh to install it"))
 }
 
+fn spawn_tansu(dir: &Path, port: u16) -> Child {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let log = dir.join("tansu.log");
+    let child = spawn(
+        Command::new("tansu")
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(dir),
+        "tansu",
+        &log,
+    );
+    wait_for_port(port, "tansu", &log);
+    child
+}
+
+fn spawn_redis(dir: &Path, port: u16) -> Child {
+    let log = dir.join("redis.log");
+    let child = spawn(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"])
+            .current_dir(dir),
+        "redis-server",
+        &log,
+    );
+    wait_for_port(port, "redis-server", &log);
+    child
+}
+
 impl Stack {
     /// Starts (or connects to) a broker and a Redis.
     pub fn start() -> Stack {
         let dir = tempfile::tempdir().unwrap();
-        let mut children = Vec::new();
         let mut broker = None;
+        let mut redis = None;
         let brokers = match std::env::var("HOTLEAD_TEST_KAFKA") {
             Ok(b) => b,
             Err(_) => {
                 let port = free_port();
-                let url = format!("tcp://127.0.0.1:{port}");
-                let log = dir.path().join("tansu.log");
-                broker = Some(spawn(
-                    Command::new("tansu")
-                        .arg("broker")
-                        .args(["--listener-url", &url, "--advertised-listener-url", &url])
-                        .args(["--storage-engine", "sqlite://tansu.db"])
-                        .current_dir(dir.path()),
-                    "tansu",
-                    &log,
-                ));
-                wait_for_port(port, "tansu", &log);
+                broker = Some((spawn_tansu(dir.path(), port), port));
                 format!("127.0.0.1:{port}")
             }
         };
@@ -108,28 +126,38 @@ impl Stack {
             Ok(r) => r,
             Err(_) => {
                 let port = free_port();
-                let log = dir.path().join("redis.log");
-                children.push(spawn(
-                    Command::new("redis-server")
-                        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                        .args(["--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction"])
-                        .current_dir(dir.path()),
-                    "redis-server",
-                    &log,
-                ));
-                wait_for_port(port, "redis-server", &log);
+                redis = Some((spawn_redis(dir.path(), port), port));
                 format!("redis://127.0.0.1:{port}")
             }
         };
-        Stack { brokers, redis_url, broker, children, _dir: dir }
+        Stack { brokers, redis_url, broker, redis, _dir: dir }
     }
 
     /// Stops the broker this stack started (an outage; no-op with an
     /// external one).
     pub fn stop_broker(&mut self) {
-        if let Some(mut c) = self.broker.take() {
+        if let Some((c, _)) = self.broker.as_mut() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Starts the broker again on its port, with the data it had.
+    pub fn restart_broker(&mut self) {
+        if let Some((c, port)) = self.broker.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+            *c = spawn_tansu(self._dir.path(), *port);
+        }
+    }
+
+    /// Kills Redis (`kill -9`) and starts it again on its port from the
+    /// snapshot of its last `SAVE` (nothing, if there was none).
+    pub fn restart_redis(&mut self) {
+        if let Some((c, port)) = self.redis.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+            *c = spawn_redis(self._dir.path(), *port);
         }
     }
 
@@ -370,6 +398,9 @@ pub fn spawn_pipeline(config: Config, rules_path: &Path) -> Running {
 
 /// [`spawn_pipeline`] with the clock the cooling sweep reads.
 pub fn spawn_pipeline_with_clock(mut config: Config, rules_path: &Path, clock: hotlead::pipeline::Clock) -> Running {
+    if std::env::var_os("HOTLEAD_TEST_LOG").is_some() {
+        hotlead::telemetry::init_logging(false);
+    }
     config.rules.path = rules_path.to_path_buf();
     config.rules.reload_interval = Duration::from_millis(100);
     let service = hotlead::service::Service::new(config).unwrap().with_clock(clock);
@@ -391,6 +422,23 @@ pub fn last_offsets(delivered: &[(i32, i64)]) -> HashMap<i32, i64> {
     m
 }
 
+/// Whether a stored hash field agrees with the oracle's: scores to 1e-9
+/// relative; the recent event ids as a set of ids (their arrival times are
+/// the wall clock's); every other field exactly.
+pub fn field_matches(field: &str, got: Option<&String>, want: &str) -> bool {
+    let Some(got) = got else { return false };
+    if field.ends_with(":s") {
+        return close(got.parse().unwrap_or(f64::NAN), want.parse().unwrap_or(f64::NAN));
+    }
+    if field == hotlead::store::SEEN_FIELD {
+        let ids = |s: &str| -> std::collections::BTreeSet<String> {
+            s.split(';').filter_map(|e| e.split_once(':')).map(|(h, _)| h.to_string()).collect()
+        };
+        return ids(got) == ids(want);
+    }
+    got == want
+}
+
 /// Whether two floats agree to 1e-9 relative.
 pub fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1e-12)
@@ -404,6 +452,8 @@ pub type ContactFields = (i32, String, Vec<(String, String)>);
 pub struct Oracle {
     /// Alert ids.
     pub alerts: std::collections::BTreeSet<String>,
+    /// Each contact's alert ids in the order raised.
+    pub order: std::collections::BTreeMap<String, Vec<String>>,
     /// Dead letters: source partition and offset.
     pub dead: std::collections::BTreeSet<(i32, String)>,
     /// Each contact's hash fields, with its partition.
@@ -418,19 +468,40 @@ pub fn oracle(
     topics: &Topics,
     messages: impl IntoIterator<Item = (i32, i64, Vec<u8>, Vec<u8>)>,
 ) -> Oracle {
-    use hotlead::engine::{score_partition, Message, Source};
+    oracle_swept(rules, topics, messages, None)
+}
+
+/// [`oracle`], followed by a sweep at `sweep_at` (the coolings due by then,
+/// which a running service raises without events).
+pub fn oracle_swept(
+    rules: &hotlead::rules::RuleSet,
+    topics: &Topics,
+    messages: impl IntoIterator<Item = (i32, i64, Vec<u8>, Vec<u8>)>,
+    sweep_at: Option<i64>,
+) -> Oracle {
+    use hotlead::engine::{score_partition, sweep, Message, Source};
     let mut by_partition: std::collections::BTreeMap<i32, Vec<_>> = Default::default();
     for (p, offset, key, payload) in messages {
         by_partition.entry(p).or_default().push((offset, key, payload));
     }
     let limits = hotlead::decode::Limits::default();
     let now = hotlead::decode::now_ms();
-    let mut out = Oracle { alerts: Default::default(), dead: Default::default(), contacts: vec![] };
+    let mut out =
+        Oracle { alerts: Default::default(), order: Default::default(), dead: Default::default(), contacts: vec![] };
     for (p, mut msgs) in by_partition {
         msgs.sort_by_key(|m: &(i64, Vec<u8>, Vec<u8>)| m.0);
         let msgs = msgs.iter().map(|(o, k, v)| Message::decode(*o, Some(k), Some(v), &limits, now));
-        let effects = score_partition(rules, Source { topic: &topics.input, partition: p }, msgs);
-        out.alerts.extend(effects.alerts.into_iter().map(|a| a.alert_id));
+        let source = Source { topic: &topics.input, partition: p };
+        let mut effects = score_partition(rules, source, msgs);
+        if let Some(at) = sweep_at {
+            let swept = sweep(rules, source, std::mem::take(&mut effects.contacts), at);
+            effects.alerts.extend(swept.alerts);
+            effects.contacts = swept.contacts;
+        }
+        for a in effects.alerts {
+            out.order.entry(a.contact_id.clone()).or_default().push(a.alert_id.clone());
+            out.alerts.insert(a.alert_id);
+        }
         out.dead.extend(effects.dead_letters.iter().map(|d| (p, d.offset.to_string())));
         for (contact, c) in effects.contacts {
             let fields = hotlead::store::encode_contact(rules, c.account.as_deref(), &c.state);
