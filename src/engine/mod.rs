@@ -276,6 +276,20 @@ mod tests {
     }
 
     #[test]
+    fn a_key_that_is_not_the_contact_id_is_rejected() {
+        let payload = page("a", "1", T0).encode_to_vec();
+        let ok = Message::decode(0, Some(b"a"), Some(&payload), &Limits::default(), T0);
+        assert!(ok.event.is_ok());
+        let unkeyed = Message::decode(1, None, Some(&payload), &Limits::default(), T0);
+        assert!(unkeyed.event.is_ok(), "a message without a key is taken as it is");
+        let wrong = Message::decode(2, Some(b"b"), Some(&payload), &Limits::default(), T0);
+        let rejected = wrong.event.unwrap_err();
+        assert_eq!(rejected.error.reason(), "key_mismatch");
+        assert_eq!(rejected.key.as_deref(), Some(&b"b"[..]));
+        assert_eq!(rejected.payload.as_deref(), Some(&payload[..]));
+    }
+
+    #[test]
     fn batching_does_not_change_the_effects() {
         let r = rules();
         let events: Vec<_> = (0..20).map(|i| page(["a", "b", "c"][i % 3], &i.to_string(), T0 + i as i64)).collect();

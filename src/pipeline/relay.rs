@@ -6,7 +6,10 @@
 //! - An entry is deleted only after Kafka acknowledged it, so a crash in
 //!   between delivers it again, with the same alert id; or after the broker
 //!   refused it for good (its size or form), which is logged and counted
-//!   and never holds back the partition's later alerts.
+//!   and never holds back the partition's later alerts. Entries acknowledged
+//!   are deleted before the outbox is read again, even when the reply to a
+//!   delete was lost and the run is retried, so a lost reply sends nothing
+//!   twice.
 //! - A relay runs only for a partition its worker owns: it reads the owner
 //!   epoch with every chunk and stops when another owner has claimed the
 //!   partition, and it stops between chunks when its worker asks, so after
@@ -75,6 +78,10 @@ pub struct Relay<'a> {
     pub epoch: i64,
     /// The alert topic (to tell alerts from dead letters in metrics).
     pub alerts_topic: &'a str,
+    /// Entries Kafka acknowledged whose deletion has not been confirmed: a
+    /// retried run deletes them before reading the outbox again, so a lost
+    /// reply to a delete does not send them twice.
+    pub acked: std::sync::Mutex<Vec<String>>,
 }
 
 impl Relay<'_> {
@@ -84,6 +91,11 @@ impl Relay<'_> {
         let mut total = 0;
         let started = std::time::Instant::now();
         loop {
+            let acked = self.acked.lock().expect("acked lock").clone();
+            if !acked.is_empty() {
+                self.store.delete_outbox(self.keys, &acked).await?;
+                self.acked.lock().expect("acked lock").clear();
+            }
             if stop.load(Ordering::Acquire) {
                 return Ok(Relayed::Stopped(total));
             }
@@ -115,7 +127,9 @@ impl Relay<'_> {
             }
             let acked_ms = crate::decode::now_ms();
             let ids: Vec<String> = entries.iter().map(|(id, _)| id.clone()).collect();
+            *self.acked.lock().expect("acked lock") = ids.clone();
             self.store.delete_outbox(self.keys, &ids).await?;
+            self.acked.lock().expect("acked lock").clear();
             let alerts: Vec<&crate::store::OutboxEntry> =
                 entries.iter().map(|(_, e)| e).filter(|e| e.topic == self.alerts_topic).collect();
             let latencies: Vec<f64> = alerts

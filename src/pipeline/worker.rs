@@ -458,6 +458,7 @@ impl Worker {
                     partition,
                     epoch,
                     alerts_topic: &shared.alerts_topic,
+                    acked: std::sync::Mutex::default(),
                 };
                 retry::always("relay", || relay.run(&flag)).await
             });
