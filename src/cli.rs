@@ -53,6 +53,8 @@ pub enum Command {
     Score(ScoreArgs),
     /// Show a model's leaderboard: the top contacts by current score.
     Top(TopArgs),
+    /// Deliver alerts to webhooks, chat and email, as a routes file says.
+    Notify(crate::notify::NotifyArgs),
 }
 
 /// `hotlead top`.
@@ -188,6 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             run_scorer(config).await
         }
+        Command::Notify(args) => crate::notify::command(args, load_config).await,
         Command::Simulate(args) => {
             let config = load_config()?;
             simulate(&config, args).await?;
@@ -348,18 +351,8 @@ fn rules_test(file: &std::path::Path, events: &std::path::Path) -> std::process:
 
 async fn run_scorer(config: Config) -> anyhow::Result<std::process::ExitCode> {
     use crate::telemetry as t;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets_for_metric(metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()), t::SECONDS_BUCKETS)
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                metrics_exporter_prometheus::Matcher::Full(t::BATCH_EVENTS.into()),
-                t::BATCH_BUCKETS,
-            )
-        })
-        .context("histogram buckets")?
-        .install_recorder()
-        .context("cannot install the metrics recorder")?;
-    crate::telemetry::describe();
+    let metrics = t::install_recorder()?;
+    t::describe();
     let rules = Arc::new(crate::reload::LiveRules::load(&config.rules.path)?);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
