@@ -663,16 +663,17 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum OneOrMany {
-        One(String),
-        Many(Vec<String>),
+    use serde_yaml::Value;
+    let name = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    match Value::deserialize(d)? {
+        Value::Sequence(items) => items.iter().map(name).collect::<Option<Vec<_>>>(),
+        other => name(&other).map(|s| vec![s]),
     }
-    Ok(match OneOrMany::deserialize(d)? {
-        OneOrMany::One(s) => vec![s],
-        OneOrMany::Many(v) => v,
-    })
+    .ok_or_else(|| serde::de::Error::custom("expected a name or a list of names, e.g. `hot` or `[warm, hot]`"))
 }
 
 #[cfg(test)]
