@@ -47,7 +47,7 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Print alerts from the alert topic as they arrive.
     Alerts(AlertsArgs),
-    /// Create hotlead's topics (input, alerts, dead letters).
+    /// Create hotlead's topics (input, alerts, dead letters, notify dead letters).
     Topics(TopicsArgs),
     /// Show a contact's scores, tiers and the breakdown by rule, decayed to now.
     Score(ScoreArgs),
@@ -255,7 +255,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let t = &config.topics;
             crate::kafka::create_topics(
                 &client,
-                &[(&t.input, args.partitions), (&t.alerts, args.partitions), (&t.dead_letter, 1)],
+                &[
+                    (&t.input, args.partitions),
+                    (&t.alerts, args.partitions),
+                    (&t.dead_letter, 1),
+                    (&config.notify.dead_letter_topic, 1),
+                ],
                 args.replication,
             )
             .await?;

@@ -389,3 +389,49 @@ async fn emails_arrive_one_per_alert_and_as_a_digest_over_smtp() {
             && m["html"].as_str().unwrap().contains("<table>")));
     notifier.stop().await;
 }
+
+#[test]
+fn notify_check_accepts_the_example_and_names_the_line_and_field_of_a_mistake() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hotlead")).args(["notify", "check"]).arg(file).output().unwrap()
+    };
+    let ok = run(&root.join("examples/notify/routes.yaml"));
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success() && stdout.contains("route `sales-ready` → crm, sales-channel, owner"), "{stdout}");
+    assert!(stdout.trim_end().ends_with(": ok"), "{stdout}");
+
+    let example = std::fs::read_to_string(root.join("examples/notify/routes.yaml")).unwrap();
+    let (_dir, bad) = files(&[
+        ("routes.yaml", &example.replace("to: sales-channel\n", "to: sales-chanel\n")),
+        ("owners.yaml", &std::fs::read_to_string(root.join("examples/notify/owners.yaml")).unwrap()),
+    ]);
+    let out = run(&bad);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = example.lines().position(|l| l.contains("to: sales-channel")).unwrap() + 1;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("routes[1].to[0]")
+            && stderr.contains("sales-chanel")
+            && stderr.contains(&format!("(line {line})")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn routes_files_in_the_docs_pass_the_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for doc in ["docs/notify.md", "README.md"] {
+        let text = std::fs::read_to_string(root.join(doc)).unwrap();
+        let blocks: Vec<&str> = text.split("```yaml\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+        let owners = blocks.iter().find(|b| b.contains("default:")).map(|b| b.to_string()).unwrap_or("{}".into());
+        let routes: Vec<&&str> = blocks.iter().filter(|b| b.contains("routes:")).collect();
+        assert!(!routes.is_empty(), "{doc} shows a routes file");
+        for yaml in routes {
+            let owners = owners.clone();
+            let table =
+                hotlead::notify::routes::RouteTable::parse_with(yaml, &root.join(doc), move |_| Ok(owners.clone()));
+            assert!(table.is_ok(), "{doc}: {}", table.unwrap_err());
+        }
+    }
+}
