@@ -51,7 +51,8 @@ pub const STATE_CACHE_CONTACTS: &str = "hotlead_state_cache_contacts";
 /// `undecodable`).
 pub const NOTIFY_ALERTS_TOTAL: &str = "hotlead_notify_alerts_total";
 /// Finished deliveries, by `destination`, `kind` and `result` (`delivered`,
-/// `dead_lettered`).
+/// `dead_lettered`, `already_sent`: read again and skipped, as the
+/// destination had taken it).
 pub const NOTIFY_DELIVERIES_TOTAL: &str = "hotlead_notify_deliveries_total";
 /// Failed tries that will be retried, by `destination` and `reason`.
 pub const NOTIFY_RETRIES_TOTAL: &str = "hotlead_notify_retries_total";
@@ -408,4 +409,17 @@ pub fn notify_destination_broken(destination: &str, error: &dyn std::fmt::Displa
 /// Alerts with deliveries in flight now.
 pub fn notify_open_alerts(open: usize) {
     gauge!(NOTIFY_OPEN_ALERTS).set(open as f64);
+}
+
+/// An alert read again was skipped for a destination that had taken it.
+pub fn notify_already_sent(destination: &str, kind: &'static str) {
+    debug!(destination, "Skipped an alert the destination took already.");
+    counter!(NOTIFY_DELIVERIES_TOTAL, "destination" => destination.to_string(), "kind" => kind, "result" => "already_sent")
+        .increment(1);
+}
+
+/// Redis, which remembers deliveries, failed; the delivery goes on.
+pub fn notify_sent_log_error(operation: &'static str, error: &dyn std::fmt::Display) {
+    warn!(operation, error = %error, "Cannot reach the record of deliveries in Redis; delivering anyway.");
+    counter!(RETRIES_TOTAL, "operation" => "notify_sent_log").increment(1);
 }

@@ -211,6 +211,8 @@ impl DeadLetters {
 
 /// What every destination shares.
 pub struct Shared {
+    /// Which alerts each destination took already.
+    pub sent: super::sent::SentLog,
     /// The HTTP client (connection pools per host).
     pub http: reqwest::Client,
     /// Where failed deliveries go.
@@ -304,8 +306,11 @@ async fn each(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Job>) {
                     tokio::time::sleep(Duration::from_millis(wait as u64)).await;
                 }
             }
-            let result = w.with_retries(|| w.send_one(&job)).await;
-            w.finish(std::slice::from_ref(&job), result).await;
+            let jobs = w.not_yet_sent(vec![job]).await;
+            if let Some(job) = jobs.first() {
+                let result = w.with_retries(|| w.send_one(job)).await;
+                w.finish(&jobs, result).await;
+            }
         });
     }
 }
@@ -325,8 +330,11 @@ async fn digests(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Job>, peri
             let jobs = std::mem::take(&mut gathered);
             let w = worker.clone();
             tokio::spawn(async move {
-                let result = w.with_retries(|| w.send_digest(&jobs)).await;
-                w.finish(&jobs, result).await;
+                let jobs = w.not_yet_sent(jobs).await;
+                if !jobs.is_empty() {
+                    let result = w.with_retries(|| w.send_digest(&jobs)).await;
+                    w.finish(&jobs, result).await;
+                }
             });
         }
         if !open {
@@ -336,6 +344,21 @@ async fn digests(worker: Arc<Worker>, mut rx: mpsc::UnboundedReceiver<Job>, peri
 }
 
 impl Worker {
+    /// `jobs` less those this destination took already (reported finished).
+    async fn not_yet_sent(&self, jobs: Vec<Job>) -> Vec<Job> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let env = &job.envelope;
+            if self.shared.sent.was_sent(&self.destination.name, &env.alert.alert_id).await {
+                telemetry::notify_already_sent(&self.destination.name, self.destination.kind.as_str());
+                let _ = self.shared.done.send((env.partition, env.offset));
+            } else {
+                out.push(job);
+            }
+        }
+        out
+    }
+
     /// Tries `send` within the retry budget; returns the tries made and the
     /// last result.
     async fn with_retries<F, Fut>(&self, send: F) -> (u32, Result<(), DeliveryError>)
@@ -373,6 +396,10 @@ impl Worker {
     async fn finish(&self, jobs: &[Job], (attempts, result): (u32, Result<(), DeliveryError>)) {
         let name = &self.destination.name;
         let kind = self.destination.kind.as_str();
+        if result.is_ok() && !self.shared.dry_run {
+            let ids: Vec<&str> = jobs.iter().map(|j| j.envelope.alert.alert_id.as_str()).collect();
+            self.shared.sent.mark(name, &ids).await;
+        }
         for job in jobs {
             let env = &job.envelope;
             match &result {

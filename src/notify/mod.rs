@@ -13,6 +13,7 @@
 //! - [`webhook`], [`slack`], [`email`]: each destination's format and send.
 //! - [`delivery`]: per-destination queues, retries, rate limits, dead letters.
 //! - [`progress`]: which offset may be stored (pure, property-tested).
+//! - [`sent`]: which alerts each destination took, remembered in Redis.
 //!
 //! # Guarantees
 //!
@@ -30,6 +31,7 @@ pub mod email;
 pub mod payload;
 pub mod progress;
 pub mod routes;
+pub mod sent;
 pub mod slack;
 pub mod webhook;
 
@@ -76,6 +78,11 @@ pub struct NotifyConfig {
     pub drain_timeout: Duration,
     /// Address of the notifier's `/metrics` and `/healthz`; empty disables.
     pub http_listen: String,
+    /// How long Redis (`redis.url`) remembers that a destination took an
+    /// alert, so an alert read again after a crash or a stop is not sent to
+    /// it again; `0s` remembers nothing and needs no Redis.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub dedup_window: Duration,
 }
 
 impl Default for NotifyConfig {
@@ -89,6 +96,7 @@ impl Default for NotifyConfig {
             max_open_alerts: 10_000,
             drain_timeout: Duration::from_secs(10),
             http_listen: "127.0.0.1:9465".into(),
+            dedup_window: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -153,6 +161,9 @@ pub enum NotifyError {
     /// The Kafka client could not be set up.
     #[error("Kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    /// Redis, which remembers deliveries, is unreachable at start.
+    #[error("Redis (notify.dedup_window needs it; 0s turns it off): {0}")]
+    Redis(#[from] crate::store::StoreError),
     /// The HTTP client could not be set up.
     #[error("HTTP client: {0}")]
     Http(#[from] reqwest::Error),
@@ -280,7 +291,13 @@ pub async fn run(config: Config, dry_run: bool, shutdown: impl Future<Output = (
     let alerts_topic = config.topics.alerts.clone();
     consumer.subscribe(&[&alerts_topic])?;
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let sent = if dry_run || n.dedup_window.is_zero() {
+        sent::SentLog::off()
+    } else {
+        sent::SentLog::connect(&config.redis, n.dedup_window).await?
+    };
     let shared = Arc::new(Shared {
+        sent,
         http: reqwest::Client::builder().user_agent(concat!("hotlead/", env!("CARGO_PKG_VERSION"))).build()?,
         dead_letters: DeadLetters {
             producer: config.producer_config().create()?,

@@ -198,6 +198,7 @@ impl NotifyTopics {
     pub fn env(&self, stack: &Stack, routes: &Path) -> Vec<(String, String)> {
         [
             ("HOTLEAD_KAFKA__BOOTSTRAP_SERVERS", stack.brokers.clone()),
+            ("HOTLEAD_REDIS__URL", stack.redis_url.clone()),
             ("HOTLEAD_TOPICS__ALERTS", self.alerts.clone()),
             ("HOTLEAD_NOTIFY__ROUTES", routes.display().to_string()),
             ("HOTLEAD_NOTIFY__GROUP", self.group.clone()),
