@@ -12,12 +12,14 @@ import hashlib
 import hmac
 import json
 import sys
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 PORT = int(sys.argv[1])
 SECRET = open(sys.argv[2], "rb").read().rstrip(b"\r\n")
 SEEN = set()
+LOCK = threading.Lock()
 
 
 def verify(header, body):
@@ -36,8 +38,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(200)
         self.end_headers()
         key = (self.path, self.headers.get("Idempotency-Key", ""))
-        repeat = " (repeat, dropped)" if key in SEEN else ""
-        SEEN.add(key)
+        with LOCK:
+            repeat = " (repeat, dropped)" if key in SEEN else ""
+            SEEN.add(key)
         try:
             message = json.loads(body)
         except ValueError:
@@ -48,7 +51,8 @@ class Handler(BaseHTTPRequestHandler):
         else:
             kind = "webhook, signature " + ("ok" if verify(signature, body) else "BAD")
             what = message.get("explanation", {}).get("summary", "")
-        print(f"  ↳ notified {self.path} ({kind}){repeat}: {what}", flush=True)
+        with LOCK:
+            print(f"  ↳ notified {self.path} ({kind}){repeat}: {what}", flush=True)
 
     def log_message(self, *args):
         pass

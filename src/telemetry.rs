@@ -423,3 +423,15 @@ pub fn notify_sent_log_error(operation: &'static str, error: &dyn std::fmt::Disp
     warn!(operation, error = %error, "Cannot reach the record of deliveries in Redis; delivering anyway.");
     counter!(RETRIES_TOTAL, "operation" => "notify_sent_log").increment(1);
 }
+
+/// Reading the alert topic paused (too many alerts in flight) or resumed.
+pub fn notify_paused(paused: bool, open: usize) {
+    if paused {
+        warn!(
+            open,
+            "Paused reading alerts: too many in flight (notify.max_open_alerts); destinations are slow or failing."
+        );
+    } else {
+        info!(open, "Resumed reading alerts.");
+    }
+}

@@ -293,9 +293,11 @@ async fn a_notifier_killed_mid_stream_loses_nothing() {
     let alerts: Vec<ScoreAlert> = (0..300).map(|n| alert(n, "hot", Direction::Heated, "acct-1", false)).collect();
     topics.produce(&stack, &alerts).await;
     let keys = ids(&alerts.iter().collect::<Vec<_>>());
-    let env = topics.env(&stack, &path);
+    let mut env = topics.env(&stack, &path);
+    // Few alerts in flight: reading pauses and resumes all along.
+    env.push(("HOTLEAD_NOTIFY__MAX_OPEN_ALERTS".into(), "20".into()));
 
-    let mut first = spawn_binary(&env, &dir.path().join("notify-1.log"));
+    let mut first = spawn_binary(&[], &env, &dir.path().join("notify-1.log"));
     let deadline = Instant::now() + Duration::from_secs(60);
     while receiver.accepted_keys("crm").len() < 100 {
         assert!(
@@ -310,10 +312,9 @@ async fn a_notifier_killed_mid_stream_loses_nothing() {
     let at_kill = receiver.accepted_keys("crm").len();
     assert!(at_kill < keys.len(), "killed mid-stream ({at_kill} of {})", keys.len());
 
-    let mut env = env;
     let metrics = format!("127.0.0.1:{}", support::free_port());
     env.push(("HOTLEAD_NOTIFY__HTTP_LISTEN".into(), metrics.clone()));
-    let _second = spawn_binary(&env, &dir.path().join("notify-2.log"));
+    let _second = spawn_binary(&[], &env, &dir.path().join("notify-2.log"));
     receiver.wait_for("crm", &keys, Duration::from_secs(90)).await;
     let text = reqwest::get(format!("http://{metrics}/metrics")).await.unwrap().text().await.unwrap();
     for series in [
@@ -338,6 +339,8 @@ async fn a_notifier_killed_mid_stream_loses_nothing() {
         "kill -9 after {at_kill} of {} alerts: {skipped} read again and skipped as sent, {repeats} delivered twice",
         keys.len()
     );
+    let log = std::fs::read_to_string(dir.path().join("notify-2.log")).unwrap();
+    assert!(log.contains("Paused reading alerts") && log.contains("Resumed reading alerts"), "{log}");
     // The restart reads again from the stored offsets; Redis remembers what
     // the receiver took, so only a request in flight at the kill can repeat.
     assert!(repeats <= 2, "{repeats} alerts delivered twice");
@@ -474,4 +477,35 @@ fn routes_files_in_the_docs_pass_the_check() {
             assert!(table.is_ok(), "{doc}: {}", table.unwrap_err());
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_prints_what_it_would_send_and_sends_and_commits_nothing() {
+    let Setup { stack, topics, receiver } = Setup::start(1).await;
+    let (dir, path) = Setup::routes_of(&receiver, DOWN_AND_UP_ROUTES);
+    let a = alert(7, "hot", Direction::Heated, "acct-1", false);
+    topics.produce(&stack, std::slice::from_ref(&a)).await;
+    let env = topics.env(&stack, &path);
+    let log = dir.path().join("dry-run.log");
+    let mut dry = spawn_binary(&["--dry-run"], &env, &log);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let printed = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if text.contains("dry-run: up (slack)") && text.contains("dry-run: down (webhook)") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no dry-run output: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let webhook = printed.lines().find_map(|l| l.strip_prefix("dry-run: down (webhook): ")).unwrap();
+    let body: serde_json::Value = serde_json::from_str(webhook).unwrap();
+    assert_eq!(body["alert"]["alert_id"], a.alert_id.as_str());
+    dry.0.kill().unwrap();
+    dry.0.wait().unwrap();
+    assert!(receiver.hits("up").is_empty() && receiver.hits("down").is_empty(), "a dry run sends nothing");
+
+    // It committed nothing either: a real run delivers the alert.
+    let notifier = Notifier::start(env);
+    receiver.wait_for("up", &[a.alert_id.clone()].into(), Duration::from_secs(60)).await;
+    notifier.stop().await;
 }

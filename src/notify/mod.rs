@@ -70,7 +70,8 @@ pub struct NotifyConfig {
     /// Base URL of hotlead's HTTP listener, for links to the board and the
     /// read API in notifications.
     pub links_base_url: String,
-    /// Most alerts with deliveries in flight; reading pauses above it.
+    /// Most alerts with deliveries in flight: reading pauses there and
+    /// resumes below half of it.
     pub max_open_alerts: usize,
     /// How long a stop waits for deliveries in flight before committing
     /// what is finished.
@@ -313,6 +314,7 @@ pub async fn run(config: Config, dry_run: bool, shutdown: impl Future<Output = (
     let mut reload = tokio::time::interval(n.reload_interval);
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut refused: Option<String> = None;
+    let mut paused = false;
     tokio::pin!(shutdown);
     tracing::info!(topic = %alerts_topic, group = %n.group, dry_run, "Delivering alerts.");
     loop {
@@ -335,7 +337,7 @@ pub async fn run(config: Config, dry_run: bool, shutdown: impl Future<Output = (
                     }
                 }
             },
-            m = consumer.recv(), if progress.open_alerts() < n.max_open_alerts => match m {
+            m = consumer.recv() => match m {
                 Ok(m) => {
                     let envelope = envelope(&m, &n.links_base_url);
                     dispatch(envelope, &table, &workers, &shared, &mut progress);
@@ -350,6 +352,7 @@ pub async fn run(config: Config, dry_run: bool, shutdown: impl Future<Output = (
             progress.finish(p, o);
         }
         telemetry::notify_open_alerts(progress.open_alerts());
+        paused = flow_control(&consumer, paused, progress.open_alerts(), n.max_open_alerts);
         if !dry_run {
             store(&consumer, &alerts_topic, &mut progress);
         }
@@ -432,6 +435,25 @@ fn dispatch(
             progress.finish(envelope.partition, envelope.offset);
         }
     }
+}
+
+/// Pauses the assigned partitions when `open` reaches `max` and resumes them
+/// below half of it; returns whether they are paused. The consumer keeps
+/// polling while paused, so it stays in its group however long a
+/// destination takes.
+fn flow_control(consumer: &StreamConsumer, paused: bool, open: usize, max: usize) -> bool {
+    let want = if paused { open > max / 2 } else { open >= max };
+    if want != paused {
+        let result = consumer.assignment().and_then(|a| if want { consumer.pause(&a) } else { consumer.resume(&a) });
+        match result {
+            Ok(()) => telemetry::notify_paused(want, open),
+            Err(e) => {
+                telemetry::kafka_error(&e, "pausing or resuming the alert topic");
+                return paused;
+            }
+        }
+    }
+    want
 }
 
 /// Stores the offsets that became storable.

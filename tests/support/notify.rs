@@ -253,11 +253,13 @@ impl Drop for Notifier {
     }
 }
 
-/// The `hotlead` binary running `notify` with this environment.
-pub fn spawn_binary(env: &[(String, String)], log: &Path) -> KillOnDrop {
+/// The `hotlead` binary running `notify` (with `args`) in this environment,
+/// its output in `log`.
+pub fn spawn_binary(args: &[&str], env: &[(String, String)], log: &Path) -> KillOnDrop {
     let out = std::fs::File::create(log).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_hotlead"))
         .arg("notify")
+        .args(args)
         .envs(env.iter().cloned())
         .env("RUST_LOG", "info,rdkafka=warn")
         .stdin(Stdio::null())
