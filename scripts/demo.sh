@@ -52,7 +52,7 @@ stop() {
   [ -n "$ALERTS_PID" ] && kill -TERM "$ALERTS_PID" 2>/dev/null
   [ -n "$SIM_PID" ] && kill -TERM "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null
   [ -n "$NOTIFY_PID" ] && kill -TERM "$NOTIFY_PID" 2>/dev/null && wait "$NOTIFY_PID" 2>/dev/null
-  [ -n "$RECEIVER_PID" ] && kill -TERM "$RECEIVER_PID" 2>/dev/null && wait "$RECEIVER_PID" 2>/dev/null
+  [ -n "$RECEIVER_PID" ] && kill -TERM "$RECEIVER_PID" 2>/dev/null && { wait "$RECEIVER_PID" 2>/dev/null || true; }
   [ -n "$HOTLEAD_PID" ] && kill -TERM "$HOTLEAD_PID" 2>/dev/null && wait "$HOTLEAD_PID" 2>/dev/null
   [ -n "$TANSU_PID" ] && kill -TERM "$TANSU_PID" 2>/dev/null && wait "$TANSU_PID" 2>/dev/null
   [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null

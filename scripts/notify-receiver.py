@@ -11,6 +11,7 @@ counts repeats by Idempotency-Key, as a real receiver should drop them.
 import hashlib
 import hmac
 import json
+import signal
 import sys
 import threading
 import time
@@ -58,4 +59,11 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+def stop(*_):
+    sys.exit(0)
+
+
+# Ctrl-C and SIGTERM end it quietly, with success.
+signal.signal(signal.SIGINT, stop)
+signal.signal(signal.SIGTERM, stop)
 ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
