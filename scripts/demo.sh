@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The local demo, in one command: a Tansu broker and a Redis on 127.0.0.1,
 # hotlead scoring with examples/rules.yaml, and `hotlead simulate` producing a
-# realistic stream of events. Alerts are printed live; Ctrl-C stops
-# everything cleanly. State and logs live in run/demo/.
+# realistic stream of events. Alerts are printed live; `hotlead notify`
+# delivers them as examples/notify/routes.yaml says to a local receiver
+# (scripts/notify-receiver.py), whose lines (`↳ notified ...`) appear among
+# them. Ctrl-C stops everything cleanly. State and logs live in run/demo/.
 #
 # Environment: RATE (events/s, default 40), CONTACTS (default 500),
 # SEED (default 42), PARTITIONS (default 4).
@@ -17,6 +19,8 @@ PARTITIONS="${PARTITIONS:-4}"
 KAFKA_PORT=19092
 REDIS_PORT=16379
 HTTP_PORT=9464
+NOTIFY_PORT=9465
+RECEIVER_PORT=18080
 CONFIG=examples/demo.toml
 RUN=run/demo
 
@@ -26,7 +30,7 @@ cargo build --release --quiet --bin hotlead
 HOTLEAD="$PWD/target/release/hotlead"
 
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-for port in $KAFKA_PORT $REDIS_PORT $HTTP_PORT; do
+for port in $KAFKA_PORT $REDIS_PORT $HTTP_PORT $NOTIFY_PORT $RECEIVER_PORT; do
   if port_in_use "$port"; then
     echo "demo: port $port on 127.0.0.1 is in use; stop what uses it (an earlier demo?) and try again" >&2
     exit 1
@@ -40,13 +44,15 @@ wait_port() {
 
 rm -rf "$RUN"
 mkdir -p "$RUN/redis" "$RUN/tansu"
-REDIS_PID="" TANSU_PID="" HOTLEAD_PID="" SIM_PID="" ALERTS_PID=""
+REDIS_PID="" TANSU_PID="" HOTLEAD_PID="" SIM_PID="" ALERTS_PID="" NOTIFY_PID="" RECEIVER_PID=""
 stop() {
   trap - EXIT INT TERM
   echo
   echo "demo: stopping ..."
   [ -n "$ALERTS_PID" ] && kill -TERM "$ALERTS_PID" 2>/dev/null
   [ -n "$SIM_PID" ] && kill -TERM "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null
+  [ -n "$NOTIFY_PID" ] && kill -TERM "$NOTIFY_PID" 2>/dev/null && wait "$NOTIFY_PID" 2>/dev/null
+  [ -n "$RECEIVER_PID" ] && kill -TERM "$RECEIVER_PID" 2>/dev/null && { wait "$RECEIVER_PID" 2>/dev/null || true; }
   [ -n "$HOTLEAD_PID" ] && kill -TERM "$HOTLEAD_PID" 2>/dev/null && wait "$HOTLEAD_PID" 2>/dev/null
   [ -n "$TANSU_PID" ] && kill -TERM "$TANSU_PID" 2>/dev/null && wait "$TANSU_PID" 2>/dev/null
   [ -n "$REDIS_PID" ] && kill -TERM "$REDIS_PID" 2>/dev/null && wait "$REDIS_PID" 2>/dev/null
@@ -73,6 +79,12 @@ echo "demo: Redis on 127.0.0.1:$REDIS_PORT, Tansu on 127.0.0.1:$KAFKA_PORT"
 setsid "$HOTLEAD" -c "$CONFIG" run >"$RUN/hotlead.log" 2>&1 &
 HOTLEAD_PID=$!
 wait_port "$HTTP_PORT" hotlead
+scripts/notify-receiver.py "$RECEIVER_PORT" examples/notify/demo-webhook.secret 2>"$RUN/receiver.log" &
+RECEIVER_PID=$!
+wait_port "$RECEIVER_PORT" receiver
+setsid "$HOTLEAD" -c "$CONFIG" notify >"$RUN/notify.log" 2>&1 &
+NOTIFY_PID=$!
+wait_port "$NOTIFY_PORT" notify
 setsid "$HOTLEAD" -c "$CONFIG" simulate --rate "$RATE" --contacts "$CONTACTS" --seed "$SEED" \
   --poison-every 500 >"$RUN/simulate.log" 2>&1 &
 SIM_PID=$!
@@ -80,6 +92,8 @@ SIM_PID=$!
 cat <<MSG
 demo: hotlead is scoring $RATE events/s from $CONTACTS simulated contacts (seed $SEED).
 demo: hot-leads board: http://127.0.0.1:$HTTP_PORT/board   metrics: http://127.0.0.1:$HTTP_PORT/metrics
+demo: hotlead notify delivers hot and sales-ready leads (examples/notify/routes.yaml) to a receiver
+demo: on 127.0.0.1:$RECEIVER_PORT; its lines start with ↳. Notifier metrics: http://127.0.0.1:$NOTIFY_PORT/metrics
 demo: logs: $RUN/*.log   Ctrl-C stops everything.
 demo: alerts as they happen (tier entered, score, and the rules that drove it):
 

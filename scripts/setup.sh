@@ -5,6 +5,8 @@
 #   - libssl-dev, pkg-config and openssl, from apt (Kafka TLS in the build;
 #     the TLS tests make their certificates with openssl);
 #   - tansu 0.6.0 (a Kafka-protocol broker with SQLite storage), with cargo;
+#   - aiosmtpd, from PyPI into the venv target/smtp-venv (the real SMTP
+#     server the notify tests start);
 #   - promtool (checks and unit-tests the Prometheus alert rules), taken
 #     from Debian's `prometheus` package without installing the package: only
 #     the promtool binary is unpacked, into target/tools/bin, so no Prometheus
@@ -64,4 +66,16 @@ else
   mkdir -p "$(dirname "$PROMTOOL")"
   mv "$download/usr/bin/promtool" "$PROMTOOL"
   echo "setup: $("$PROMTOOL" --version 2>&1 | head -1) installed in target/tools/bin"
+fi
+
+SMTP_VENV="$ROOT/target/smtp-venv"
+AIOSMTPD="aiosmtpd==1.4.6"
+if [ "$(cat "$SMTP_VENV/.installed" 2>/dev/null)" = "$AIOSMTPD" ]; then
+  echo "setup: $AIOSMTPD found in target/smtp-venv"
+else
+  echo "setup: installing $AIOSMTPD into target/smtp-venv ..."
+  python3 -m venv "$SMTP_VENV"
+  "$SMTP_VENV/bin/pip" install --quiet --disable-pip-version-check "$AIOSMTPD"
+  echo "$AIOSMTPD" >"$SMTP_VENV/.installed"
+  echo "setup: $AIOSMTPD installed in target/smtp-venv"
 fi

@@ -45,12 +45,14 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Print alerts from the alert topic as they arrive.
     Alerts(AlertsArgs),
-    /// Create hotlead's topics (input, alerts, dead letters).
+    /// Create hotlead's topics (input, alerts, dead letters, notify dead letters).
     Topics(TopicsArgs),
     /// Show a contact's scores, tiers and the breakdown by rule, decayed to now.
     Score(ScoreArgs),
     /// Show a model's leaderboard: the top contacts by current score.
     Top(TopArgs),
+    /// Deliver alerts to webhooks, chat and email, as a routes file says.
+    Notify(crate::notify::NotifyArgs),
 }
 
 /// `hotlead top`.
@@ -186,6 +188,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             run_scorer(config).await
         }
+        Command::Notify(args) => crate::notify::command(args, load_config).await,
         Command::Simulate(args) => {
             let config = load_config()?;
             simulate(&config, args).await?;
@@ -250,7 +253,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let t = &config.topics;
             crate::kafka::create_topics(
                 &client,
-                &[(&t.input, args.partitions), (&t.alerts, args.partitions), (&t.dead_letter, 1)],
+                &[
+                    (&t.input, args.partitions),
+                    (&t.alerts, args.partitions),
+                    (&t.dead_letter, 1),
+                    (&config.notify.dead_letter_topic, 1),
+                ],
                 args.replication,
             )
             .await?;

@@ -65,6 +65,9 @@ pub struct Config {
     /// HTTP listener for `/metrics`, `/healthz` and `/readyz`.
     #[serde(default)]
     pub http: HttpConfig,
+    /// `hotlead notify`: routes file, consumer group, dead-letter topic.
+    #[serde(default)]
+    pub notify: crate::notify::NotifyConfig,
 }
 
 /// Topic names.
@@ -104,6 +107,7 @@ impl std::fmt::Debug for Config {
             .field("rules", &self.rules)
             .field("pipeline", &self.pipeline)
             .field("http", &self.http)
+            .field("notify", &self.notify)
             .finish()
     }
 }
@@ -341,7 +345,7 @@ fn kafka_props<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, Strin
     Ok(m)
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s)
         .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. `20ms` or `1h`")))
@@ -499,7 +503,7 @@ impl Config {
                 format!("`{}` is not an address; write e.g. `127.0.0.1:9464`, or empty to disable", self.http.listen),
             ));
         }
-        Ok(())
+        self.notify.validate()
     }
 
     /// The consumer group id (`kafka."group.id"`, default `hotlead`).

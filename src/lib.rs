@@ -26,6 +26,7 @@
 //! - [`api`]: the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`telemetry`]: metric names, logging, one function per notable event.
 //! - [`kafka`]: topic administration and the alert reader.
+//! - [`notify`]: `hotlead notify`: alerts delivered to webhooks, chat and email.
 //! - [`simulate`]: a realistic, seeded stream of interaction events.
 //! - [`replay`]: `hotlead rules test`: events from JSON lines, scored offline.
 //! - [`cli`]: the `hotlead` command line.
@@ -36,6 +37,7 @@ pub mod config;
 pub mod decode;
 pub mod engine;
 pub mod kafka;
+pub mod notify;
 pub mod pipeline;
 pub mod query;
 pub mod reload;

@@ -78,6 +78,26 @@ pub fn metrics_handle() -> Option<metrics_exporter_prometheus::PrometheusHandle>
         .clone()
 }
 
+/// Alerts `hotlead notify` read, by `outcome` (`routed`, `unrouted`,
+/// `undecodable`).
+pub const NOTIFY_ALERTS_TOTAL: &str = "hotlead_notify_alerts_total";
+/// Finished deliveries, by `destination`, `kind` and `result` (`delivered`,
+/// `dead_lettered`, `already_sent`: read again and skipped, as the
+/// destination had taken it).
+pub const NOTIFY_DELIVERIES_TOTAL: &str = "hotlead_notify_deliveries_total";
+/// Failed tries that will be retried, by `destination` and `reason`.
+pub const NOTIFY_RETRIES_TOTAL: &str = "hotlead_notify_retries_total";
+/// Deliveries sent to the notify dead-letter topic, by `destination` and
+/// `reason`.
+pub const NOTIFY_DEAD_LETTERS_TOTAL: &str = "hotlead_notify_dead_letters_total";
+/// From the alert's production (its message timestamp) to a destination
+/// taking it, by `destination`.
+pub const NOTIFY_DELIVERY_SECONDS: &str = "hotlead_notify_delivery_seconds";
+/// Alerts with deliveries in flight.
+pub const NOTIFY_OPEN_ALERTS: &str = "hotlead_notify_open_alerts";
+/// Routes file reloads, by `result` (`ok`, `refused`).
+pub const NOTIFY_ROUTES_RELOADS_TOTAL: &str = "hotlead_notify_routes_reloads_total";
+
 /// Describes every metric so `/metrics` shows help text from the start.
 pub fn describe() {
     metrics::describe_counter!(EVENTS_TOTAL, "Events read from the input topic, by outcome.");
@@ -438,6 +458,131 @@ pub fn rules_refused(error: &dyn std::fmt::Display) {
 pub fn swept(partition: i32, alerts: &[crate::proto::ScoreAlert]) {
     debug!(partition, alerts = alerts.len(), "Swept a partition for cooled contacts.");
     alerts_raised(partition, alerts);
+}
+
+/// Describes the notifier's metrics and starts the series alert rules read.
+pub fn describe_notify() {
+    metrics::describe_counter!(NOTIFY_ALERTS_TOTAL, "Alerts read by hotlead notify, by outcome.");
+    metrics::describe_counter!(NOTIFY_DELIVERIES_TOTAL, "Finished deliveries, by destination, kind and result.");
+    metrics::describe_counter!(
+        NOTIFY_RETRIES_TOTAL,
+        "Failed delivery tries that will be retried, by destination and reason."
+    );
+    metrics::describe_counter!(
+        NOTIFY_DEAD_LETTERS_TOTAL,
+        "Deliveries sent to the notify dead-letter topic, by destination and reason."
+    );
+    metrics::describe_histogram!(
+        NOTIFY_DELIVERY_SECONDS,
+        metrics::Unit::Seconds,
+        "From an alert's production to a destination taking it."
+    );
+    metrics::describe_gauge!(NOTIFY_OPEN_ALERTS, "Alerts with deliveries in flight.");
+    metrics::describe_counter!(NOTIFY_ROUTES_RELOADS_TOTAL, "Routes file reloads, by result.");
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for outcome in ["routed", "unrouted", "undecodable"] {
+        counter!(NOTIFY_ALERTS_TOTAL, "outcome" => outcome).absolute(0);
+    }
+    for result in ["ok", "refused"] {
+        counter!(NOTIFY_ROUTES_RELOADS_TOTAL, "result" => result).absolute(0);
+    }
+}
+
+/// The routes file in force at start.
+pub fn notify_routes_in_force(path: &std::path::Path, destinations: usize, routes: usize) {
+    info!(path = %path.display(), destinations, routes, "Routes in force.");
+}
+
+/// A changed routes file was swapped in.
+pub fn notify_routes_reloaded(path: &std::path::Path, destinations: usize, routes: usize) {
+    info!(path = %path.display(), destinations, routes, "Reloaded routes; later alerts follow them.");
+    counter!(NOTIFY_ROUTES_RELOADS_TOTAL, "result" => "ok").increment(1);
+}
+
+/// A changed routes file was invalid and refused.
+pub fn notify_routes_refused(error: &dyn std::fmt::Display) {
+    error!(error = %error, "Refused the changed routes file; the routes in force keep delivering.");
+    counter!(NOTIFY_ROUTES_RELOADS_TOTAL, "result" => "refused").increment(1);
+}
+
+/// An alert was read and handed to `destinations` destinations.
+pub fn notify_alert_routed(destinations: usize) {
+    let outcome = if destinations == 0 { "unrouted" } else { "routed" };
+    counter!(NOTIFY_ALERTS_TOTAL, "outcome" => outcome).increment(1);
+}
+
+/// A message on the alert topic is not an alert; it is dead-lettered.
+pub fn notify_undecodable(partition: i32, offset: i64, error: &dyn std::fmt::Display) {
+    warn!(partition, offset, error = %error, "Dead-lettered a message that is not an alert.");
+    counter!(NOTIFY_ALERTS_TOTAL, "outcome" => "undecodable").increment(1);
+    counter!(NOTIFY_DEAD_LETTERS_TOTAL, "destination" => "", "reason" => "undecodable").increment(1);
+}
+
+/// A destination took an alert after `attempts` tries.
+pub fn notify_delivered(destination: &str, kind: &'static str, attempts: u32, latency_seconds: Option<f64>) {
+    debug!(destination, attempts, "Delivered an alert.");
+    counter!(NOTIFY_DELIVERIES_TOTAL, "destination" => destination.to_string(), "kind" => kind, "result" => "delivered")
+        .increment(1);
+    if let Some(l) = latency_seconds {
+        histogram!(NOTIFY_DELIVERY_SECONDS, "destination" => destination.to_string()).record(l);
+    }
+}
+
+/// A try failed and will be retried.
+pub fn notify_retrying(destination: &str, reason: &'static str, attempt: u32, error: &dyn std::fmt::Display) {
+    warn!(destination, reason, attempt, error = %error, "Delivery failed; retrying.");
+    counter!(NOTIFY_RETRIES_TOTAL, "destination" => destination.to_string(), "reason" => reason).increment(1);
+}
+
+/// A delivery failed for good or past its retry budget; it is dead-lettered.
+pub fn notify_dead_lettered(
+    destination: &str,
+    kind: &'static str,
+    reason: &'static str,
+    attempts: u32,
+    partition: i32,
+    offset: i64,
+    error: &dyn std::fmt::Display,
+) {
+    error!(destination, reason, attempts, partition, offset, error = %error, "Delivery failed; dead-lettered the alert for this destination.");
+    counter!(NOTIFY_DELIVERIES_TOTAL, "destination" => destination.to_string(), "kind" => kind, "result" => "dead_lettered")
+        .increment(1);
+    counter!(NOTIFY_DEAD_LETTERS_TOTAL, "destination" => destination.to_string(), "reason" => reason).increment(1);
+}
+
+/// A destination cannot be used as configured; its deliveries fail.
+pub fn notify_destination_broken(destination: &str, error: &dyn std::fmt::Display) {
+    error!(destination, error = %error, "Destination misconfigured: its alerts are dead-lettered until the routes file is fixed.");
+}
+
+/// Alerts with deliveries in flight now.
+pub fn notify_open_alerts(open: usize) {
+    gauge!(NOTIFY_OPEN_ALERTS).set(open as f64);
+}
+
+/// An alert read again was skipped for a destination that had taken it.
+pub fn notify_already_sent(destination: &str, kind: &'static str) {
+    debug!(destination, "Skipped an alert the destination took already.");
+    counter!(NOTIFY_DELIVERIES_TOTAL, "destination" => destination.to_string(), "kind" => kind, "result" => "already_sent")
+        .increment(1);
+}
+
+/// Redis, which remembers deliveries, failed; the delivery goes on.
+pub fn notify_sent_log_error(operation: &'static str, error: &dyn std::fmt::Display) {
+    warn!(operation, error = %error, "Cannot reach the record of deliveries in Redis; delivering anyway.");
+    counter!(RETRIES_TOTAL, "operation" => "notify_sent_log").increment(1);
+}
+
+/// Reading the alert topic paused (too many alerts in flight) or resumed.
+pub fn notify_paused(paused: bool, open: usize) {
+    if paused {
+        warn!(
+            open,
+            "Paused reading alerts: too many in flight (notify.max_open_alerts); destinations are slow or failing."
+        );
+    } else {
+        info!(open, "Resumed reading alerts.");
+    }
 }
 
 #[cfg(test)]

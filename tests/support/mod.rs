@@ -542,3 +542,4 @@ pub async fn serve_api(stack: &Stack, running: &Running, topics: &Topics, token:
     tokio::spawn(hotlead::api::serve(listener, ctx, std::future::pending()));
     port
 }
+pub mod notify;
