@@ -202,11 +202,15 @@ pub struct RulesConfig {
     /// only on SIGHUP.
     #[serde(deserialize_with = "duration")]
     pub reload_interval: Duration,
+    /// Whether the rules workbench (`/board/rules`) may save a checked
+    /// candidate over the rules file; needs `http.token`. Off by default:
+    /// the file (or ConfigMap) is the source of truth.
+    pub editable: bool,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        Self { path: "examples/rules.yaml".into(), reload_interval: Duration::from_secs(2) }
+        Self { path: "examples/rules.yaml".into(), reload_interval: Duration::from_secs(2), editable: false }
     }
 }
 

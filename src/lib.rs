@@ -18,6 +18,7 @@
 //! - [`pipeline`]: consume -> score -> commit -> relay -> store offsets.
 //! - [`query`]: a contact's scores and explanations, decayed to now.
 //! - [`api`]: the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`workbench`]: the rules workbench on the board: check, preview, save.
 //! - [`telemetry`]: metric names, logging, one function per notable event.
 //! - [`kafka`]: topic administration and the alert reader.
 //! - [`simulate`]: a realistic, seeded stream of interaction events.
@@ -38,6 +39,7 @@ pub mod score;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;
+pub mod workbench;
 
 /// The `hotlead.v1` protobuf types, generated from `proto/hotlead/v1`.
 #[allow(missing_docs)]

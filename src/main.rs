@@ -13,7 +13,7 @@ async fn main() -> std::process::ExitCode {
     match hotlead::cli::run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", hotlead::cli::error_text(&e));
             std::process::ExitCode::from(2)
         }
     }

@@ -46,6 +46,9 @@ pub const RETRIES_TOTAL: &str = "hotlead_retries_total";
 pub const STATE_CACHE_LOOKUPS_TOTAL: &str = "hotlead_state_cache_lookups_total";
 /// Contacts held in the state cache.
 pub const STATE_CACHE_CONTACTS: &str = "hotlead_state_cache_contacts";
+/// Events each behaviour rule matched since it came into force, by `model`
+/// and `rule`.
+pub const RULE_HITS_TOTAL: &str = "hotlead_rule_hits_total";
 
 /// Describes every metric so `/metrics` shows help text from the start.
 pub fn describe() {
@@ -85,6 +88,7 @@ pub fn describe() {
         "Contact states a batch looked up, by result: hit (state cache) or miss (read from Redis)."
     );
     metrics::describe_gauge!(STATE_CACHE_CONTACTS, "Contacts held in the state cache.");
+    metrics::describe_counter!(RULE_HITS_TOTAL, "Events each behaviour rule matched, by model and rule.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for reason in crate::decode::DecodeError::REASONS {
         counter!(DEAD_LETTERS_TOTAL, "reason" => reason).absolute(0);
@@ -250,6 +254,16 @@ pub fn fatal(operation: &'static str, error: &dyn std::fmt::Display) {
 pub fn rules_in_force(rules: &crate::rules::RuleSet) {
     for m in &rules.models {
         gauge!(RULES_VERSION, "model" => m.name.clone()).set(f64::from(m.version));
+    }
+}
+
+/// Publishes each behaviour rule's hit count (kept by the rules in force)
+/// as [`RULE_HITS_TOTAL`]; called when metrics are read.
+pub fn rule_hits(rules: &crate::rules::RuleSet) {
+    for m in &rules.models {
+        for r in &m.rules {
+            counter!(RULE_HITS_TOTAL, "model" => m.name.clone(), "rule" => r.id.clone()).absolute(r.hits.get());
+        }
     }
 }
 

@@ -243,7 +243,7 @@ pub fn score_batch(
 }
 
 /// Puts an alert in a commit's outbox and recent alerts, logs it and labels
-/// it for metrics.
+/// it for metrics; nothing for a crossing its model marks as no alert.
 fn push_alert(
     commit: &mut Commit,
     labels: &mut Vec<telemetry::AlertLabels>,
@@ -252,6 +252,9 @@ fn push_alert(
     c: &Crossing,
     alert: &ScoreAlert,
 ) {
+    if !model.alerts_on(c.from, c.to) {
+        return;
+    }
     let tier = model.tier_name(c.to);
     telemetry::tier_crossed(
         target.partition,
