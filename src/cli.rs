@@ -336,6 +336,9 @@ fn rules_check(file: &std::path::Path, strict: bool) -> std::process::ExitCode {
                     for r in &t.requires {
                         s.push_str(&format!(" and {} ≥{}", r.model_name, r.enter));
                     }
+                    if !t.alert {
+                        s.push_str(" no alert");
+                    }
                     tiers.push(s);
                 }
                 println!(
