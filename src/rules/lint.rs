@@ -231,6 +231,41 @@ models:
         assert!(score <= c + 1e-6 && score > c - 0.01, "{score} vs {c}");
     }
 
+    proptest::proptest! {
+        /// However events arrive, no score passes the ceiling.
+        #[test]
+        fn no_sequence_of_events_scores_above_the_ceiling(
+            points in 1u32..30,
+            hits in 1u32..5,
+            per in 0usize..3,
+            half_life_days in 1u32..30,
+            gaps in proptest::collection::vec(0i64..3 * 86_400_000, 1..120),
+        ) {
+            use crate::proto::interaction_event::Interaction;
+            let per = ["day", "week", "month"][per];
+            let yaml = format!(
+                "models: [{{name: m, half_life: {half_life_days}d, rules: [{{id: r, when: {{kind: page_view}}, points: {points}, cap: {{hits: {hits}, per: {per}}}}}]}}]"
+            );
+            let rs = RuleSet::parse(&yaml, "t").unwrap();
+            let max = ceiling(&rs.models[0]).unwrap();
+            let mut contact = crate::score::ContactState::new(1);
+            let mut t = 1_700_000_000_000;
+            for (i, gap) in gaps.into_iter().enumerate() {
+                t += gap;
+                let event = crate::proto::InteractionEvent {
+                    event_id: i.to_string(),
+                    contact_id: "c".into(),
+                    occurred_at: Some(crate::decode::timestamp(t)),
+                    interaction: Some(Interaction::PageView(Default::default())),
+                    ..Default::default()
+                };
+                crate::score::apply_event(&rs, &mut contact, &event, t);
+                let score = contact.models[0].as_ref().unwrap().score_at(t, rs.models[0].half_life_secs);
+                proptest::prop_assert!(score <= max + 1e-6, "{score} > {max}");
+            }
+        }
+    }
+
     #[test]
     fn a_requirement_beyond_the_other_models_ceiling_is_unreachable() {
         let yaml = "

@@ -887,6 +887,24 @@ models:
         assert!(e.contains("models[0].rules[0].cap.per") && e.contains("fortnight"), "{e}");
     }
 
+    proptest::proptest! {
+        /// Whatever an edit breaks, the check answers without panicking,
+        /// places every mistake inside the text, and builds rules exactly
+        /// when it found no mistake.
+        #[test]
+        fn any_edit_is_reported_inside_the_text(at in 0usize..1200, cut in 0usize..8, put in "[ :{}\\[\\],a-z0-9#'\"-]{0,6}") {
+            let at = at.min(GOOD.len());
+            let end = (at + cut).min(GOOD.len());
+            let text = format!("{}{put}{}", &GOOD[..at], &GOOD[end..]);
+            let checked = RuleSet::check(&text);
+            let lines = text.lines().count().max(1);
+            for p in &checked.errors {
+                proptest::prop_assert!(p.line >= 1 && p.line <= lines + 1 && p.column >= 1, "{p} in\n{text}");
+            }
+            proptest::prop_assert_eq!(checked.rules.is_some(), checked.errors.is_empty());
+        }
+    }
+
     #[test]
     fn windows_follow_the_calendar() {
         let ms = |s: &str| {
