@@ -688,8 +688,7 @@ impl RuleSet {
     /// Checks rules text: every error, and when there is none, every lint
     /// warning.
     pub fn check(text: &str) -> Checked {
-        let mut walked = parse::walk(text);
-        walked.problems.sort_by_key(|p| (p.line, p.column));
+        let walked = parse::walk(text);
         let warnings = walked.rules.as_ref().map(|r| lint::lint(r, &walked.positions)).unwrap_or_default();
         Checked { rules: walked.rules, errors: walked.problems, warnings }
     }

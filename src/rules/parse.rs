@@ -42,6 +42,7 @@ pub(super) fn walk(text: &str) -> Walked {
         Ok(Some(root)) => c.file(&root),
     };
     let rules = if c.problems.is_empty() { rules } else { None };
+    c.problems.sort_by_key(|p| (p.line, p.column));
     Walked { rules, problems: c.problems, positions: c.positions }
 }
 
