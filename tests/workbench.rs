@@ -121,7 +121,10 @@ impl Page {
     /// Waits until `expr` is true in the page.
     async fn wait(&mut self, expr: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.eval(&format!("!!({expr})")).await != json!(true) {
+        // Until the page has loaded, its elements may not be there yet.
+        while self.eval(&format!("(() => {{ try {{ return !!({expr}); }} catch (e) {{ return false; }} }})()")).await
+            != json!(true)
+        {
             let page = self.eval("document.body ? document.body.innerText : ''").await;
             assert!(Instant::now() < deadline, "{what}: the page shows\n{}", page.as_str().unwrap_or_default());
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -258,6 +261,10 @@ async fn the_workbench_checks_as_you_type_and_previews_on_real_events() {
     assert_eq!(hits, json!([["demo-request", "3", "3"], ["pricing-page", "11", "11"]]));
 
     if let Ok(file) = std::env::var("HOTLEAD_WORKBENCH_SCREENSHOT") {
+        // For the docs: a lint warning shown inline beside the preview.
+        let exit = candidate.find("exit: 45").unwrap() + "exit: ".len();
+        page.type_over(exit, 2, "25").await;
+        page.wait("document.querySelector('#problems li.warning')", "the warning is shown").await;
         let shot = page.call("Page.captureScreenshot", json!({ "format": "png" })).await;
         use base64::Engine as _;
         let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
