@@ -216,7 +216,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let rules = load_rules(args.rules.as_deref().unwrap_or(&config.rules.path))?;
             let partitions = crate::kafka::partition_count(&config.client_config(), &config.topics.input)
                 .with_context(|| format!("cannot read the partitions of {}", config.topics.input))?;
-            let store = crate::store::Store::connect_with(&config.redis).await?;
+            let store = crate::store::Store::connect_with(&config.redis)
+                .await
+                .context("cannot connect to Redis (redis.url)")?;
             match store.find_contact(&config.topics.input, partitions, &args.contact_id).await? {
                 None => {
                     eprintln!("contact {} has no score", args.contact_id);
@@ -245,7 +247,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             };
             let partitions = crate::kafka::partition_count(&config.client_config(), &config.topics.input)
                 .with_context(|| format!("cannot read the partitions of {}", config.topics.input))?;
-            let store = crate::store::Store::connect_with(&config.redis).await?;
+            let store = crate::store::Store::connect_with(&config.redis)
+                .await
+                .context("cannot connect to Redis (redis.url)")?;
             let now = crate::decode::now_ms();
             let floor = args
                 .min_score

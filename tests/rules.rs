@@ -564,6 +564,7 @@ async fn errors_name_the_rules_file_and_say_each_cause_once() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("error: cannot connect to Redis (redis.url): "), "{stderr}");
     assert_eq!(stderr.matches("refused").count(), 1, "{stderr}");
 }
 
