@@ -5,6 +5,9 @@
 //! the events the test produced shows the same tier migration matrix as
 //! scoring them with `hotlead rules test`'s replay.
 //!
+//! The routes behind the page, on the router: every mistake with its line
+//! and column, the token, and saving only with `rules.editable`.
+//!
 //! `HOTLEAD_WORKBENCH_SCREENSHOT=docs/workbench.png` also saves a screenshot.
 
 mod support;
@@ -271,4 +274,69 @@ async fn the_workbench_checks_as_you_type_and_previews_on_real_events() {
         std::fs::write(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file), png).unwrap();
     }
     running.finish().await;
+}
+
+/// Calls the router as the page does: `method` on `path` with a JSON body,
+/// with or without the token; returns the status and the JSON answer.
+async fn call(router: &axum::Router, method: &str, path: &str, body: Value, token: Option<&str>) -> (u16, Value) {
+    use tower::ServiceExt as _;
+    let mut req = axum::http::Request::builder().method(method).uri(path).header("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let res = router.clone().oneshot(req.body(axum::body::Body::from(body.to_string())).unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_checks_every_mistake_and_saves_only_when_editable() {
+    let stack = Stack::start();
+    let (_dir, path) = rules_file(RULES);
+    let live = std::sync::Arc::new(hotlead::reload::LiveRules::load(&path).unwrap());
+    let store = hotlead::store::Store::connect(&stack.redis_url).await.unwrap();
+    let context = |editable: bool| {
+        let mut ctx = hotlead::api::ApiContext::new(
+            store.clone(),
+            live.clone(),
+            std::sync::Arc::new(hotlead::pipeline::Health::default()),
+            "interactions".into(),
+            &hotlead::kafka::client_config(&stack.brokers, &[]),
+        )
+        .unwrap();
+        ctx.token = Some("t0ken".into());
+        ctx.rules_editable = editable;
+        hotlead::api::router(ctx)
+    };
+    let (locked, open) = (context(false), context(true));
+
+    // Every mistake, each at its line and column, with the suggestion.
+    let broken = RULES.replace("half_life: 14d", "half_life: soon").replace("kind: page_view", "kind: page_veiw");
+    let (status, answer) = call(&locked, "POST", "/v1/rules/check", json!({ "text": broken }), Some("t0ken")).await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["ok"], json!(false));
+    let found: Vec<(u64, u64, &str)> = answer["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["line"].as_u64().unwrap(), e["column"].as_u64().unwrap(), e["code"].as_str().unwrap()))
+        .collect();
+    assert_eq!(found, [(3, 16, "invalid_duration"), (9, 23, "unknown_kind")]);
+    assert_eq!(answer["errors"][1]["suggestion"], json!("page_view"));
+    let (status, _) = call(&locked, "POST", "/v1/rules/check", json!({ "text": broken }), None).await;
+    assert_eq!(status, 401, "the token is required");
+
+    // Saving: refused unless editable; a file with errors is never written.
+    let changed = RULES.replace("points: 25", "points: 30");
+    let (status, answer) = call(&locked, "PUT", "/v1/rules", json!({ "text": changed }), Some("t0ken")).await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = call(&open, "PUT", "/v1/rules", json!({ "text": broken }), Some("t0ken")).await;
+    assert_eq!((status, &answer["check"]["ok"]), (422, &json!(false)), "{answer}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), RULES);
+    let (status, answer) = call(&open, "PUT", "/v1/rules", json!({ "text": changed }), Some("t0ken")).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), changed);
+    assert_eq!(live.current().models[0].rules[1].points, 30.0, "the service runs the saved rules");
+    assert_eq!(live.current().models[0].version, 2, "a changed model gets a new version");
 }
