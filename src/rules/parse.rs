@@ -56,6 +56,27 @@ struct Fields<'n> {
     path: String,
     pos: Pos,
     entries: Vec<(&'n str, &'n Node)>,
+    /// Names suggested for unknown keys: a field misspelt is reported once,
+    /// as misspelt, not also as missing.
+    suggested: Vec<String>,
+}
+
+/// The key and value of `key` in a mapping node.
+fn pair<'n>(node: &'n Node, key: &str) -> Option<&'n (Node, Node)> {
+    match &node.kind {
+        Kind::Map(e) => e.iter().find(|(k, _)| k.text() == Some(key)),
+        _ => None,
+    }
+}
+
+/// The value of `key` in a mapping node.
+fn entry<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
+    pair(node, key).map(|(_, v)| v)
+}
+
+/// The key node of `key` in a mapping node.
+fn key_of<'n>(node: &'n Node, key: &str) -> Option<&'n Node> {
+    pair(node, key).map(|(k, _)| k)
 }
 
 impl<'n> Fields<'n> {
@@ -139,7 +160,7 @@ impl Checker {
             );
             return None;
         };
-        let mut out = Fields { path: path.to_string(), pos: node.pos, entries: Vec::new() };
+        let mut out = Fields { path: path.to_string(), pos: node.pos, entries: Vec::new(), suggested: Vec::new() };
         for (k, v) in entries {
             let Some(name) = k.text() else {
                 self.error(k.pos, path, "wrong_type", "field names are plain text");
@@ -151,12 +172,14 @@ impl Checker {
             }
             if !allowed.is_empty() && !allowed.contains(&name) {
                 let list = allowed.iter().map(|f| format!("`{f}`")).collect::<Vec<_>>().join(", ");
+                let near = suggest(name, allowed.iter().copied());
+                out.suggested.extend(near.clone());
                 self.error_near(
                     k.pos,
                     &join(path, name),
                     "unknown_field",
                     format!("unknown field `{name}`; the fields here are {list}"),
-                    suggest(name, allowed.iter().copied()),
+                    near,
                 );
                 continue;
             }
@@ -168,7 +191,7 @@ impl Checker {
 
     fn require<'n>(&mut self, f: &Fields<'n>, name: &str) -> Option<&'n Node> {
         let v = f.get(name);
-        if v.is_none() {
+        if v.is_none() && !f.suggested.iter().any(|s| s == name) {
             self.error(f.pos, &f.at(name), "missing_field", format!("`{name}` is required here"));
         }
         v
@@ -297,15 +320,8 @@ impl Checker {
             self.error(list.pos, "models", "empty", "at least one model is required");
         }
         // Names first: a tier may require a model defined after it.
-        let names: Vec<Option<String>> = items
-            .iter()
-            .map(|(_, n)| match &n.kind {
-                Kind::Map(e) => {
-                    e.iter().find(|(k, _)| k.text() == Some("name")).and_then(|(_, v)| v.text().map(str::to_string))
-                }
-                _ => None,
-            })
-            .collect();
+        let names: Vec<Option<String>> =
+            items.iter().map(|(_, n)| entry(n, "name").and_then(|v| v.text().map(str::to_string))).collect();
         let mut models = Vec::new();
         for (mi, (path, node)) in items.iter().enumerate() {
             if let Some(name) = &names[mi] {
@@ -354,19 +370,19 @@ impl Checker {
                 format!("model `{}` has no rules and no fit rules", name.as_deref().unwrap_or("?")),
             );
         }
+        // Ids as written, so a repeat is found even in a rule with other
+        // mistakes.
         let mut ids: Vec<&str> = Vec::new();
-        let all_ids =
-            rules.iter().enumerate().map(|(i, r)| (format!("rules[{i}].id"), r.as_ref().map(|r| r.id.as_str()))).chain(
-                fit.iter().enumerate().map(|(i, r)| (format!("fit[{i}].id"), r.as_ref().map(|r| r.id.as_str()))),
-            );
-        for (field, id) in all_ids {
-            let Some(id) = id else { continue };
-            if ids.contains(&id) {
-                let at = f.at(&field);
-                let pos = self.positions.get(&at).copied().unwrap_or(f.pos);
-                self.error(pos, &at, "duplicate", format!("rule id `{id}` is used twice in the model"));
+        for list in ["rules", "fit"] {
+            let Some(Kind::Seq(items)) = f.get(list).map(|n| &n.kind) else { continue };
+            for (i, id) in items.iter().enumerate().filter_map(|(i, item)| Some((i, entry(item, "id")?))) {
+                let Some(text) = id.text() else { continue };
+                if ids.contains(&text) {
+                    let at = f.at(&format!("{list}[{i}].id"));
+                    self.error(id.pos, &at, "duplicate", format!("rule id `{text}` is used twice in the model"));
+                }
+                ids.push(text);
             }
-            ids.push(id);
         }
         let tiers = match f.get("tiers") {
             None => Some(Vec::new()),
@@ -502,10 +518,7 @@ impl Checker {
                 }),
                 _ => self.number(v, &at).map(|x| (x, x)),
             };
-            let key_pos = match &node.kind {
-                Kind::Map(e) => e.iter().find(|(k, _)| k.text() == Some(other)).map_or(v.pos, |(k, _)| k.pos),
-                _ => v.pos,
-            };
+            let key_pos = key_of(node, other).map_or(v.pos, |k| k.pos);
             let idx = names.iter().position(|n| n.as_deref() == Some(other));
             match idx {
                 None => {
@@ -644,12 +657,7 @@ impl Checker {
             if let Some(Some(k)) = kind {
                 if !k.has_field(field) {
                     let all = k.field_names();
-                    let key_pos = match &node.kind {
-                        Kind::Map(e) => {
-                            e.iter().find(|(key, _)| key.text() == Some(field)).map_or(v.pos, |(key, _)| key.pos)
-                        }
-                        _ => v.pos,
-                    };
+                    let key_pos = key_of(node, field).map_or(v.pos, |k| k.pos);
                     self.error_near(
                         key_pos,
                         &at,
@@ -766,6 +774,21 @@ impl Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn codes(text: &str) -> Vec<(usize, &'static str)> {
+        walk(text).problems.iter().map(|p| (p.line, p.code)).collect()
+    }
+
+    #[test]
+    fn a_misspelt_field_is_one_mistake_and_repeats_show_in_broken_rules() {
+        let rule = |a: &str, b: &str| {
+            format!("models:\n  - name: m\n    half_life: 7d\n    rules:\n      - {{ id: a, when: {{ kind: page_view }}, {a} }}\n      - {{ id: {b}, when: {{ kind: page_view }}, points: 1 }}\n")
+        };
+        assert_eq!(codes(&rule("pionts: 10", "b")), [(5, "unknown_field")], "not also `points` missing");
+        assert_eq!(codes(&rule("weight: 10", "b")), [(5, "missing_field"), (5, "unknown_field")]);
+        assert_eq!(codes(&rule("pionts: 10", "a")), [(5, "unknown_field"), (6, "duplicate")]);
+        assert_eq!(codes(&rule("points: 10", "b")), []);
+    }
 
     #[test]
     fn suggestions_catch_slips_not_other_words() {
