@@ -462,6 +462,12 @@ impl Config {
                 ),
             ));
         }
+        if self.rules.editable && self.http.token.is_none() && self.http.token_file.is_none() {
+            return Err(invalid(
+                "rules.editable",
+                "needs `http.token` (or `http.token_file`): only a caller with the token may replace the rules".into(),
+            ));
+        }
         if self.pipeline.batch_max_events == 0 {
             return Err(invalid("pipeline.batch_max_events", "must be at least 1".into()));
         }
@@ -590,6 +596,14 @@ batch_wait = "5ms"
         assert_eq!(c.pipeline.batch_wait, Duration::from_millis(5));
         assert_eq!(c.redis.url, "redis://r:7000");
         assert_eq!(c.producer_config().get("security.protocol"), Some("SASL_SSL"));
+    }
+
+    #[test]
+    fn editable_rules_need_a_token() {
+        let e = Config::from_parts("[rules]\neditable = true", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("rules.editable") && e.to_string().contains("http.token"), "{e}");
+        let c = Config::from_parts("[rules]\neditable = true\n[http]\ntoken = \"t\"", env(&[])).unwrap();
+        assert!(c.rules.editable);
     }
 
     #[test]
