@@ -10,7 +10,8 @@
 //!
 //! - [`proto`]: the generated `hotlead.v1` event and alert types.
 //! - [`config`]: the configuration file, environment overrides, validation.
-//! - [`rules`]: the rules language: models, conditions, caps, fit, tiers.
+//! - [`rules`]: the rules language: models, conditions, caps, fit, tiers;
+//!   every mistake at its line, lint, models in words.
 //! - [`reload`]: the rules in force, reloaded on change or SIGHUP.
 //! - [`decode`]: raw payload -> validated event, or a dead-letter reason.
 //! - [`score`]: pure decay math, tiers with hysteresis, crossings.
