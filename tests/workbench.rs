@@ -3,7 +3,8 @@
 //! Redis: the page shows the models in force with their hit counts; typing a
 //! mistake shows it inline at its line, fixing it clears it; a preview over
 //! the events the test produced shows the same tier migration matrix as
-//! scoring them with `hotlead rules test`'s replay.
+//! scoring them with `hotlead rules test`'s replay; the candidate downloads
+//! as a file.
 //!
 //! The routes behind the page, on the router: every mistake with its line
 //! and column, the token, and saving only with `rules.editable`.
@@ -262,6 +263,20 @@ async fn the_workbench_checks_as_you_type_and_previews_on_real_events() {
         .eval("[...document.querySelectorAll('table.hits tr[data-rule]')].map(tr => [...tr.children].map(td => td.textContent))")
         .await;
     assert_eq!(hits, json!([["demo-request", "3", "3"], ["pricing-page", "11", "11"]]));
+
+    // Download saves the candidate as a file.
+    let downloads = tempfile::tempdir().unwrap();
+    let session = std::mem::take(&mut page.session);
+    let allow = json!({ "behavior": "allow", "downloadPath": downloads.path().display().to_string() });
+    page.call("Browser.setDownloadBehavior", allow).await;
+    page.session = session;
+    page.eval("document.getElementById('download').click()").await;
+    let saved = downloads.path().join("rules.yaml");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&saved).ok().as_deref() != Some(candidate.as_str()) {
+        assert!(Instant::now() < deadline, "no download of the candidate in {}", downloads.path().display());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     if let Ok(file) = std::env::var("HOTLEAD_WORKBENCH_SCREENSHOT") {
         // For the docs: a lint warning shown inline beside the preview.
