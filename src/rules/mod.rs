@@ -905,6 +905,22 @@ models:
     }
 
     #[test]
+    fn hits_count_matches_and_survive_a_reload_that_keeps_the_rule() {
+        let old = parse(GOOD).unwrap();
+        let m = &old.models[0];
+        assert_eq!(m.matches(&page("/pricing")).count(), 1);
+        assert_eq!(m.matches(&page("/blog")).count(), 0);
+        assert_eq!((m.rules[0].hits.get(), m.rules[1].hits.get()), (1, 0));
+        let next = old.succeed(parse(&GOOD.replace("points: 30", "points: 31")).unwrap());
+        assert_eq!(next.models[0].rules[0].hits.get(), 1, "an unchanged rule keeps counting");
+        next.models[0].matches(&page("/pricing")).for_each(drop);
+        assert_eq!(old.models[0].rules[0].hits.get(), 2, "one count, shared");
+        let changed = old.succeed(parse(&GOOD.replace("points: 10\n", "points: 11\n")).unwrap());
+        assert_eq!(changed.models[0].rules[0].hits.get(), 0, "a changed rule counts afresh");
+        assert_eq!(old.detached().models[0].rules[0].hits.get(), 0);
+    }
+
+    #[test]
     fn windows_follow_the_calendar() {
         let ms = |s: &str| {
             humantime::parse_rfc3339(s).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
