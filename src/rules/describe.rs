@@ -14,6 +14,10 @@ pub struct ModelText {
     pub version: u32,
     /// One line: what decays how fast.
     pub summary: String,
+    /// The highest score any sequence of events can reach within the caps
+    /// ([`super::lint::ceiling`]); `None` when a rule without a cap makes it
+    /// unbounded.
+    pub ceiling: Option<f64>,
     /// Each tier, lowest first, base tier included.
     pub tiers: Vec<String>,
     /// Behaviour rules.
@@ -53,6 +57,7 @@ fn model(m: &Model) -> ModelText {
         name: m.name.clone(),
         version: m.version,
         summary,
+        ceiling: super::lint::ceiling(m),
         tiers,
         rules: m
             .rules
@@ -197,6 +202,10 @@ models:
         .unwrap();
         let d = describe(&rs);
         assert_eq!(d[0].summary, "Behaviour points that halve every 14d.");
+        // 3 pricing views a day at 10 with a 14-day half-life peak at 651.06,
+        // plus the newsletter once.
+        assert!((d[0].ceiling.unwrap() - 663.06).abs() < 0.01, "{:?}", d[0].ceiling);
+        assert_eq!(d[1].ceiling, Some(20.0));
         assert_eq!(d[0].rules[0].text, "page view where url starts with `/pricing`: +10, at most 3 a day");
         assert_eq!(d[0].rules[1].text, "email engagement where action is `unsubscribe`: -15");
         assert_eq!(
