@@ -94,6 +94,8 @@ demo: hotlead is scoring $RATE events/s from $CONTACTS simulated contacts (seed 
 demo: hot-leads board: http://127.0.0.1:$HTTP_PORT/board   metrics: http://127.0.0.1:$HTTP_PORT/metrics
 demo: hotlead notify delivers hot and sales-ready leads (examples/notify/routes.yaml) to a receiver
 demo: on 127.0.0.1:$RECEIVER_PORT; its lines start with ↳. Notifier metrics: http://127.0.0.1:$NOTIFY_PORT/metrics
+demo: rules workbench: http://127.0.0.1:$HTTP_PORT/board/rules (models in words, check and preview a change)
+demo: examples/models.yaml alerts sales on hot and sales-ready only; warm and fit move tiers silently
 demo: logs: $RUN/*.log   Ctrl-C stops everything.
 demo: alerts as they happen (tier entered, score, and the rules that drove it):
 

@@ -10,7 +10,9 @@
 //! - `GET /v1/models/{model}/leaderboard?limit=&min_score=&at=`: the top
 //!   contacts by current score, merged across partitions;
 //! - `GET /v1/models`: the models in force;
-//! - `GET /v1/alerts/recent?limit=`: the latest alerts, newest first.
+//! - `GET /v1/alerts/recent?limit=`: the latest alerts, newest first;
+//! - the rules workbench at `/board/rules` and its routes under `/v1/rules`
+//!   ([`crate::workbench`]).
 //!
 //! With `http.token` set, `/v1` requires `Authorization: Bearer <token>`.
 
@@ -48,6 +50,10 @@ pub struct ApiContext {
     kafka: Arc<rdkafka::consumer::BaseConsumer<crate::kafka::QuietContext>>,
     /// Bearer token required by `/v1`, if any.
     pub token: Option<String>,
+    /// The Kafka client configuration, for the workbench's own consumer.
+    pub kafka_config: rdkafka::ClientConfig,
+    /// Whether the workbench may save the rules file (`rules.editable`).
+    pub rules_editable: bool,
     partitions: Arc<Mutex<Option<i32>>>,
 }
 
@@ -68,6 +74,8 @@ impl ApiContext {
             topic,
             kafka: Arc::new(kafka.create_with_context(crate::kafka::QuietContext)?),
             token: None,
+            kafka_config: kafka.clone(),
+            rules_editable: false,
             partitions: Arc::new(Mutex::new(None)),
         })
     }
@@ -99,14 +107,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, message: message.into() }
     }
     fn not_found(message: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, message: message.into() }
     }
-    fn unavailable(message: impl Into<String>) -> Self {
+    pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into() }
+    }
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::FORBIDDEN, message: message.into() }
     }
 }
 
@@ -134,10 +145,12 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/contacts/{contact_id}", get(contact))
         .route("/v1/alerts/recent", get(recent_alerts))
         .route("/board", get(board))
+        .merge(crate::workbench::routes())
         .with_state(ctx)
 }
 
 async fn render_metrics(State(s): State<ApiContext>) -> String {
+    crate::telemetry::rule_hits(&s.rules.current());
     s.metrics.as_ref().map(PrometheusHandle::render).unwrap_or_default()
 }
 
@@ -169,7 +182,7 @@ async fn status(State(s): State<ApiContext>, headers: HeaderMap) -> Result<Json<
     })))
 }
 
-fn authorize(s: &ApiContext, headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn authorize(s: &ApiContext, headers: &HeaderMap) -> Result<(), ApiError> {
     let Some(token) = &s.token else { return Ok(()) };
     let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     if given == Some(token.as_str()) {

@@ -66,6 +66,9 @@ pub struct TopArgs {
     /// Only contacts scoring at least this now.
     #[arg(long)]
     pub min_score: Option<f64>,
+    /// Rules file; overrides `rules.path` of the configuration.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
 }
 
 /// `hotlead score`.
@@ -76,6 +79,9 @@ pub struct ScoreArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Rules file; overrides `rules.path` of the configuration.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
 }
 
 /// `hotlead run`.
@@ -94,10 +100,14 @@ pub struct RunArgs {
 /// `hotlead rules ...`.
 #[derive(Debug, Subcommand)]
 pub enum RulesCommand {
-    /// Validate a rules file and summarise its models.
+    /// Validate a rules file: every mistake with its line and column, then
+    /// lint warnings, then a summary of its models.
     Check {
         /// The rules file.
         file: PathBuf,
+        /// Refuse the file when lint warns too.
+        #[arg(long)]
+        strict: bool,
     },
     /// Score events from a JSON lines file offline and print each contact's
     /// scores, tiers, breakdown and crossings.
@@ -176,7 +186,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     crate::telemetry::init_logging(cli.log_json);
     let load_config = || Config::load(cli.config.as_deref()).context("invalid configuration");
     match cli.command {
-        Command::Rules { command: RulesCommand::Check { file } } => Ok(rules_check(&file)),
+        Command::Rules { command: RulesCommand::Check { file, strict } } => Ok(rules_check(&file, strict)),
         Command::Rules { command: RulesCommand::Test { file, events } } => Ok(rules_test(&file, &events)),
         Command::Run(args) => {
             let mut config = load_config()?;
@@ -204,10 +214,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Score(args) => {
             let config = load_config()?;
-            let rules = RuleSet::load(&config.rules.path)?;
+            let rules = load_rules(args.rules.as_deref().unwrap_or(&config.rules.path))?;
             let partitions = crate::kafka::partition_count(&config.client_config(), &config.topics.input)
                 .with_context(|| format!("cannot read the partitions of {}", config.topics.input))?;
-            let store = crate::store::Store::connect_with(&config.redis).await?;
+            let store = crate::store::Store::connect_with(&config.redis)
+                .await
+                .context("cannot connect to Redis (redis.url)")?;
             match store.find_contact(&config.topics.input, partitions, &args.contact_id).await? {
                 None => {
                     eprintln!("contact {} has no score", args.contact_id);
@@ -226,14 +238,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
         }
         Command::Top(args) => {
-            let config = load_config()?;
-            let rules = RuleSet::load(&config.rules.path)?;
+            let mut config = load_config()?;
+            if let Some(r) = args.rules {
+                config.rules.path = r;
+            }
+            let rules = load_rules(&config.rules.path)?;
             let Some(model) = rules.models.iter().find(|m| m.name == args.model) else {
                 anyhow::bail!("no model `{}` in {}", args.model, config.rules.path.display());
             };
             let partitions = crate::kafka::partition_count(&config.client_config(), &config.topics.input)
                 .with_context(|| format!("cannot read the partitions of {}", config.topics.input))?;
-            let store = crate::store::Store::connect_with(&config.redis).await?;
+            let store = crate::store::Store::connect_with(&config.redis)
+                .await
+                .context("cannot connect to Redis (redis.url)")?;
             let now = crate::decode::now_ms();
             let floor = args
                 .min_score
@@ -275,15 +292,63 @@ fn kafka_client(config: &Config, brokers: Option<&str>) -> rdkafka::ClientConfig
     c
 }
 
-fn rules_check(file: &std::path::Path) -> std::process::ExitCode {
-    match RuleSet::load(file) {
-        Ok(rs) => {
+/// Loads the rules file a command needs; a file that cannot be read is
+/// named, with how to point at another.
+fn load_rules(path: &std::path::Path) -> anyhow::Result<RuleSet> {
+    RuleSet::load(path).map_err(rules_hint)
+}
+
+/// A rules error, with where the file comes from when it cannot be read.
+pub fn rules_hint(e: crate::rules::RulesError) -> anyhow::Error {
+    match e {
+        crate::rules::RulesError::Io { .. } => anyhow::anyhow!(
+            "{e}\n  (the rules file comes from `rules.path` of the configuration, default examples/rules.yaml; point at another with `--rules FILE`, `rules.path` in the file given by `--config`, or HOTLEAD_RULES__PATH)"
+        ),
+        e => e.into(),
+    }
+}
+
+/// An error and its causes on one line, each cause said once: a cause whose
+/// text is already part of the message is not repeated.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+fn rules_check(file: &std::path::Path, strict: bool) -> std::process::ExitCode {
+    let text = match crate::rules::read(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    let checked = RuleSet::check(&text);
+    for p in checked.errors.iter().chain(&checked.warnings) {
+        eprintln!("{}:{p}", file.display());
+    }
+    let refused = !checked.errors.is_empty() || (strict && !checked.warnings.is_empty());
+    match checked.rules {
+        Some(rs) if !refused => {
             for m in &rs.models {
                 let mut tiers = vec![m.base_tier.clone()];
                 for t in &m.tiers {
                     let mut s = format!("{} ≥{} (exit <{})", t.name, t.enter, t.exit);
                     for r in &t.requires {
                         s.push_str(&format!(" and {} ≥{}", r.model_name, r.enter));
+                    }
+                    if !t.alert {
+                        s.push_str(" no alert");
                     }
                     tiers.push(s);
                 }
@@ -294,28 +359,25 @@ fn rules_check(file: &std::path::Path) -> std::process::ExitCode {
                     m.version,
                     m.rules.len(),
                     m.fit.len(),
-                    human_duration(m.half_life_secs),
+                    crate::rules::describe::duration(m.half_life_secs),
                     tiers.join(" | ")
                 );
             }
-            println!("{}: ok", file.display());
+            match checked.warnings.len() {
+                0 => println!("{}: ok", file.display()),
+                n => println!("{}: ok, {n} warning{}", file.display(), if n == 1 { "" } else { "s" }),
+            }
             std::process::ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
+        _ => {
+            let (e, w) = (checked.errors.len(), checked.warnings.len());
+            if e > 0 {
+                eprintln!("{}: refused: {e} error{}", file.display(), if e == 1 { "" } else { "s" });
+            } else {
+                eprintln!("{}: refused under --strict: {w} warning{}", file.display(), if w == 1 { "" } else { "s" });
+            }
             std::process::ExitCode::from(1)
         }
-    }
-}
-
-/// `14d`, `36h`, `90m` or `45s`: the largest whole unit.
-fn human_duration(secs: f64) -> String {
-    let s = secs.round() as u64;
-    match s {
-        _ if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        _ if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        _ if s % 60 == 0 => format!("{}m", s / 60),
-        _ => format!("{s}s"),
     }
 }
 

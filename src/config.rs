@@ -206,11 +206,15 @@ pub struct RulesConfig {
     /// only on SIGHUP.
     #[serde(deserialize_with = "duration")]
     pub reload_interval: Duration,
+    /// Whether the rules workbench (`/board/rules`) may save a checked
+    /// candidate over the rules file; needs `http.token`. Off by default:
+    /// the file (or ConfigMap) is the source of truth.
+    pub editable: bool,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
-        Self { path: "examples/rules.yaml".into(), reload_interval: Duration::from_secs(2) }
+        Self { path: "examples/rules.yaml".into(), reload_interval: Duration::from_secs(2), editable: false }
     }
 }
 
@@ -479,6 +483,12 @@ impl Config {
                 ),
             ));
         }
+        if self.rules.editable && self.http.token.is_none() && self.http.token_file.is_none() {
+            return Err(invalid(
+                "rules.editable",
+                "needs `http.token` (or `http.token_file`): only a caller with the token may replace the rules".into(),
+            ));
+        }
         if self.pipeline.batch_max_events == 0 {
             return Err(invalid("pipeline.batch_max_events", "must be at least 1".into()));
         }
@@ -619,6 +629,14 @@ batch_wait = "5ms"
         assert_eq!(c.pipeline.batch_wait, Duration::from_millis(5));
         assert_eq!(c.redis.url, "redis://r:7000");
         assert_eq!(c.producer_config().get("security.protocol"), Some("SASL_SSL"));
+    }
+
+    #[test]
+    fn editable_rules_need_a_token() {
+        let e = Config::from_parts("[rules]\neditable = true", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("rules.editable") && e.to_string().contains("http.token"), "{e}");
+        let c = Config::from_parts("[rules]\neditable = true\n[http]\ntoken = \"t\"", env(&[])).unwrap();
+        assert!(c.rules.editable);
     }
 
     #[test]

@@ -145,3 +145,72 @@ pub async fn print_alerts(
         }
     }
 }
+
+/// One message read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+    /// Payload (empty when the message has none).
+    pub payload: Vec<u8>,
+}
+
+/// Reads up to the last `per_partition` messages of every partition of
+/// `topic`, with a consumer of its own: partitions are assigned by hand, no
+/// group is joined and no offset is committed, so the service's consumer
+/// group never notices. Messages come in partition, then offset order.
+pub fn read_tail(
+    config: &ClientConfig,
+    topic: &str,
+    per_partition: i64,
+    timeout: Duration,
+) -> Result<Vec<Tail>, KafkaError> {
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::{Offset, TopicPartitionList};
+    let mut c = config.clone();
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    c.set("group.id", format!("hotlead-workbench-{}-{nonce}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    let consumer: BaseConsumer<QuietContext> = c.create_with_context(QuietContext)?;
+    let partitions = partition_count_with(&consumer, topic, timeout)?;
+    let mut list = TopicPartitionList::new();
+    let mut ends = std::collections::HashMap::new();
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        let start = (high - per_partition.max(0)).max(low);
+        if start < high {
+            list.add_partition_offset(topic, p, Offset::Offset(start))?;
+            ends.insert(p, high);
+        }
+    }
+    let mut out = Vec::new();
+    if ends.is_empty() {
+        return Ok(out);
+    }
+    consumer.assign(&list)?;
+    let deadline = std::time::Instant::now() + timeout;
+    while !ends.is_empty() && std::time::Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = m?;
+        let Some(&end) = ends.get(&m.partition()) else { continue };
+        if m.offset() < end {
+            out.push(Tail {
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: m.payload().unwrap_or_default().to_vec(),
+            });
+        }
+        if m.offset() + 1 >= end {
+            ends.remove(&m.partition());
+        }
+    }
+    if !ends.is_empty() {
+        return Err(KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut));
+    }
+    out.sort_by_key(|t| (t.partition, t.offset));
+    Ok(out)
+}

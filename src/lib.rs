@@ -10,7 +10,8 @@
 //!
 //! - [`proto`]: the generated `hotlead.v1` event and alert types.
 //! - [`config`]: the configuration file, environment overrides, validation.
-//! - [`rules`]: the rules language: models, conditions, caps, fit, tiers.
+//! - [`rules`]: the rules language: models, conditions, caps, fit, tiers;
+//!   every mistake at its line, lint, models in words.
 //! - [`reload`]: the rules in force, reloaded on change or SIGHUP.
 //! - [`decode`]: raw payload -> validated event, or a dead-letter reason.
 //! - [`score`]: pure decay math, tiers with hysteresis, crossings.
@@ -24,6 +25,7 @@
 //!   [`run`].
 //! - [`query`]: a contact's scores and explanations, decayed to now.
 //! - [`api`]: the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
+//! - [`workbench`]: the rules workbench on the board: check, preview, save.
 //! - [`telemetry`]: metric names, logging, one function per notable event.
 //! - [`kafka`]: topic administration and the alert reader.
 //! - [`notify`]: `hotlead notify`: alerts delivered to webhooks, chat and email.
@@ -49,6 +51,7 @@ pub mod service;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;
+pub mod workbench;
 
 pub use service::run;
 

@@ -19,7 +19,7 @@ fn main() -> std::process::ExitCode {
     let code = match runtime.block_on(hotlead::cli::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", hotlead::cli::error_text(&e));
             std::process::ExitCode::from(2)
         }
     };

@@ -233,7 +233,7 @@ pub fn models_info(rules: &RuleSet) -> Vec<ModelInfo> {
                 .map(|t| {
                     json!({
                         "name": t.name, "enter": t.enter, "exit": t.exit,
-                        "cooldown_seconds": t.cooldown_ms.map(|c| c / 1000),
+                        "cooldown_seconds": t.cooldown_ms.map(|c| c / 1000), "alert": t.alert,
                         "requires": t.requires.iter().map(|r| json!({"model": r.model_name, "enter": r.enter, "exit": r.exit})).collect::<Vec<_>>(),
                     })
                 })
@@ -243,7 +243,7 @@ pub fn models_info(rules: &RuleSet) -> Vec<ModelInfo> {
                 .iter()
                 .map(|r| {
                     json!({
-                        "id": r.id, "kind": r.kind.as_str(), "points": r.points, "once": r.once,
+                        "id": r.id, "kind": r.kind.as_str(), "points": r.points, "once": r.once, "hits": r.hits.get(),
                         "fields": r.when.0.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
                         "cap": r.cap.map(|c| {
                             let per = format!("{:?}", c.per).to_lowercase();

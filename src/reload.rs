@@ -102,5 +102,5 @@ impl LiveRules {
 }
 
 fn read(path: &Path) -> Result<String, RulesError> {
-    std::fs::read_to_string(path).map_err(|source| RulesError::Io { path: path.display().to_string(), source })
+    crate::rules::read(path)
 }

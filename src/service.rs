@@ -34,7 +34,7 @@ pub struct Service {
 impl Service {
     /// Loads the rules the configuration names.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let rules = Arc::new(LiveRules::load(&config.rules.path)?);
+        let rules = Arc::new(LiveRules::load(&config.rules.path).map_err(crate::cli::rules_hint)?);
         Ok(Self { config, rules, status: Arc::default(), clock: Arc::new(crate::decode::now_ms) })
     }
 
@@ -79,6 +79,7 @@ impl Service {
             )?;
             ctx.metrics = crate::telemetry::metrics_handle();
             ctx.token = config.http.token.clone();
+            ctx.rules_editable = config.rules.editable;
             tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), "Serving /metrics, /healthz, /readyz, /v1 and the board.");
             let s = stopped();
             listener = Some(tokio::spawn(async move {

@@ -97,6 +97,9 @@ pub const NOTIFY_DELIVERY_SECONDS: &str = "hotlead_notify_delivery_seconds";
 pub const NOTIFY_OPEN_ALERTS: &str = "hotlead_notify_open_alerts";
 /// Routes file reloads, by `result` (`ok`, `refused`).
 pub const NOTIFY_ROUTES_RELOADS_TOTAL: &str = "hotlead_notify_routes_reloads_total";
+/// Events each behaviour rule matched since it came into force, by `model`
+/// and `rule`.
+pub const RULE_HITS_TOTAL: &str = "hotlead_rule_hits_total";
 
 /// Describes every metric so `/metrics` shows help text from the start.
 pub fn describe() {
@@ -142,6 +145,7 @@ pub fn describe() {
         RELAY_REFUSED_TOTAL,
         "Outbox messages the broker refused for good and that were dropped."
     );
+    metrics::describe_counter!(RULE_HITS_TOTAL, "Events each behaviour rule matched, by model and rule.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for reason in crate::decode::DecodeError::REASONS {
         counter!(DEAD_LETTERS_TOTAL, "reason" => reason).absolute(0);
@@ -437,6 +441,16 @@ pub fn fatal(operation: &'static str, error: &dyn std::fmt::Display) {
 pub fn rules_in_force(rules: &crate::rules::RuleSet) {
     for m in &rules.models {
         gauge!(RULES_VERSION, "model" => m.name.clone()).set(f64::from(m.version));
+    }
+}
+
+/// Publishes each behaviour rule's hit count (kept by the rules in force)
+/// as [`RULE_HITS_TOTAL`]; called when metrics are read.
+pub fn rule_hits(rules: &crate::rules::RuleSet) {
+    for m in &rules.models {
+        for r in &m.rules {
+            counter!(RULE_HITS_TOTAL, "model" => m.name.clone(), "rule" => r.id.clone()).absolute(r.hits.get());
+        }
     }
 }
 

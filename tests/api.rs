@@ -188,6 +188,15 @@ async fn read_api_answers_with_the_formula_and_a_brute_force_ranking() {
     let names: Vec<&str> = body["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["engagement", "fit"]);
     assert_eq!(body["models"][0]["rules"][0]["id"], "pricing");
+    // Each rule's hits: the events it matched in the service.
+    let matched = |prefix: &str| {
+        events
+            .iter()
+            .filter(|e| matches!(&e.interaction, Some(Interaction::PageView(p)) if p.url.starts_with(prefix)))
+            .count()
+    };
+    assert_eq!(body["models"][0]["rules"][0]["hits"], matched("/pricing"));
+    assert_eq!(body["models"][0]["rules"][1]["hits"], matched("/blog"));
 
     running.finish().await;
 }

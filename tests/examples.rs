@@ -1,8 +1,15 @@
 //! Every rules file the project ships passes `hotlead rules check`: the
 //! examples, the benchmark's, the Kubernetes rules ConfigMap's, and the YAML
-//! in the docs; the shipped configuration files load.
+//! in the docs; the shipped configuration files load. The demo's alert
+//! stream carries only the crossings its models mark as alerts.
+
+mod support;
 
 use std::path::Path;
+use std::time::Duration;
+
+use prost::Message as _;
+use support::{last_offsets, spawn_pipeline, Stack};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -17,8 +24,58 @@ fn check(text: &str, origin: &str) {
 #[test]
 fn example_rules_files_pass_the_check() {
     for f in ["examples/models.yaml", "examples/rules.yaml", "bench/rules.yaml", "deploy/kubernetes/rules.yaml"] {
-        check(&std::fs::read_to_string(root().join(f)).unwrap(), f);
+        let text = std::fs::read_to_string(root().join(f)).unwrap();
+        check(&text, f);
+        let warnings = hotlead::rules::RuleSet::check(&text).warnings;
+        assert!(warnings.is_empty(), "{f} passes `rules check --strict`: {warnings:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_alerts_sales_only_on_the_crossings_its_models_mark() {
+    let stack = Stack::start();
+    let topics = stack.topics(2).await;
+    let path = root().join("examples/models.yaml");
+    let rules = hotlead::rules::RuleSet::load(&path).unwrap();
+    // The demo's stream: `hotlead simulate` with its defaults, seed 42.
+    let mut sim = hotlead::simulate::Simulator::new(&hotlead::simulate::SimConfig {
+        contacts: 150,
+        seed: 42,
+        ..Default::default()
+    });
+    let start = hotlead::decode::now_ms() - 2 * 86_400_000;
+    let events: Vec<_> = (0..3000).map(|i| sim.next_event(start + i * 50_000)).collect();
+    let delivered = stack.produce_events(&topics.input, &events).await;
+    let running = spawn_pipeline(stack.config(&topics, &path), &path);
+    stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(120)).await;
+    running.finish().await;
+
+    let alerts: Vec<hotlead::proto::ScoreAlert> = stack
+        .read_all(&topics.alerts, usize::MAX, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(|r| hotlead::proto::ScoreAlert::decode(r.payload.as_slice()).unwrap())
+        .collect();
+    assert!(alerts.len() >= 5, "the demo raises alerts: {}", alerts.len());
+    for a in &alerts {
+        let m = rules.models.iter().find(|m| m.name == a.model).unwrap();
+        let (from, to) = (m.tier_index(&a.previous_tier), m.tier_index(&a.tier));
+        assert!(m.alerts_on(from, to), "{} {} -> {} is not marked as an alert", a.model, a.previous_tier, a.tier);
+        let heated = a.direction == hotlead::proto::score_alert::Direction::Heated as i32;
+        assert!(!heated || ["hot", "sales-ready"].contains(&a.tier.as_str()), "{a:?}");
+    }
+    // Fit and warm crossings still happened: they move tiers, not sales.
+    let report = hotlead::replay::replay(&rules, &events);
+    let in_tier = |model: &str, tier: &str| {
+        report.contacts.values().flatten().filter(|v| v.model == model && v.tier == tier).count()
+    };
+    assert!(in_tier("fit", "good-fit") > 0 && in_tier("engagement", "warm") > 0, "nothing was suppressed");
+    assert!(alerts.iter().all(|a| a.model == "engagement"), "no fit alert reaches sales");
+    // (Cooling by the clock is the service's alone: compare what events raised.)
+    let heated = |all: &[hotlead::proto::ScoreAlert]| {
+        all.iter().filter(|a| a.direction == hotlead::proto::score_alert::Direction::Heated as i32).count()
+    };
+    assert_eq!(heated(&alerts), heated(&report.alerts), "the service alerts as `rules test` does");
 }
 
 #[test]

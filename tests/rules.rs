@@ -1,6 +1,8 @@
 //! Scoring models on the real stack: caps, fit, several models, cross-model
-//! tiers, hysteresis, live reloads, and `rules test` agreeing with the
-//! service.
+//! tiers, hysteresis, tiers that raise no alert, live reloads, and `rules
+//! test` agreeing with the service. `rules check` reports every mistake at
+//! its line; commands that need the rules file say which and how to point at
+//! another; an error's causes are said once.
 
 mod support;
 
@@ -439,6 +441,8 @@ async fn sighup_reloads_the_rules_of_a_running_process() {
     let mean = value("hotlead_event_to_alert_seconds_sum") / 2.0;
     assert!((86_400.0..3.0 * 86_400.0).contains(&mean), "mean event-to-alert {mean}s");
     assert_eq!(line("hotlead_build_info{version="), 1.0);
+    // The changed rule counts its hits since it came into force.
+    assert_eq!(line("hotlead_rule_hits_total{model=\"engagement\",rule=\"click\"}"), 3.0);
     // Two contacts, each read from Redis once it is new to the cache (the
     // reload dropped the cache), the rest from memory.
     let (hits, misses) = (
@@ -449,4 +453,150 @@ async fn sighup_reloads_the_rules_of_a_running_process() {
     assert!(line("hotlead_state_cache_contacts") >= 1.0);
     let term = std::process::Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(term.success() && child.0.wait().unwrap().success());
+}
+
+/// A file with five different mistakes, and where each is.
+const FIVE_MISTAKES: &str = r#"models:
+  - name: engagement
+    half_life: two weeks
+    tiers:
+      - { name: hot, enter: 60, exit: 45 }
+      - { name: warm, enter: 30, exit: 20 }
+    rules:
+      - id: pricing
+        when: { kind: page_veiw, url: { prefix: /pricing } }
+        points: ten
+      - id: pricing-title
+        when: { kind: page_view, title: { regex: "(pricing" } }
+        points: 5
+"#;
+
+#[test]
+fn rules_check_reports_every_mistake_at_its_line() {
+    let checked = RuleSet::check(FIVE_MISTAKES);
+    assert!(checked.rules.is_none());
+    let found: Vec<(usize, usize, &str, &str)> =
+        checked.errors.iter().map(|p| (p.line, p.column, p.field.as_str(), p.code)).collect();
+    assert_eq!(
+        found,
+        [
+            (3, 16, "models[0].half_life", "invalid_duration"),
+            (6, 30, "models[0].tiers[1].enter", "tier_order"),
+            (9, 23, "models[0].rules[0].when.kind", "unknown_kind"),
+            (10, 17, "models[0].rules[0].points", "not_a_number"),
+            (12, 50, "models[0].rules[1].when.title.regex", "invalid_regex"),
+        ]
+    );
+    assert_eq!(checked.errors[2].suggestion.as_deref(), Some("page_view"));
+    assert!(checked.errors[4].message.contains("unclosed group"), "{}", checked.errors[4].message);
+
+    // The command prints each, prefixed with file:line:column, and refuses.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(&file, FIVE_MISTAKES).unwrap();
+    let out =
+        std::process::Command::new(env!("CARGO_BIN_EXE_hotlead")).args(["rules", "check"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let f = file.display();
+    for expected in [
+        format!("{f}:3:16: models[0].half_life: `two weeks` is not a duration"),
+        format!("{f}:6:30: models[0].tiers[1].enter: tiers are listed lowest first"),
+        format!("{f}:9:23: models[0].rules[0].when.kind: `page_veiw` is not a kind of interaction"),
+        format!("{f}:10:17: models[0].rules[0].points: `ten` is not a number"),
+        format!("{f}:12:50: models[0].rules[1].when.title.regex: invalid regex `(pricing`: unclosed group"),
+    ] {
+        assert_eq!(stderr.lines().filter(|l| l.starts_with(&expected)).count(), 1, "{expected}\n{stderr}");
+    }
+    assert!(stderr.contains("(did you mean `page_view`?)"), "{stderr}");
+    assert!(stderr.contains("refused: 5 errors"), "{stderr}");
+
+    // Lint warns; --strict refuses what it warns of.
+    let fixed = "models:\n  - name: m\n    half_life: 7d\n    tiers:\n      - { name: warm, enter: 30, exit: 20 }\n      - { name: hot, enter: 60, exit: 25 }\n    rules:\n      - { id: p, when: { kind: page_view }, points: 10 }\n";
+    std::fs::write(&file, fixed).unwrap();
+    let run = |strict: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_hotlead"));
+        c.args(["rules", "check"]).arg(&file);
+        if strict {
+            c.arg("--strict");
+        }
+        c.output().unwrap()
+    };
+    let loose = run(false);
+    assert!(loose.status.success());
+    let warned = String::from_utf8(loose.stderr).unwrap();
+    assert!(
+        warned.starts_with(&format!("{f}:6:39: warning: models[0].tiers[1].exit: tier `hot` is left below 25")),
+        "{warned}"
+    );
+    assert!(String::from_utf8(loose.stdout).unwrap().contains("ok, 1 warning"));
+    let strict = run(true);
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(String::from_utf8(strict.stderr).unwrap().contains("refused under --strict: 1 warning"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_name_the_rules_file_and_say_each_cause_once() {
+    // Outside the repository, the default rules file is not there.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hotlead"))
+        .args(["score", "c-1"])
+        .current_dir(elsewhere.path())
+        .env_remove("HOTLEAD_CONFIG")
+        .env_remove("HOTLEAD_RULES__PATH")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("cannot read rules file examples/rules.yaml"), "{stderr}");
+    assert_eq!(stderr.matches("No such file or directory").count(), 1, "{stderr}");
+    assert!(stderr.contains("--rules FILE") && stderr.contains("rules.path"), "{stderr}");
+
+    // A Redis that is not there is said to be refused once.
+    let stack = Stack::start();
+    let topics = stack.topics(1).await;
+    let (_dir, path) = rules_file(RULES);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hotlead"))
+        .args(["score", "c-1"])
+        .envs(stack.env(&topics, &path))
+        .env("HOTLEAD_REDIS__URL", format!("redis://127.0.0.1:{}", support::free_port()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("error: cannot connect to Redis (redis.url): "), "{stderr}");
+    assert_eq!(stderr.matches("refused").count(), 1, "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tier_marked_no_alert_moves_without_alerting() {
+    let yaml = r#"
+models:
+  - name: engagement
+    half_life: 7d
+    tiers:
+      - { name: warm, enter: 30, exit: 20, alert: false }
+      - { name: hot, enter: 60, exit: 45 }
+    rules:
+      - { id: demo, when: { kind: form_submission, form_id: demo-request }, points: 40 }
+"#;
+    let stack = Stack::start();
+    let topics = stack.topics(2).await;
+    let (_dir, path) = rules_file(yaml);
+    let rules = RuleSet::parse(yaml, "rules").unwrap();
+    let t0 = t0();
+    // warmed: 40 (warm, no alert); heated: 40 then 80 (warm, then hot: one alert).
+    let events =
+        vec![ev("w1", "warmed", t0, demo()), ev("h1", "heated", t0, demo()), ev("h2", "heated", t0 + MIN, demo())];
+    let delivered = stack.produce_events(&topics.input, &events).await;
+    let running = spawn_pipeline(stack.config(&topics, &path), &path);
+    stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(60)).await;
+    running.finish().await;
+    let all = alerts(&stack, &topics, 1).await;
+    let seen: Vec<(&str, &str, &str, &str)> =
+        all.iter().map(|a| (a.contact_id.as_str(), a.previous_tier.as_str(), a.tier.as_str(), dir(a))).collect();
+    assert_eq!(seen, [("heated", "warm", "hot", "heated")]);
+    let m = &rules.models[0];
+    assert_eq!(m.tier_name(stored(&stack, &topics, &rules, "warmed").models[0].as_ref().unwrap().tier), "warm");
+    assert_eq!(m.tier_name(stored(&stack, &topics, &rules, "heated").models[0].as_ref().unwrap().tier), "hot");
 }

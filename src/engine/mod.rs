@@ -7,7 +7,8 @@
 //!   oracle and the benchmark's verification all score through
 //!   [`score_batch`] (or [`score_partition`], its whole-partition form).
 //! - Messages are taken in offset order. A contact's alerts come out in the
-//!   order they were raised; dead letters in offset order.
+//!   order they were raised; dead letters in offset order. A crossing whose
+//!   model marks it `alert: false` moves the tier and raises no alert.
 //! - Every message is accounted for exactly once in [`Counts`]: scored,
 //!   deduplicated or dead-lettered.
 //!
@@ -188,6 +189,10 @@ pub fn score_batch(
         }
         for c in score::apply_event(rules, &mut contact.state, ev, valid.at_ms) {
             let model = &rules.models[c.model];
+            // The tier moves either way; only crossings the model marks raise an alert.
+            if !model.alerts_on(c.from, c.to) {
+                continue;
+            }
             let account = contact.account.as_deref();
             out.alerts.push(build_alert(source, m.offset, &ev.event_id, &ev.contact_id, account, model, &c));
         }
@@ -212,7 +217,7 @@ pub fn sweep(rules: &RuleSet, source: Source<'_>, due: Vec<(String, Contact)>, n
     for (id, mut contact) in due {
         for (i, model) in rules.models.iter().enumerate() {
             let Some(st) = contact.state.models.get_mut(i).and_then(Option::as_mut) else { continue };
-            if let Some(c) = score::cool_by_sweep(i, model, st, now_ms) {
+            if let Some(c) = score::cool_by_sweep(i, model, st, now_ms).filter(|c| model.alerts_on(c.from, c.to)) {
                 out.alerts.push(build_alert(source, -1, "", &id, contact.account.as_deref(), model, &c));
             }
         }

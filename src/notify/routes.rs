@@ -534,7 +534,7 @@ fn read(path: &Path) -> Result<String, RoutesError> {
 }
 
 fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, origin: &str) -> Result<T, RoutesError> {
-    serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text)).map_err(|e| RoutesError::Invalid {
+    serde_path_to_error::deserialize(serde_yaml_ng::Deserializer::from_str(text)).map_err(|e| RoutesError::Invalid {
         file: origin.to_string(),
         at: e.path().to_string(),
         problem: e.into_inner().to_string(),
@@ -663,7 +663,7 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    use serde_yaml::Value;
+    use serde_yaml_ng::Value;
     let name = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),

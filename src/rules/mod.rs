@@ -20,15 +20,29 @@
 //!         points: 20
 //! ```
 //!
-//! Loading validates everything a running scorer relies on. Errors name the
-//! file, the field path (`models[0].rules[2].when.url`) and, where the parser
-//! knows it, the line and column.
+//! Loading validates everything a running scorer relies on and reports every
+//! mistake at once, each with the line and column of the value (or key) at
+//! fault, its field path (`models[0].rules[2].when.url`), a stable reason
+//! code and, for a near miss, the name probably meant.
+//!
+//! # Layout
+//!
+//! - [`yaml`]: the YAML text as a tree whose every node knows its position;
+//! - `parse`: the walk over that tree that checks each field and builds the
+//!   [`RuleSet`];
+//! - [`lint`]: warnings about files that load but probably do not do what
+//!   was meant (an unreachable tier, a rule counted twice ...);
+//! - [`describe`]: models as sentences, for people who do not read YAML.
+
+pub mod describe;
+pub mod lint;
+mod parse;
+pub mod yaml;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
-
-use serde::{Deserialize, Deserializer};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::proto::interaction_event::Interaction;
 use crate::proto::InteractionEvent;
@@ -38,30 +52,42 @@ use crate::score::Millis;
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
     /// The file could not be read.
-    #[error("cannot read rules file {path}: {source}")]
+    #[error("cannot read rules file {path}: {reason}")]
     Io {
         /// The file.
         path: String,
-        /// The cause.
-        source: std::io::Error,
+        /// The cause (shown in the message, so not chained again).
+        reason: std::io::Error,
     },
-    /// The file is not valid: the message names the field and, where known,
-    /// the line.
-    #[error("{path}: {field}: {message}")]
+    /// The file is not valid: every mistake, each with its line, column
+    /// and field.
+    #[error("{}", render_problems(path, problems))]
     Invalid {
         /// The file.
         path: String,
-        /// The field path, e.g. `models[0].rules[2].when.url`.
-        field: String,
-        /// What is wrong and how to fix it, with the line where known.
-        message: String,
+        /// The mistakes, in file order.
+        problems: Vec<Problem>,
     },
+}
+
+/// Every mistake, one a line, each prefixed with the file:
+/// `rules.yaml:12:15: models[0].half_life: ...`.
+fn render_problems(path: &str, problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(|p| format!("{path}:{p}")).collect();
+    match lines.len() {
+        1 => lines[0].clone(),
+        n => format!("{n} mistakes:\n{}", lines.join("\n")),
+    }
+}
+
+/// Reads a rules file's text.
+pub fn read(path: &Path) -> Result<String, RulesError> {
+    std::fs::read_to_string(path).map_err(|reason| RulesError::Io { path: path.display().to_string(), reason })
 }
 
 /// The kinds of interaction a rule can match: the `interaction` oneof of
 /// [`InteractionEvent`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InteractionKind {
     /// `PageView`.
     PageView,
@@ -91,6 +117,40 @@ impl InteractionKind {
             Interaction::ProfileUpdate(_) => Self::ProfileUpdate,
             Interaction::Custom(_) => Self::Custom,
         })
+    }
+
+    /// Every kind, in the order of the protobuf oneof.
+    pub const ALL: [InteractionKind; 7] = [
+        Self::PageView,
+        Self::FormSubmission,
+        Self::WebinarAttendance,
+        Self::EmailEngagement,
+        Self::ContentDownload,
+        Self::ProfileUpdate,
+        Self::Custom,
+    ];
+
+    /// The kind with this name in rules files.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Whether a rule of this kind may test `path`.
+    pub fn has_field(self, path: &str) -> bool {
+        self.fields().iter().chain(COMMON_FIELDS).any(|f| match f.strip_suffix('.') {
+            Some(map) => path.strip_prefix(map).and_then(|k| k.strip_prefix('.')).is_some_and(|k| !k.is_empty()),
+            None => path == *f,
+        })
+    }
+
+    /// The fields a rule of this kind may test, for messages
+    /// (`fields.<key>` for a map).
+    pub fn field_names(self) -> Vec<String> {
+        self.fields()
+            .iter()
+            .chain(COMMON_FIELDS)
+            .map(|f| if f.ends_with('.') { format!("{f}<key>") } else { f.to_string() })
+            .collect()
     }
 
     /// The name used in rules files.
@@ -268,88 +328,12 @@ fn equals(v: &Value<'_>, x: &str) -> bool {
     }
 }
 
-fn scalar_text(v: &serde_yaml::Value) -> Option<String> {
-    match v {
-        serde_yaml::Value::String(s) => Some(s.clone()),
-        serde_yaml::Value::Number(n) => Some(n.to_string()),
-        serde_yaml::Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn condition_from(v: &serde_yaml::Value) -> Result<Condition, String> {
-    use serde_yaml::Value as Y;
-    if let Some(s) = scalar_text(v) {
-        return Ok(Condition::Equals(s));
-    }
-    let number = |op: &str, v: &Y| v.as_f64().ok_or_else(|| format!("`{op}` needs a number"));
-    let text = |op: &str, v: &Y| scalar_text(v).ok_or_else(|| format!("`{op}` needs a text value"));
-    match v {
-        Y::Sequence(items) => Ok(Condition::OneOf(
-            items
-                .iter()
-                .map(|i| scalar_text(i).ok_or("a list of values must hold plain values"))
-                .collect::<Result<_, _>>()?,
-        )),
-        Y::Mapping(m) => {
-            let mut all = Vec::new();
-            for (k, v) in m {
-                let op = k.as_str().ok_or("operators are names like `prefix` or `gte`")?;
-                all.push(match op {
-                    "equals" => Condition::Equals(text(op, v)?),
-                    "one_of" => match condition_from(v)? {
-                        c @ Condition::OneOf(_) => c,
-                        _ => return Err("`one_of` needs a list, e.g. `one_of: [a, b]`".into()),
-                    },
-                    "prefix" => Condition::Prefix(text(op, v)?),
-                    "suffix" => Condition::Suffix(text(op, v)?),
-                    "contains" => Condition::Contains(text(op, v)?),
-                    "regex" => Condition::Regex(
-                        regex::Regex::new(&text(op, v)?).map_err(|e| format!("invalid regex: {e}"))?,
-                    ),
-                    "gt" => Condition::Gt(number(op, v)?),
-                    "gte" => Condition::Gte(number(op, v)?),
-                    "lt" => Condition::Lt(number(op, v)?),
-                    "lte" => Condition::Lte(number(op, v)?),
-                    "exists" => Condition::Exists(v.as_bool().ok_or("`exists` needs true or false")?),
-                    "not" => Condition::Not(Box::new(condition_from(v)?)),
-                    other => {
-                        return Err(format!(
-                            "unknown operator `{other}`; use equals, one_of, prefix, suffix, contains, regex, gt, gte, lt, lte, exists or not"
-                        ))
-                    }
-                });
-            }
-            match all.len() {
-                0 => Err("an empty condition matches nothing; give an operator".into()),
-                1 => Ok(all.pop().expect("one")),
-                _ => Ok(Condition::All(all)),
-            }
-        }
-        _ => Err("a condition is a value, a list of values, or operators like `{ prefix: /blog }`".into()),
-    }
-}
-
 /// Conditions by field path, all of which must hold.
 #[derive(Debug, Clone, Default)]
 pub struct Conditions(pub Vec<(String, Condition)>);
 
-impl<'de> Deserialize<'de> for Conditions {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let m = serde_yaml::Mapping::deserialize(d)?;
-        let mut out = Vec::with_capacity(m.len());
-        for (k, v) in &m {
-            let key = scalar_text(k).ok_or_else(|| serde::de::Error::custom("field names must be plain text"))?;
-            let c = condition_from(v).map_err(|e| serde::de::Error::custom(format!("`{key}`: {e}")))?;
-            out.push((key, c));
-        }
-        Ok(Conditions(out))
-    }
-}
-
 /// The time window of a cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Window {
     /// A UTC calendar day.
     Day,
@@ -360,6 +344,20 @@ pub enum Window {
 }
 
 impl Window {
+    /// The window with this name in rules files.
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Window::Day, Window::Week, Window::Month].into_iter().find(|w| w.as_str() == name)
+    }
+
+    /// The name used in rules files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Day => "day",
+            Window::Week => "week",
+            Window::Month => "month",
+        }
+    }
+
     /// The window an event time falls in, as a number that grows with time.
     pub fn index(self, at_ms: Millis) -> i64 {
         let day = at_ms.div_euclid(86_400_000);
@@ -407,26 +405,6 @@ pub struct Cap {
     pub per: Window,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCap {
-    hits: Option<u32>,
-    points: Option<f64>,
-    per: Window,
-}
-
-impl<'de> Deserialize<'de> for Cap {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = RawCap::deserialize(d)?;
-        let limit = match (raw.hits, raw.points) {
-            (Some(h), None) if h > 0 => CapLimit::Hits(h),
-            (None, Some(p)) if p.is_finite() && p > 0.0 => CapLimit::Points(p),
-            _ => return Err(serde::de::Error::custom("a cap needs exactly one of `hits` or `points`, above zero")),
-        };
-        Ok(Cap { limit, per: raw.per })
-    }
-}
-
 /// A behaviour rule: matching events add points that decay.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -442,6 +420,32 @@ pub struct Rule {
     pub cap: Option<Cap>,
     /// Counts at most once per contact, ever.
     pub once: bool,
+    /// Events this rule matched since it came into force.
+    pub hits: HitCount,
+}
+
+/// How many events a rule matched: shared by the clones of a rule set, so
+/// the service's counts are read where it scores.
+#[derive(Clone, Default)]
+pub struct HitCount(Arc<AtomicU64>);
+
+impl HitCount {
+    /// The count.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn add(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for HitCount {
+    /// Not part of a rule's definition: two rules that differ only in their
+    /// counts are the same rule.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HitCount")
+    }
 }
 
 impl Rule {
@@ -449,6 +453,15 @@ impl Rule {
     pub fn matches(&self, event: &InteractionEvent) -> bool {
         InteractionKind::of(event) == Some(self.kind)
             && self.when.0.iter().all(|(path, c)| c.holds(event_field(event, path).as_ref()))
+    }
+
+    /// [`Rule::matches`], counting a match in [`Rule::hits`].
+    pub fn counts(&self, event: &InteractionEvent) -> bool {
+        let hit = self.matches(event);
+        if hit {
+            self.hits.add();
+        }
+        hit
     }
 }
 
@@ -499,6 +512,9 @@ pub struct Tier {
     pub cooldown_ms: Option<Millis>,
     /// Other models' scores this tier also requires.
     pub requires: Vec<Requirement>,
+    /// Whether crossing into (or out of) this tier raises an alert; scores,
+    /// tiers and state change either way.
+    pub alert: bool,
 }
 
 /// One scoring model: a half-life, tiers, behaviour and fit rules.
@@ -537,9 +553,17 @@ impl Model {
         self.tiers.iter().position(|t| t.name == name).map_or(0, |i| i + 1)
     }
 
-    /// The behaviour rules an event matches.
+    /// The behaviour rules an event matches (each match counted in the
+    /// rule's [`Rule::hits`]).
     pub fn matches<'a>(&'a self, event: &'a InteractionEvent) -> impl Iterator<Item = &'a Rule> + 'a {
-        self.rules.iter().filter(move |r| r.matches(event))
+        self.rules.iter().filter(move |r| r.counts(event))
+    }
+
+    /// Whether a crossing from tier index `from` to `to` (0 the base tier)
+    /// raises an alert: when any tier it enters or leaves says `alert`.
+    pub fn alerts_on(&self, from: usize, to: usize) -> bool {
+        let (low, high) = if from < to { (from, to) } else { (to, from) };
+        self.tiers.get(low..high).is_some_and(|crossed| crossed.iter().any(|t| t.alert))
     }
 
     /// The fit points of a profile, by fit rule, for the rules that match.
@@ -560,318 +584,117 @@ pub struct RuleSet {
     pub models: Vec<Model>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFile {
-    models: Vec<RawModel>,
+/// One mistake or warning in a rules file, where it is.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Problem {
+    /// Line of the offending value or key, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+    /// The field path, e.g. `models[0].rules[2].when.kind`.
+    pub field: String,
+    /// A stable reason code, e.g. `unknown_kind` or `unreachable_tier`.
+    pub code: &'static str,
+    /// What is wrong and how to fix it.
+    pub message: String,
+    /// The name probably meant, when a near one exists.
+    pub suggestion: Option<String>,
+    /// Error or warning.
+    pub severity: Severity,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    name: Name,
-    #[serde(default = "one")]
-    version: u32,
-    half_life: HalfLife,
-    #[serde(default = "cold")]
-    base_tier: Name,
-    #[serde(default)]
-    tiers: Vec<RawTier>,
-    #[serde(default)]
-    rules: Vec<RawRule>,
-    #[serde(default)]
-    fit: Vec<RawFitRule>,
+/// How bad a [`Problem`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// The file is refused.
+    Error,
+    /// The file loads, but probably does not do what its author meant
+    /// (an error under `--strict`).
+    Warning,
 }
 
-/// A name usable as a model, tier or rule id: it ends up in Redis fields and
-/// metric labels.
-#[derive(Debug, Clone, PartialEq)]
-struct Name(String);
-
-impl<'de> Deserialize<'de> for Name {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let ok = !s.is_empty()
-            && s.len() <= 64
-            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-        if ok {
-            Ok(Name(s))
-        } else {
-            Err(serde::de::Error::custom(format!(
-                "`{s}` is not a valid name: use 1-64 letters, digits, `-`, `_` or `.`"
-            )))
+impl Problem {
+    pub(crate) fn error(
+        pos: yaml::Pos,
+        field: &str,
+        code: &'static str,
+        message: String,
+        suggestion: Option<String>,
+    ) -> Self {
+        Self {
+            line: pos.line,
+            column: pos.column,
+            field: field.to_string(),
+            code,
+            message,
+            suggestion,
+            severity: Severity::Error,
         }
     }
 }
 
-struct HalfLife(Duration);
-
-impl<'de> Deserialize<'de> for HalfLife {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match humantime::parse_duration(&s) {
-            Ok(x) if !x.is_zero() => Ok(HalfLife(x)),
-            Ok(_) => Err(serde::de::Error::custom("must be greater than zero")),
-            Err(e) => {
-                Err(serde::de::Error::custom(format!("`{s}` is not a duration ({e}); write e.g. `14d` or `36h`")))
-            }
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}: ", self.line, self.column)?;
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
         }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(s) = &self.suggestion {
+            write!(f, " (did you mean `{s}`?)")?;
+        }
+        Ok(())
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRequirement {
-    enter: f64,
-    exit: Option<f64>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum RawRequire {
-    At(f64),
-    Band(RawRequirement),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTier {
-    name: Name,
-    enter: f64,
-    exit: f64,
-    cooldown: Option<String>,
-    #[serde(default)]
-    requires: BTreeMap<String, RawRequire>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRule {
-    id: Name,
-    when: WhenWithKind,
-    points: f64,
-    cap: Option<Cap>,
-    #[serde(default)]
-    once: bool,
-}
-
-/// `when:` of a behaviour rule: `kind` plus conditions on fields.
-struct WhenWithKind {
-    kind: InteractionKind,
-    conditions: Conditions,
-}
-
-impl<'de> Deserialize<'de> for WhenWithKind {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let mut m = serde_yaml::Mapping::deserialize(d)?;
-        let kind = m.remove("kind").ok_or_else(|| {
-            serde::de::Error::custom("`when` needs a `kind`: page_view, form_submission, webinar_attendance, email_engagement, content_download, profile_update or custom")
-        })?;
-        let kind: InteractionKind =
-            serde_yaml::from_value(kind).map_err(|e| serde::de::Error::custom(format!("kind: {e}")))?;
-        let conditions: Conditions =
-            serde_yaml::from_value(serde_yaml::Value::Mapping(m)).map_err(serde::de::Error::custom)?;
-        for (path, _) in &conditions.0 {
-            let known = kind.fields().iter().chain(COMMON_FIELDS).any(|f| match f.strip_suffix('.') {
-                Some(map) => path.strip_prefix(map).and_then(|k| k.strip_prefix('.')).is_some_and(|k| !k.is_empty()),
-                None => path == f,
-            });
-            if !known {
-                let mut all: Vec<&str> = kind.fields().to_vec();
-                all.extend(COMMON_FIELDS);
-                let all: Vec<String> =
-                    all.iter().map(|f| if f.ends_with('.') { format!("{f}<key>") } else { f.to_string() }).collect();
-                return Err(serde::de::Error::custom(format!(
-                    "`{path}` is not a field of {}; use one of: {}",
-                    kind.as_str(),
-                    all.join(", ")
-                )));
-            }
-        }
-        Ok(WhenWithKind { kind, conditions })
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFitRule {
-    id: Name,
-    when: Conditions,
-    points: f64,
-}
-
-fn one() -> u32 {
-    1
-}
-
-fn cold() -> Name {
-    Name("cold".to_string())
-}
-
-/// The 1-based number of the first line containing `needle`, to place
-/// errors found after parsing.
-fn find_line(text: &str, needle: &str) -> Option<usize> {
-    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+/// A rules text checked: the rule set if it has no error, its errors and
+/// its lint warnings.
+#[derive(Debug)]
+pub struct Checked {
+    /// The rule set, when there is no error.
+    pub rules: Option<RuleSet>,
+    /// Errors (the file is refused), in file order.
+    pub errors: Vec<Problem>,
+    /// Warnings ([`lint`]), in file order.
+    pub warnings: Vec<Problem>,
 }
 
 impl RuleSet {
     /// Reads and validates a rules file.
     pub fn load(path: &Path) -> Result<Self, RulesError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| RulesError::Io { path: path.display().to_string(), source })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse(&read(path)?, &path.display().to_string())
     }
 
     /// Parses and validates rules from YAML text; `origin` names the source
-    /// in errors.
+    /// in errors. Every mistake is reported, not only the first.
     pub fn parse(text: &str, origin: &str) -> Result<Self, RulesError> {
-        let de = serde_yaml::Deserializer::from_str(text);
-        let raw: RawFile = serde_path_to_error::deserialize(de).map_err(|e| RulesError::Invalid {
-            path: origin.to_string(),
-            field: e.path().to_string(),
-            message: e.into_inner().to_string(),
-        })?;
-        let invalid = |field: String, message: String| RulesError::Invalid { path: origin.to_string(), field, message };
-        if raw.models.is_empty() {
-            return Err(invalid("models".into(), "at least one model is required".into()));
+        let walked = parse::walk(text);
+        match walked.rules {
+            Some(rules) => Ok(rules),
+            None => Err(RulesError::Invalid { path: origin.to_string(), problems: walked.problems }),
         }
-        let names: Vec<String> = raw.models.iter().map(|m| m.name.0.clone()).collect();
-        let mut models: Vec<Model> = Vec::with_capacity(raw.models.len());
-        for (mi, m) in raw.models.into_iter().enumerate() {
-            let at = |f: &str| format!("models[{mi}].{f}");
-            let line = |needle: &str| find_line(text, needle).map(|l| format!(" (line {l})")).unwrap_or_default();
-            if names[..mi].contains(&m.name.0) {
-                return Err(invalid(at("name"), format!("model `{}` is defined twice{}", m.name.0, line(&m.name.0))));
-            }
-            if m.rules.is_empty() && m.fit.is_empty() {
-                return Err(invalid(at("rules"), format!("model `{}` has no rules and no fit rules", m.name.0)));
-            }
-            let mut tiers: Vec<Tier> = Vec::new();
-            for (ti, t) in m.tiers.into_iter().enumerate() {
-                let tat = |f: &str| at(&format!("tiers[{ti}].{f}"));
-                let here = line(&format!("name: {}", t.name.0));
-                if t.name == m.base_tier || tiers.iter().any(|x| x.name == t.name.0) {
-                    return Err(invalid(
-                        tat("name"),
-                        format!("tier `{}` is the base tier or listed twice{here}", t.name.0),
-                    ));
-                }
-                if !(t.enter.is_finite() && t.enter > 0.0) {
-                    return Err(invalid(tat("enter"), format!("must be a number greater than zero{here}")));
-                }
-                if !(t.exit.is_finite() && t.exit > 0.0 && t.exit <= t.enter) {
-                    return Err(invalid(
-                        tat("exit"),
-                        format!(
-                            "exit ({}) must be greater than zero and at most enter ({}); an exit above enter would make the tier flap{here}",
-                            t.exit, t.enter
-                        ),
-                    ));
-                }
-                if let Some(prev) = tiers.last() {
-                    if t.enter <= prev.enter || t.exit <= prev.exit {
-                        return Err(invalid(
-                            tat("enter"),
-                            format!(
-                                "tiers are listed in ascending order: enter and exit of `{}` must exceed those of `{}`{here}",
-                                t.name.0, prev.name
-                            ),
-                        ));
-                    }
-                }
-                let cooldown_ms = match &t.cooldown {
-                    None => None,
-                    Some(c) => Some(humantime::parse_duration(c).map_err(|e| {
-                        invalid(tat("cooldown"), format!("`{c}` is not a duration ({e}); write e.g. `7d`{here}"))
-                    })?)
-                    .map(|d| d.as_millis() as Millis),
-                };
-                let mut requires = Vec::new();
-                for (other, r) in t.requires {
-                    let (enter, exit) = match r {
-                        RawRequire::At(x) => (x, x),
-                        RawRequire::Band(b) => (b.enter, b.exit.unwrap_or(b.enter)),
-                    };
-                    if !(enter.is_finite() && exit.is_finite() && exit <= enter) {
-                        return Err(invalid(
-                            tat(&format!("requires.{other}.exit")),
-                            format!("must be at most enter{}", line(&format!("{other}:"))),
-                        ));
-                    }
-                    let Some(idx) = names.iter().position(|n| *n == other) else {
-                        return Err(invalid(
-                            tat(&format!("requires.{other}")),
-                            format!(
-                                "no model is named `{other}`; models: {}{}",
-                                names.join(", "),
-                                line(&format!("{other}:"))
-                            ),
-                        ));
-                    };
-                    if idx == mi {
-                        return Err(invalid(
-                            tat(&format!("requires.{other}")),
-                            "a tier cannot require its own model".into(),
-                        ));
-                    }
-                    requires.push(Requirement { model: idx, model_name: other, enter, exit });
-                }
-                tiers.push(Tier { name: t.name.0, enter: t.enter, exit: t.exit, cooldown_ms, requires });
-            }
-            let mut ids: Vec<&str> = Vec::new();
-            for (i, id) in m.rules.iter().map(|r| &r.id.0).chain(m.fit.iter().map(|r| &r.id.0)).enumerate() {
-                if ids.contains(&id.as_str()) {
-                    let field = if i < m.rules.len() {
-                        format!("rules[{i}].id")
-                    } else {
-                        format!("fit[{}].id", i - m.rules.len())
-                    };
-                    return Err(invalid(
-                        at(&field),
-                        format!("rule id `{id}` is used twice in the model{}", line(&format!("id: {id}"))),
-                    ));
-                }
-                ids.push(id);
-            }
-            for (ri, r) in m.rules.iter().enumerate() {
-                let here = line(&format!("id: {}", r.id.0));
-                if !r.points.is_finite() {
-                    return Err(invalid(at(&format!("rules[{ri}].points")), format!("must be a finite number{here}")));
-                }
-                if r.once && r.cap.is_some() {
-                    return Err(invalid(
-                        at(&format!("rules[{ri}].once")),
-                        format!("use either `once` or `cap`, not both{here}"),
-                    ));
-                }
-            }
-            for (fi, f) in m.fit.iter().enumerate() {
-                if !f.points.is_finite() {
-                    return Err(invalid(at(&format!("fit[{fi}].points")), "must be a finite number".into()));
-                }
-            }
-            models.push(Model {
-                name: m.name.0,
-                version: m.version,
-                half_life_secs: m.half_life.0.as_secs_f64(),
-                base_tier: m.base_tier.0,
-                tiers,
-                rules: m
-                    .rules
-                    .into_iter()
-                    .map(|r| Rule {
-                        id: r.id.0,
-                        kind: r.when.kind,
-                        when: r.when.conditions,
-                        points: r.points,
-                        cap: r.cap,
-                        once: r.once,
-                    })
-                    .collect(),
-                fit: m.fit.into_iter().map(|f| FitRule { id: f.id.0, when: f.when, points: f.points }).collect(),
-            });
+    }
+
+    /// Checks rules text: every error, and when there is none, every lint
+    /// warning.
+    pub fn check(text: &str) -> Checked {
+        let walked = parse::walk(text);
+        let warnings = walked.rules.as_ref().map(|r| lint::lint(r, &walked.positions)).unwrap_or_default();
+        Checked { rules: walked.rules, errors: walked.problems, warnings }
+    }
+
+    /// A copy with its own hit counts from zero: for scoring that must not
+    /// count as the service's (previews, tests).
+    pub fn detached(&self) -> RuleSet {
+        let mut copy = self.clone();
+        for r in copy.models.iter_mut().flat_map(|m| m.rules.iter_mut()) {
+            r.hits = HitCount::default();
         }
-        Ok(RuleSet { models })
+        copy
     }
 
     /// The rule set to run after a reload: `next`, with the version of every
@@ -880,6 +703,12 @@ impl RuleSet {
     pub fn succeed(&self, mut next: RuleSet) -> RuleSet {
         for m in &mut next.models {
             if let Some(old) = self.models.iter().find(|o| o.name == m.name) {
+                // A rule that stays the same keeps counting where it was.
+                for r in &mut m.rules {
+                    if let Some(o) = old.rules.iter().find(|o| o.id == r.id && format!("{o:?}") == format!("{r:?}")) {
+                        r.hits = o.hits.clone();
+                    }
+                }
                 if !m.same_definition(old) && m.version <= old.version {
                     m.version = old.version + 1;
                 } else if m.same_definition(old) {
@@ -1001,15 +830,23 @@ models:
         assert!(fit.fit_parts(&profile(&[("industry", "retail"), ("job_title", "Vice")])).is_empty());
     }
 
+    /// The condition `yaml` on a profile attribute.
+    fn condition_from(yaml: &str) -> Condition {
+        let rs =
+            parse(&format!("models: [{{name: m, half_life: 1d, fit: [{{id: f, when: {{a: {yaml}}}, points: 1}}]}}]"))
+                .unwrap();
+        rs.models[0].fit[0].when.0[0].1.clone()
+    }
+
     #[test]
     fn operators_cover_exists_not_and_numbers_in_text() {
-        let c = condition_from(&serde_yaml::from_str("{ gte: 100, lt: 1000 }").unwrap()).unwrap();
+        let c = condition_from("{ gte: 100, lt: 1000 }");
         assert!(c.holds(Some(&Value::Str("250"))));
         assert!(!c.holds(Some(&Value::Str("2500"))));
         assert!(!c.holds(Some(&Value::Str("many"))));
-        let e = condition_from(&serde_yaml::from_str("{ exists: false }").unwrap()).unwrap();
+        let e = condition_from("{ exists: false }");
         assert!(e.holds(None) && !e.holds(Some(&Value::Str("x"))));
-        let n = condition_from(&serde_yaml::from_str("{ not: { suffix: .edu } }").unwrap()).unwrap();
+        let n = condition_from("{ not: { suffix: .edu } }");
         assert!(n.holds(Some(&Value::Str("acme.com"))) && !n.holds(Some(&Value::Str("mit.edu"))));
         assert!(n.holds(None), "`not` of a condition on an absent field holds");
     }
@@ -1017,21 +854,64 @@ models:
     #[test]
     fn broken_files_are_refused_naming_line_and_field() {
         let e = parse(&GOOD.replace("exit: 45, cooldown", "exit: 70, cooldown")).unwrap_err();
-        assert!(e.contains("models[0].tiers[1]") && e.contains("line 8") && e.contains("flap"), "{e}");
+        assert!(e.contains("\nt.yaml:8:39: models[0].tiers[1].exit: exit (70)") && e.contains("flap"), "{e}");
+        assert!(e.starts_with("2 mistakes:"), "an exit above the next tier's is out of order too: {e}");
         let e = parse(&GOOD.replace("points: 10\n", "points: 10\n        weight: 2\n")).unwrap_err();
-        assert!(e.contains("models[0].rules[0]") && e.contains("weight") && e.contains("line"), "{e}");
+        assert!(e.starts_with("t.yaml:17:9: models[0].rules[0].weight: unknown field"), "{e}");
         let e = parse(&GOOD.replace("(?i)", "(?i")).unwrap_err();
-        assert!(e.contains("models[1].fit[1].when") && e.contains("invalid regex") && e.contains("line"), "{e}");
+        assert!(
+            e.starts_with("t.yaml:35:") && e.contains("models[1].fit[1].when.job_title.regex: invalid regex"),
+            "{e}"
+        );
         let e = parse(&GOOD.replace("url: { prefix", "form_id: { prefix")).unwrap_err();
-        assert!(e.contains("models[0].rules[0].when") && e.contains("not a field of page_view"), "{e}");
+        assert!(e.contains("models[0].rules[0].when.form_id") && e.contains("not a field of page_view"), "{e}");
         let e = parse(&GOOD.replace("kind: page_view", "kind: pageview")).unwrap_err();
-        assert!(e.contains("models[0].rules[0].when") && e.contains("pageview"), "{e}");
+        assert!(e.contains("t.yaml:15:") && e.contains("(did you mean `page_view`?)"), "{e}");
         let e = parse(&GOOD.replace("requires: { fit: 30 }", "requires: { fitness: 30 }")).unwrap_err();
-        assert!(e.contains("requires.fitness") && e.contains("line 12"), "{e}");
+        assert_eq!(
+            e,
+            "t.yaml:12:21: models[0].tiers[2].requires.fitness: no model is named `fitness`; models: engagement, fit"
+        );
+        let e = parse(&GOOD.replace("requires: { fit: 30 }", "requires: { fti: 30 }")).unwrap_err();
+        assert!(e.ends_with("(did you mean `fit`?)"), "{e}");
         let e = parse(&GOOD.replace("7d\n    tiers", "soon\n    tiers")).unwrap_err();
-        assert!(e.contains("models[0].half_life"), "{e}");
+        assert!(e.starts_with("t.yaml:5:16: models[0].half_life: `soon` is not a duration"), "{e}");
         let e = parse(&GOOD.replace("cap: { hits: 3, per: day }", "cap: { hits: 3, per: fortnight }")).unwrap_err();
-        assert!(e.contains("models[0].rules[0].cap") && e.contains("fortnight"), "{e}");
+        assert!(e.contains("models[0].rules[0].cap.per") && e.contains("fortnight"), "{e}");
+    }
+
+    proptest::proptest! {
+        /// Whatever an edit breaks, the check answers without panicking,
+        /// places every mistake inside the text, and builds rules exactly
+        /// when it found no mistake.
+        #[test]
+        fn any_edit_is_reported_inside_the_text(at in 0usize..1200, cut in 0usize..8, put in "[ :{}\\[\\],a-z0-9#'\"-]{0,6}") {
+            let at = at.min(GOOD.len());
+            let end = (at + cut).min(GOOD.len());
+            let text = format!("{}{put}{}", &GOOD[..at], &GOOD[end..]);
+            let checked = RuleSet::check(&text);
+            let lines = text.lines().count().max(1);
+            for p in &checked.errors {
+                proptest::prop_assert!(p.line >= 1 && p.line <= lines + 1 && p.column >= 1, "{p} in\n{text}");
+            }
+            proptest::prop_assert_eq!(checked.rules.is_some(), checked.errors.is_empty());
+        }
+    }
+
+    #[test]
+    fn hits_count_matches_and_survive_a_reload_that_keeps_the_rule() {
+        let old = parse(GOOD).unwrap();
+        let m = &old.models[0];
+        assert_eq!(m.matches(&page("/pricing")).count(), 1);
+        assert_eq!(m.matches(&page("/blog")).count(), 0);
+        assert_eq!((m.rules[0].hits.get(), m.rules[1].hits.get()), (1, 0));
+        let next = old.succeed(parse(&GOOD.replace("points: 30", "points: 31")).unwrap());
+        assert_eq!(next.models[0].rules[0].hits.get(), 1, "an unchanged rule keeps counting");
+        next.models[0].matches(&page("/pricing")).for_each(drop);
+        assert_eq!(old.models[0].rules[0].hits.get(), 2, "one count, shared");
+        let changed = old.succeed(parse(&GOOD.replace("points: 10\n", "points: 11\n")).unwrap());
+        assert_eq!(changed.models[0].rules[0].hits.get(), 0, "a changed rule counts afresh");
+        assert_eq!(old.detached().models[0].rules[0].hits.get(), 0);
     }
 
     #[test]
