@@ -57,6 +57,8 @@ pub struct Loop {
     /// Seeks the consumer refused, to try again: partition, offset, the
     /// worker's seek number, attempts so far.
     pending_seeks: Mutex<Vec<(i32, Offset, u64, u32)>>,
+    /// Requests a rebalance callback left for the loop.
+    deferred: Mutex<Vec<Request>>,
 }
 
 impl Loop {
@@ -83,6 +85,7 @@ impl Loop {
             broker_down: AtomicBool::new(false),
             log_ends: Mutex::default(),
             pending_seeks: Mutex::default(),
+            deferred: Mutex::default(),
         }
     }
 
@@ -115,7 +118,7 @@ impl Loop {
 
     /// Asks the workers of `partitions` to end (`how`) and waits for them,
     /// serving their requests meanwhile.
-    fn stop_workers(&self, consumer: &BaseConsumer<Self>, partitions: &[i32], how: Stop) {
+    fn stop_workers(&self, consumer: &BaseConsumer<Self>, partitions: &[i32], how: Stop, in_callback: bool) {
         let handles: Vec<Handle> = {
             let mut workers = self.workers.lock().expect("workers lock");
             partitions.iter().filter_map(|p| workers.remove(p)).collect()
@@ -129,7 +132,7 @@ impl Loop {
         let deadline = Instant::now() + self.drain_timeout;
         for h in handles {
             while !h.task.is_finished() && Instant::now() < deadline {
-                self.serve_requests(consumer);
+                self.serve_requests(consumer, in_callback);
                 std::thread::sleep(Duration::from_millis(1));
             }
             if !h.task.is_finished() {
@@ -138,20 +141,35 @@ impl Loop {
             }
         }
         // Offsets the workers stored on their way out.
-        self.serve_requests(consumer);
+        self.serve_requests(consumer, in_callback);
         let owned = self.workers.lock().expect("workers lock").len();
         self.status.owned.store(owned, Ordering::Relaxed);
         telemetry::partitions_revoked(partitions, owned);
     }
 
-    /// Serves the workers' requests.
-    fn serve_requests(&self, consumer: &BaseConsumer<Self>) {
+    /// Serves the workers' requests. Inside a rebalance callback, a request
+    /// that needs the broker (the group's committed offset) waits for the
+    /// loop: callbacks do no network I/O.
+    fn serve_requests(&self, consumer: &BaseConsumer<Self>, in_callback: bool) {
+        let deferred =
+            if in_callback { vec![] } else { std::mem::take(&mut *self.deferred.lock().expect("deferred lock")) };
+        let mut deferred = deferred.into_iter();
         loop {
-            let r = match self.requests.lock().expect("requests lock").try_recv() {
-                Ok(r) => r,
-                Err(_) => return,
+            let r = match deferred.next() {
+                Some(r) => r,
+                None => match self.requests.lock().expect("requests lock").try_recv() {
+                    Ok(r) => r,
+                    Err(_) => return,
+                },
             };
             match r {
+                Request::Committed { partition, reply }
+                    if in_callback && !self.workers.lock().expect("workers lock").contains_key(&partition) =>
+                {
+                    // Its worker is being stopped: it need not claim.
+                    let _ = reply.send(Err(KafkaError::Canceled));
+                }
+                r @ Request::Committed { .. } if in_callback => self.deferred.lock().expect("deferred lock").push(r),
                 Request::Seek { partition, offset, seek } => self.seek(consumer, partition, offset, seek, 1),
                 Request::StoreOffset { partition, offset } => {
                     if let Err(e) = consumer.store_offset(&self.topic, partition, offset) {
@@ -223,6 +241,7 @@ impl Loop {
                 self.fail(PipelineError::StateLost { partition, committed });
             }
             Ended::Failed(e) => self.fail(e),
+            Ended::Revoked => {}
         }
     }
 
@@ -341,7 +360,7 @@ impl ConsumerContext for Loop {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             self.status.set_consuming(false);
-            self.stop_workers(consumer, &self.partitions(tpl), Stop::Revoke);
+            self.stop_workers(consumer, &self.partitions(tpl), Stop::Revoke, true);
         }
     }
 
@@ -371,11 +390,11 @@ pub fn run(consumer: &BaseConsumer<Loop>, limits: Limits, stop: &AtomicBool) -> 
             tracing::debug!(error = %e, "Stopping the consumer loop on a fatal error.");
             ctx.status.set_consuming(false);
             let all: Vec<i32> = ctx.workers.lock().expect("workers lock").keys().copied().collect();
-            ctx.stop_workers(consumer, &all, Stop::Revoke);
+            ctx.stop_workers(consumer, &all, Stop::Revoke, false);
             consumer.unsubscribe();
             return Err(e);
         }
-        ctx.serve_requests(consumer);
+        ctx.serve_requests(consumer, false);
         ctx.retry_seeks(consumer);
         ctx.reclaim_due(consumer);
         let mut timeout = Duration::from_millis(10);
@@ -405,7 +424,7 @@ pub fn run(consumer: &BaseConsumer<Loop>, limits: Limits, stop: &AtomicBool) -> 
     ctx.status.set_consuming(false);
     tracing::info!("Shutting down: relaying, storing offsets and leaving the group.");
     let all: Vec<i32> = ctx.workers.lock().expect("workers lock").keys().copied().collect();
-    ctx.stop_workers(consumer, &all, Stop::Shutdown);
+    ctx.stop_workers(consumer, &all, Stop::Shutdown, false);
     if let Err(e) = consumer.commit_consumer_state(rdkafka::consumer::CommitMode::Sync) {
         tracing::debug!(error = %e, "Nothing committed on the way out.");
     }

@@ -95,6 +95,8 @@ pub enum Ended {
     StateLost(i64),
     /// Redis or Kafka kept failing.
     Failed(PipelineError),
+    /// The partition was revoked before the worker had claimed it.
+    Revoked,
 }
 
 /// How the consumer loop asks a worker to end.
@@ -388,13 +390,22 @@ impl Worker {
 
     /// The group's committed offset, asked of the consumer loop.
     async fn committed(&self) -> Result<Option<i64>, Ended> {
-        retry::always("committed_offsets", || async {
-            let (reply, answer) = oneshot::channel();
-            let _ = self.shared.requests.send(Request::Committed { partition: self.partition, reply });
-            answer.await.unwrap_or(Err(rdkafka::error::KafkaError::Canceled))
-        })
-        .await
-        .map_err(|e| Ended::Failed(e.into()))
+        use rdkafka::error::KafkaError;
+        let asked = retry::retry(
+            "committed_offsets",
+            || async {
+                let (reply, answer) = oneshot::channel();
+                let _ = self.shared.requests.send(Request::Committed { partition: self.partition, reply });
+                answer.await.unwrap_or(Err(KafkaError::Canceled))
+            },
+            |e: &KafkaError| !matches!(e, KafkaError::Canceled),
+        )
+        .await;
+        match asked {
+            Ok(c) => Ok(c),
+            Err(KafkaError::Canceled) => Err(Ended::Revoked),
+            Err(e) => Err(Ended::Failed(e.into())),
+        }
     }
 
     /// Asks the loop to read the partition again from `offset`; messages
