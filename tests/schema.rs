@@ -135,6 +135,7 @@ fn score_alert_matches_the_contract() {
             ("crossed_at", 11, "google.protobuf.Timestamp"),
             ("trigger_event_id", 12, "string"),
             ("top_contributions", 13, "hotlead.v1.Contribution"),
+            ("historical", 14, "bool"),
         ],
     );
     assert!(fields()["ScoreAlert"]["top_contributions"].2, "top_contributions is repeated");
