@@ -449,6 +449,7 @@ fn notify_check_accepts_the_example_and_names_the_line_and_field_of_a_mistake() 
     let (_dir, bad) = files(&[
         ("routes.yaml", &example.replace("to: sales-channel\n", "to: sales-chanel\n")),
         ("owners.yaml", &std::fs::read_to_string(root.join("examples/notify/owners.yaml")).unwrap()),
+        ("demo-webhook.secret", "s3cret\n"),
     ]);
     let out = run(&bad);
     let stderr = String::from_utf8_lossy(&out.stderr);
