@@ -240,9 +240,9 @@ fn check(file: &Path) -> std::process::ExitCode {
 fn describe(d: &Destination) -> String {
     let mut s = match &d.kind {
         routes::Kind::Webhook(w) => {
-            format!("webhook {}{}", w.url, if w.secret_file.is_some() { ", signed" } else { "" })
+            format!("webhook {}{}", webhook::redacted(&w.url), if w.secret.is_some() { ", signed" } else { "" })
         }
-        routes::Kind::Slack(s) => format!("slack {}", s.url),
+        routes::Kind::Slack(s) => format!("slack {}", webhook::redacted(&s.url)),
         routes::Kind::Email(e) => format!(
             "email to {}{}",
             e.to.join(", "),

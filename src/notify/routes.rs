@@ -105,7 +105,12 @@ pub struct RateLimit {
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     /// `http://` or `https://` URL the alert is POSTed to.
+    #[serde(default)]
     pub url: String,
+    /// A file holding the URL instead (relative to the routes file), when
+    /// the URL carries a token; `url` is then read from it.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// File holding the HMAC-SHA256 signing secret (relative to the routes
     /// file); unset sends no signature.
     #[serde(default)]
@@ -124,7 +129,12 @@ pub struct WebhookSpec {
 #[serde(deny_unknown_fields)]
 pub struct SlackSpec {
     /// The incoming webhook URL.
+    #[serde(default)]
     pub url: String,
+    /// A file holding the URL instead (relative to the routes file): an
+    /// incoming webhook's URL is its secret. `url` is then read from it.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// How long one request may take.
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
@@ -442,12 +452,42 @@ impl RouteTable {
                     .map_err(|e| invalid(at(field), format!("{e}{}", line(&f.display().to_string()))))?;
                 Ok((Some(Secret(text.trim_end_matches(['\n', '\r']).to_string())), Some(path)))
             };
+            let url = |inline: String, file: &Option<PathBuf>, kind: &str| -> Result<_, RoutesError> {
+                let (url, from_file) = match (inline.is_empty(), file) {
+                    (false, None) => (inline, None),
+                    (true, Some(_)) => {
+                        let (url, path) = secret(file, &format!(".{kind}.url_file"))?;
+                        (url.map(|u| u.0).unwrap_or_default(), path)
+                    }
+                    _ => {
+                        return Err(invalid(
+                            at(&format!(".{kind}")),
+                            format!("give one of `url` and `url_file`{}", line(&format!("{kind}:"))),
+                        ))
+                    }
+                };
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    let (shown, near) = match file {
+                        Some(f) => ("the URL in `url_file`".to_string(), f.display().to_string()),
+                        None => (format!("`{url}`"), url.clone()),
+                    };
+                    return Err(invalid(
+                        at(&format!(".{kind}.url")),
+                        format!("{shown} is not an http:// or https:// URL{}", line(&near)),
+                    ));
+                }
+                Ok((url, from_file))
+            };
             let kind = match (d.webhook, d.slack, d.email) {
                 (Some(w), None, None) => {
                     let (secret, secret_file) = secret(&w.secret_file, ".webhook.secret_file")?;
-                    Kind::Webhook(WebhookSpec { secret_file, secret, ..w })
+                    let (url, url_file) = url(w.url, &w.url_file, "webhook")?;
+                    Kind::Webhook(WebhookSpec { url, url_file, secret_file, secret, ..w })
                 }
-                (None, Some(s), None) => Kind::Slack(s),
+                (None, Some(s), None) => {
+                    let (url, url_file) = url(s.url, &s.url_file, "slack")?;
+                    Kind::Slack(SlackSpec { url, url_file, ..s })
+                }
                 (None, None, Some(e)) => {
                     let (password, password_file) = secret(&e.password_file, ".email.password_file")?;
                     Kind::Email(EmailSpec { password_file, password, ..e })
@@ -459,34 +499,24 @@ impl RouteTable {
                     ))
                 }
             };
-            match &kind {
-                Kind::Webhook(WebhookSpec { url, .. }) | Kind::Slack(SlackSpec { url, .. }) => {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(invalid(
-                            at(&format!(".{}.url", kind.as_str())),
-                            format!("`{url}` is not an http:// or https:// URL{}", line(url)),
-                        ));
+            if let Kind::Email(e) = &kind {
+                if !(e.smtp.starts_with("smtp://") || e.smtp.starts_with("smtps://")) {
+                    return Err(invalid(
+                        at(".email.smtp"),
+                        format!("`{}` is not an smtp:// or smtps:// URL{}", e.smtp, line(&e.smtp)),
+                    ));
+                }
+                for (i, addr) in e.to.iter().chain(std::iter::once(&e.from)).enumerate() {
+                    if addr.parse::<lettre::message::Mailbox>().is_err() {
+                        let field = if i < e.to.len() { format!(".email.to[{i}]") } else { ".email.from".into() };
+                        return Err(invalid(at(&field), format!("`{addr}` is not an email address{}", line(addr))));
                     }
                 }
-                Kind::Email(e) => {
-                    if !(e.smtp.starts_with("smtp://") || e.smtp.starts_with("smtps://")) {
-                        return Err(invalid(
-                            at(".email.smtp"),
-                            format!("`{}` is not an smtp:// or smtps:// URL{}", e.smtp, line(&e.smtp)),
-                        ));
-                    }
-                    for (i, addr) in e.to.iter().chain(std::iter::once(&e.from)).enumerate() {
-                        if addr.parse::<lettre::message::Mailbox>().is_err() {
-                            let field = if i < e.to.len() { format!(".email.to[{i}]") } else { ".email.from".into() };
-                            return Err(invalid(at(&field), format!("`{addr}` is not an email address{}", line(addr))));
-                        }
-                    }
-                    if e.to.is_empty() {
-                        return Err(invalid(at(".email.to"), "name at least one recipient".into()));
-                    }
-                    if e.digest.is_some_and(|d| d < Duration::from_secs(1)) {
-                        return Err(invalid(at(".email.digest"), "must be at least 1s".into()));
-                    }
+                if e.to.is_empty() {
+                    return Err(invalid(at(".email.to"), "name at least one recipient".into()));
+                }
+                if e.digest.is_some_and(|d| d < Duration::from_secs(1)) {
+                    return Err(invalid(at(".email.digest"), "must be at least 1s".into()));
                 }
             }
             if d.retry.attempts == 0 {
@@ -735,6 +765,8 @@ routes:
         RouteTable::parse_with(routes, Path::new("/etc/hotlead/routes.yaml"), move |p| match p.to_str() {
             Some("/etc/hotlead/owners.yaml") => Ok(owners.clone()),
             Some("/etc/hotlead/crm.secret") => Ok("s3cret\n".into()),
+            Some("/etc/hotlead/chat.url") => Ok("https://chat.example.com/hooks/T000/B000/XXXX\n".into()),
+            Some("/etc/hotlead/bad.url") => Ok("hooks/T000/B000/XXXX".into()),
             _ => Err(RoutesError::Io { path: p.to_path_buf(), source: std::io::ErrorKind::NotFound.into() }),
         })
         .map_err(|e| e.to_string())
@@ -849,6 +881,17 @@ routes:
             k => panic!("{k:?}"),
         }
         assert_eq!(t.destinations["chat"].concurrency, 8);
+        let t = table(&ROUTES.replace("url: \"http://127.0.0.1:1/chat\"", "url_file: chat.url"), OWNERS).unwrap();
+        match &t.destinations["chat"].kind {
+            Kind::Slack(s) => assert_eq!(s.url, "https://chat.example.com/hooks/T000/B000/XXXX", "read from url_file"),
+            k => panic!("{k:?}"),
+        }
+        let e = table(&ROUTES.replace("url: \"http://127.0.0.1:1/chat\"", "url_file: bad.url"), OWNERS).unwrap_err();
+        assert!(e.contains("destinations.chat.slack.url") && e.contains("the URL in `url_file`"), "{e}");
+        assert!(!e.contains("T000"), "the URL from a file is a secret: {e}");
+        let both = ROUTES.replace("url: \"http://127.0.0.1:1/chat\"", "url: \"http://x\", url_file: chat.url");
+        let e = table(&both, OWNERS).unwrap_err();
+        assert!(e.contains("destinations.chat.slack") && e.contains("one of `url` and `url_file`"), "{e}");
         assert_eq!(t.destinations["chat"].retry, Retry::default());
     }
 }
