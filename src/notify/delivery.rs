@@ -280,15 +280,7 @@ pub fn spawn(destination: Destination, shared: Arc<Shared>) -> mpsc::UnboundedSe
 fn target(d: &Destination) -> Result<Target, DeliveryError> {
     Ok(match &d.kind {
         Kind::Webhook(w) => {
-            let secret = match &w.secret_file {
-                None => None,
-                Some(p) => Some(
-                    std::fs::read(p)
-                        .map_err(|e| DeliveryError::Invalid(format!("cannot read secret_file {}: {e}", p.display())))?
-                        .trim_ascii_end()
-                        .to_vec(),
-                ),
-            };
+            let secret = w.secret.as_ref().map(|s| s.0.as_bytes().to_vec());
             Target::Webhook { url: w.url.clone(), secret, timeout: w.timeout }
         }
         Kind::Slack(s) => Target::Slack { url: s.url.clone(), timeout: s.timeout },

@@ -113,20 +113,14 @@ pub struct Mailer {
 }
 
 impl Mailer {
-    /// A mailer for `spec`, with the password read from its file.
+    /// A mailer for `spec`.
     pub fn new(spec: &EmailSpec, timeout: Duration) -> Result<Self, DeliveryError> {
         let invalid = |what: String| DeliveryError::Invalid(what);
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&spec.smtp)
             .map_err(|e| invalid(format!("smtp URL: {e}")))?
             .timeout(Some(timeout));
         if let Some(user) = &spec.username {
-            let password = match &spec.password_file {
-                Some(p) => std::fs::read_to_string(p)
-                    .map_err(|e| invalid(format!("cannot read {}: {e}", p.display())))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
-                None => String::new(),
-            };
+            let password = spec.password.as_ref().map(|p| p.0.clone()).unwrap_or_default();
             builder = builder.credentials(Credentials::new(user.clone(), password));
         }
         let parse = |a: &str| a.parse::<Mailbox>().map_err(|e| invalid(format!("address `{a}`: {e}")));

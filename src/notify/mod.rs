@@ -59,8 +59,8 @@ use routes::{Destination, RouteTable, RoutesError};
 pub struct NotifyConfig {
     /// The routes file (YAML; see `docs/notify.md`).
     pub routes: PathBuf,
-    /// How often the routes file (and its owners file) is checked for
-    /// changes, e.g. `2s`.
+    /// How often the routes file (and the files it names) is checked for
+    /// changes, e.g. `2s`; SIGHUP checks at once.
     #[serde(deserialize_with = "crate::config::duration")]
     pub reload_interval: Duration,
     /// The consumer group of `hotlead notify` (apart from the scorer's).
@@ -240,9 +240,9 @@ fn check(file: &Path) -> std::process::ExitCode {
 fn describe(d: &Destination) -> String {
     let mut s = match &d.kind {
         routes::Kind::Webhook(w) => {
-            format!("webhook {}{}", w.url, if w.secret_file.is_some() { ", signed" } else { "" })
+            format!("webhook {}{}", webhook::redacted(&w.url), if w.secret.is_some() { ", signed" } else { "" })
         }
-        routes::Kind::Slack(s) => format!("slack {}", s.url),
+        routes::Kind::Slack(s) => format!("slack {}", webhook::redacted(&s.url)),
         routes::Kind::Email(e) => format!(
             "email to {}{}",
             e.to.join(", "),
@@ -313,6 +313,7 @@ pub async fn run(config: Config, dry_run: bool, shutdown: impl Future<Output = (
     let mut progress = progress::Progress::default();
     let mut reload = tokio::time::interval(n.reload_interval);
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut refused: Option<String> = None;
     let mut paused = false;
     tokio::pin!(shutdown);
@@ -322,7 +323,7 @@ pub async fn run(config: Config, dry_run: bool, shutdown: impl Future<Output = (
             biased;
             _ = &mut shutdown => break,
             Some((p, o)) = done_rx.recv() => progress.finish(p, o),
-            _ = reload.tick() => match RouteTable::load(&n.routes) {
+            _ = next_reload(&mut reload, &mut hangup) => match RouteTable::load(&n.routes) {
                 Ok(t) if t == *table => refused = None,
                 Ok(t) => {
                     table = Arc::new(t);
@@ -372,6 +373,22 @@ pub async fn run(config: Config, dry_run: bool, shutdown: impl Future<Output = (
     }
     tracing::info!(open = progress.open_alerts(), "Stopped delivering; open alerts are sent again at the next start.");
     Ok(())
+}
+
+/// Waits for the next routes reload: a tick of `tick`, or SIGHUP.
+async fn next_reload(tick: &mut tokio::time::Interval, hangup: &mut Option<tokio::signal::unix::Signal>) {
+    let hup = async {
+        match hangup {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tick.tick() => {}
+        _ = hup => {}
+    }
 }
 
 /// An alert read from the topic, and why it is not one if it is not.

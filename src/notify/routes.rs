@@ -58,6 +58,16 @@ pub enum RoutesError {
     },
 }
 
+/// A secret read from a file (trailing newline removed); never printed.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// How often a destination is retried and how long it waits between tries.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -95,11 +105,20 @@ pub struct RateLimit {
 #[serde(deny_unknown_fields)]
 pub struct WebhookSpec {
     /// `http://` or `https://` URL the alert is POSTed to.
+    #[serde(default)]
     pub url: String,
+    /// A file holding the URL instead (relative to the routes file), when
+    /// the URL carries a token; `url` is then read from it.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// File holding the HMAC-SHA256 signing secret (relative to the routes
     /// file); unset sends no signature.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// The secret, read from `secret_file` when the routes file is loaded
+    /// (so a changed secret is picked up like a changed route).
+    #[serde(skip)]
+    pub secret: Option<Secret>,
     /// How long one request may take.
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
@@ -110,7 +129,12 @@ pub struct WebhookSpec {
 #[serde(deny_unknown_fields)]
 pub struct SlackSpec {
     /// The incoming webhook URL.
+    #[serde(default)]
     pub url: String,
+    /// A file holding the URL instead (relative to the routes file): an
+    /// incoming webhook's URL is its secret. `url` is then read from it.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
     /// How long one request may take.
     #[serde(default = "default_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
@@ -129,6 +153,9 @@ pub struct EmailSpec {
     /// File holding the SMTP password (relative to the routes file).
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// The password, read from `password_file` when the routes file is loaded.
+    #[serde(skip)]
+    pub password: Option<Secret>,
     /// Sender, e.g. `hotlead <hotlead@example.com>`.
     pub from: String,
     /// Recipients.
@@ -383,19 +410,19 @@ impl RouteTable {
         out.into_values().collect()
     }
 
-    /// Reads and validates a routes file and the owners file it names.
+    /// Reads and validates a routes file and the files it names (owners,
+    /// secrets).
     pub fn load(path: &Path) -> Result<Self, RoutesError> {
-        let text = read(path)?;
-        let owners_text = |p: &Path| read(p);
-        Self::parse_with(&text, path, owners_text)
+        Self::parse_with(&read(path)?, path, read)
     }
 
     /// Parses a routes file's text; `path` names it in errors and anchors
-    /// relative paths; `read_owners` reads the owners file it names.
+    /// relative paths; `read_file` reads the files it names (the owners
+    /// file, secret files).
     pub fn parse_with(
         text: &str,
         path: &Path,
-        read_owners: impl Fn(&Path) -> Result<String, RoutesError>,
+        read_file: impl Fn(&Path) -> Result<String, RoutesError>,
     ) -> Result<Self, RoutesError> {
         let origin = path.display().to_string();
         let base = path.parent().unwrap_or(Path::new("."));
@@ -418,13 +445,52 @@ impl RouteTable {
                     ),
                 ));
             }
+            let secret = |file: &Option<PathBuf>, field: &str| -> Result<_, RoutesError> {
+                let Some(f) = file else { return Ok((None, None)) };
+                let path = base.join(f);
+                let text = read_file(&path)
+                    .map_err(|e| invalid(at(field), format!("{e}{}", line(&f.display().to_string()))))?;
+                Ok((Some(Secret(text.trim_end_matches(['\n', '\r']).to_string())), Some(path)))
+            };
+            let url = |inline: String, file: &Option<PathBuf>, kind: &str| -> Result<_, RoutesError> {
+                let (url, from_file) = match (inline.is_empty(), file) {
+                    (false, None) => (inline, None),
+                    (true, Some(_)) => {
+                        let (url, path) = secret(file, &format!(".{kind}.url_file"))?;
+                        (url.map(|u| u.0).unwrap_or_default(), path)
+                    }
+                    _ => {
+                        return Err(invalid(
+                            at(&format!(".{kind}")),
+                            format!("give one of `url` and `url_file`{}", line(&format!("{kind}:"))),
+                        ))
+                    }
+                };
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    let (shown, near) = match file {
+                        Some(f) => ("the URL in `url_file`".to_string(), f.display().to_string()),
+                        None => (format!("`{url}`"), url.clone()),
+                    };
+                    return Err(invalid(
+                        at(&format!(".{kind}.url")),
+                        format!("{shown} is not an http:// or https:// URL{}", line(&near)),
+                    ));
+                }
+                Ok((url, from_file))
+            };
             let kind = match (d.webhook, d.slack, d.email) {
                 (Some(w), None, None) => {
-                    Kind::Webhook(WebhookSpec { secret_file: w.secret_file.map(|f| base.join(f)), ..w })
+                    let (secret, secret_file) = secret(&w.secret_file, ".webhook.secret_file")?;
+                    let (url, url_file) = url(w.url, &w.url_file, "webhook")?;
+                    Kind::Webhook(WebhookSpec { url, url_file, secret_file, secret, ..w })
                 }
-                (None, Some(s), None) => Kind::Slack(s),
+                (None, Some(s), None) => {
+                    let (url, url_file) = url(s.url, &s.url_file, "slack")?;
+                    Kind::Slack(SlackSpec { url, url_file, ..s })
+                }
                 (None, None, Some(e)) => {
-                    Kind::Email(EmailSpec { password_file: e.password_file.map(|f| base.join(f)), ..e })
+                    let (password, password_file) = secret(&e.password_file, ".email.password_file")?;
+                    Kind::Email(EmailSpec { password_file, password, ..e })
                 }
                 _ => {
                     return Err(invalid(
@@ -433,34 +499,24 @@ impl RouteTable {
                     ))
                 }
             };
-            match &kind {
-                Kind::Webhook(WebhookSpec { url, .. }) | Kind::Slack(SlackSpec { url, .. }) => {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(invalid(
-                            at(&format!(".{}.url", kind.as_str())),
-                            format!("`{url}` is not an http:// or https:// URL{}", line(url)),
-                        ));
+            if let Kind::Email(e) = &kind {
+                if !(e.smtp.starts_with("smtp://") || e.smtp.starts_with("smtps://")) {
+                    return Err(invalid(
+                        at(".email.smtp"),
+                        format!("`{}` is not an smtp:// or smtps:// URL{}", e.smtp, line(&e.smtp)),
+                    ));
+                }
+                for (i, addr) in e.to.iter().chain(std::iter::once(&e.from)).enumerate() {
+                    if addr.parse::<lettre::message::Mailbox>().is_err() {
+                        let field = if i < e.to.len() { format!(".email.to[{i}]") } else { ".email.from".into() };
+                        return Err(invalid(at(&field), format!("`{addr}` is not an email address{}", line(addr))));
                     }
                 }
-                Kind::Email(e) => {
-                    if !(e.smtp.starts_with("smtp://") || e.smtp.starts_with("smtps://")) {
-                        return Err(invalid(
-                            at(".email.smtp"),
-                            format!("`{}` is not an smtp:// or smtps:// URL{}", e.smtp, line(&e.smtp)),
-                        ));
-                    }
-                    for (i, addr) in e.to.iter().chain(std::iter::once(&e.from)).enumerate() {
-                        if addr.parse::<lettre::message::Mailbox>().is_err() {
-                            let field = if i < e.to.len() { format!(".email.to[{i}]") } else { ".email.from".into() };
-                            return Err(invalid(at(&field), format!("`{addr}` is not an email address{}", line(addr))));
-                        }
-                    }
-                    if e.to.is_empty() {
-                        return Err(invalid(at(".email.to"), "name at least one recipient".into()));
-                    }
-                    if e.digest.is_some_and(|d| d < Duration::from_secs(1)) {
-                        return Err(invalid(at(".email.digest"), "must be at least 1s".into()));
-                    }
+                if e.to.is_empty() {
+                    return Err(invalid(at(".email.to"), "name at least one recipient".into()));
+                }
+                if e.digest.is_some_and(|d| d < Duration::from_secs(1)) {
+                    return Err(invalid(at(".email.digest"), "must be at least 1s".into()));
                 }
             }
             if d.retry.attempts == 0 {
@@ -486,7 +542,7 @@ impl RouteTable {
             None => Owners::default(),
             Some(f) => {
                 let owners_path = base.join(f);
-                let text = read_owners(&owners_path)?;
+                let text = read_file(&owners_path)?;
                 parse_owners(&text, &owners_path, &destinations)?
             }
         };
@@ -706,8 +762,14 @@ routes:
 
     fn table(routes: &str, owners: &str) -> Result<RouteTable, String> {
         let owners = owners.to_string();
-        RouteTable::parse_with(routes, Path::new("/etc/hotlead/routes.yaml"), move |_| Ok(owners.clone()))
-            .map_err(|e| e.to_string())
+        RouteTable::parse_with(routes, Path::new("/etc/hotlead/routes.yaml"), move |p| match p.to_str() {
+            Some("/etc/hotlead/owners.yaml") => Ok(owners.clone()),
+            Some("/etc/hotlead/crm.secret") => Ok("s3cret\n".into()),
+            Some("/etc/hotlead/chat.url") => Ok("https://chat.example.com/hooks/T000/B000/XXXX\n".into()),
+            Some("/etc/hotlead/bad.url") => Ok("hooks/T000/B000/XXXX".into()),
+            _ => Err(RoutesError::Io { path: p.to_path_buf(), source: std::io::ErrorKind::NotFound.into() }),
+        })
+        .map_err(|e| e.to_string())
     }
 
     fn alert(tier: &str, direction: Direction, score: f64, account: &str) -> ScoreAlert {
@@ -795,6 +857,11 @@ routes:
         assert!(e.contains("owners.yaml: default") && e.contains("nowhere"), "{e}");
         let e = table(ROUTES, "owners: { bob: chat }\naccounts: { acct-1: alice }\n").unwrap_err();
         assert!(e.contains("accounts.acct-1") && e.contains("alice"), "{e}");
+        let e = table(&ROUTES.replace("crm.secret", "gone.secret"), OWNERS).unwrap_err();
+        assert!(
+            e.contains("destinations.crm.webhook.secret_file") && e.contains("gone.secret") && e.contains("line 5"),
+            "{e}"
+        );
         let e = table(&ROUTES.replace("attempts: 3", "attempts: 0"), OWNERS).unwrap_err();
         assert!(e.contains("destinations.crm.retry.attempts"), "{e}");
         let e =
@@ -806,10 +873,25 @@ routes:
     fn relative_files_are_read_beside_the_routes_file() {
         let t = table(ROUTES, OWNERS).unwrap();
         match &t.destinations["crm"].kind {
-            Kind::Webhook(w) => assert_eq!(w.secret_file.as_deref(), Some(Path::new("/etc/hotlead/crm.secret"))),
+            Kind::Webhook(w) => {
+                assert_eq!(w.secret_file.as_deref(), Some(Path::new("/etc/hotlead/crm.secret")));
+                assert_eq!(w.secret, Some(Secret("s3cret".into())), "read, without its newline");
+                assert_eq!(format!("{:?}", w.secret), "Some(<redacted>)");
+            }
             k => panic!("{k:?}"),
         }
         assert_eq!(t.destinations["chat"].concurrency, 8);
+        let t = table(&ROUTES.replace("url: \"http://127.0.0.1:1/chat\"", "url_file: chat.url"), OWNERS).unwrap();
+        match &t.destinations["chat"].kind {
+            Kind::Slack(s) => assert_eq!(s.url, "https://chat.example.com/hooks/T000/B000/XXXX", "read from url_file"),
+            k => panic!("{k:?}"),
+        }
+        let e = table(&ROUTES.replace("url: \"http://127.0.0.1:1/chat\"", "url_file: bad.url"), OWNERS).unwrap_err();
+        assert!(e.contains("destinations.chat.slack.url") && e.contains("the URL in `url_file`"), "{e}");
+        assert!(!e.contains("T000"), "the URL from a file is a secret: {e}");
+        let both = ROUTES.replace("url: \"http://127.0.0.1:1/chat\"", "url: \"http://x\", url_file: chat.url");
+        let e = table(&both, OWNERS).unwrap_err();
+        assert!(e.contains("destinations.chat.slack") && e.contains("one of `url` and `url_file`"), "{e}");
         assert_eq!(t.destinations["chat"].retry, Retry::default());
     }
 }

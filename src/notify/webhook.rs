@@ -87,6 +87,8 @@ pub async fn send(client: &reqwest::Client, post: Post<'_>) -> Result<(), Delive
         req = req.header(SIGNATURE_HEADER, signature(secret, crate::decode::now_ms() / 1000, &post.body));
     }
     let resp = req.body(post.body).send().await.map_err(|e| {
+        // The URL of a chat webhook is its secret: keep it out of errors.
+        let e = e.without_url();
         if e.is_timeout() {
             DeliveryError::Timeout(post.timeout)
         } else {
@@ -110,6 +112,16 @@ pub async fn send(client: &reqwest::Client, post: Post<'_>) -> Result<(), Delive
         Err(DeliveryError::Rejected { status: code, body: text })
     } else {
         Err(DeliveryError::Status { status: code, body: text, retry_after })
+    }
+}
+
+/// `url` for people to read: `scheme://host[:port]` with `/…` for any
+/// path or query, which may hold a token (a chat webhook's path does).
+pub fn redacted(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return "…".into() };
+    match rest.find(['/', '?', '#']) {
+        Some(i) if rest.len() > i + 1 => format!("{scheme}://{}/…", &rest[..i]),
+        _ => format!("{scheme}://{}", rest.trim_end_matches('/')),
     }
 }
 
@@ -145,5 +157,13 @@ mod tests {
         let forged = header.replace("t=1767268800", "t=1767268801");
         assert!(!verify(b"s3cret", &forged, body, 1_767_268_860, 300), "another timestamp");
         assert!(!verify(b"s3cret", "v1=zz", body, 0, 300));
+    }
+
+    #[test]
+    fn urls_are_shown_without_path_or_query() {
+        assert_eq!(redacted("https://chat.example.com/hooks/T000/B000/XXXX"), "https://chat.example.com/…");
+        assert_eq!(redacted("http://127.0.0.1:8080/crm?token=abc"), "http://127.0.0.1:8080/…");
+        assert_eq!(redacted("https://crm.example.com/"), "https://crm.example.com");
+        assert_eq!(redacted("no scheme"), "…");
     }
 }
