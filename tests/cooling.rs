@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hotlead::proto::interaction_event::Interaction;
-use hotlead::proto::{score_alert, InteractionEvent, PageView, ScoreAlert};
+use hotlead::proto::{score_alert, ScoreAlert};
 use prost::Message as _;
-use support::{last_offsets, rules_file, spawn_pipeline_with_clock, Stack, Topics};
+use support::{last_offsets, page, rules_file, spawn_pipeline_with_clock, Stack, Topics};
 
 const DAY: i64 = 86_400_000;
 
@@ -26,16 +25,6 @@ models:
       - { id: page, when: { kind: page_view, url: /page }, points: 40 }
       - { id: big, when: { kind: page_view, url: /big }, points: 70 }
 "#;
-
-fn page(id: &str, contact: &str, at: i64, url: &str) -> InteractionEvent {
-    InteractionEvent {
-        event_id: id.into(),
-        contact_id: contact.into(),
-        occurred_at: Some(hotlead::decode::timestamp(at)),
-        interaction: Some(Interaction::PageView(PageView { url: url.into(), ..Default::default() })),
-        ..Default::default()
-    }
-}
 
 async fn alerts(stack: &Stack, topics: &Topics) -> Vec<ScoreAlert> {
     let r = stack.read_all(&topics.alerts, usize::MAX, Duration::from_millis(1500)).await;

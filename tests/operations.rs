@@ -9,26 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hotlead::engine::{self, Contact, Message, Source};
-use hotlead::proto::interaction_event::Interaction;
-use hotlead::proto::{InteractionEvent, PageView, ScoreAlert};
+use hotlead::proto::{InteractionEvent, ScoreAlert};
 use hotlead::rules::RuleSet;
-use hotlead::score::Millis;
 use prost::Message as _;
 use rand::{Rng, SeedableRng};
-use support::{close, last_offsets, rules_file, spawn_pipeline, spawn_pipeline_with_clock, Stack, Topics};
+use support::{close, last_offsets, page, rules_file, spawn_pipeline, spawn_pipeline_with_clock, Stack, Topics};
 
 const HOUR: i64 = 3_600_000;
 const DAY: i64 = 24 * HOUR;
-
-fn page(id: &str, contact: &str, at: Millis, url: &str) -> InteractionEvent {
-    InteractionEvent {
-        event_id: id.into(),
-        contact_id: contact.into(),
-        occurred_at: Some(hotlead::decode::timestamp(at)),
-        interaction: Some(Interaction::PageView(PageView { url: url.into(), ..Default::default() })),
-        ..Default::default()
-    }
-}
 
 /// Each contact's state as stored, decoded with `rules`.
 fn stored_contacts(stack: &Stack, topics: &Topics, rules: &RuleSet, ids: &[String]) -> HashMap<String, Contact> {

@@ -355,6 +355,18 @@ pub fn http_get(port: u16, path: &str, token: Option<&str>) -> (u16, serde_json:
     (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
 }
 
+/// A page view of `url` by `contact` at `at` (ms), with event id `id`.
+pub fn page(id: &str, contact: &str, at: i64, url: &str) -> hotlead::proto::InteractionEvent {
+    use hotlead::proto::interaction_event::Interaction;
+    hotlead::proto::InteractionEvent {
+        event_id: id.into(),
+        contact_id: contact.into(),
+        occurred_at: Some(hotlead::decode::timestamp(at)),
+        interaction: Some(Interaction::PageView(hotlead::proto::PageView { url: url.into(), ..Default::default() })),
+        ..Default::default()
+    }
+}
+
 /// Writes a rules file into a temp dir that lives as long as the returned guard.
 pub fn rules_file(yaml: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
