@@ -303,7 +303,7 @@ fn outage_error(detail: &str) {
     }
 }
 
-static OUTAGE: std::sync::Mutex<Outage> = std::sync::Mutex::new(Outage { since: None, errors: 0, reminded: None });
+static OUTAGE: std::sync::Mutex<Outage> = std::sync::Mutex::new(Outage::new());
 
 /// A broker outage, as far as the logs need it.
 #[derive(Debug)]

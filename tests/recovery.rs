@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hotlead::proto::interaction_event::Interaction;
-use hotlead::proto::{InteractionEvent, PageView, ScoreAlert};
+use hotlead::proto::{InteractionEvent, PageView};
 use hotlead::rules::RuleSet;
 use prost::Message as _;
 use support::{last_offsets, rules_file, spawn_pipeline, spawn_pipeline_with_clock, Stack, Topics};
@@ -146,12 +146,8 @@ async fn redis_rolled_back_after_commits_heals_by_replay_and_reads_recover_at_on
     // Replayed batches raise their alerts again, with the same ids.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got: BTreeSet<String> = stack
-            .read_all(&topics.alerts, usize::MAX, Duration::from_secs(5))
-            .await
-            .iter()
-            .map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap().alert_id)
-            .collect();
+        let got: BTreeSet<String> =
+            stack.alerts(&topics.alerts, Duration::from_secs(5)).await.into_iter().map(|a| a.alert_id).collect();
         if got == oracle.alerts {
             break;
         }
@@ -265,25 +261,12 @@ async fn a_commit_whose_reply_is_lost_yields_each_alert_once() {
         let fx = hotlead::engine::score_partition(&rules, source, msgs);
         want.extend(hotlead::engine::sweep(&rules, source, fx.contacts, now).alerts.into_iter().map(|a| a.alert_id));
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let records = loop {
-        let records = stack.read_all(&topics.alerts, usize::MAX, Duration::from_secs(5)).await;
-        if records.len() >= want.len() || Instant::now() > deadline {
-            break records;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let records = if records.len() >= want.len() {
-        stack.read_all(&topics.alerts, usize::MAX, Duration::from_secs(5)).await
-    } else {
-        records
-    };
+    let records = stack.settled_alerts(&topics.alerts, want.len(), Duration::from_secs(60)).await;
     running.finish().await;
     let calls = cutter.commits.load(Ordering::Relaxed);
     assert!(calls >= 30, "{calls} commit calls, half of them cut");
     assert!(usize::MAX - cutter.cuts.load(Ordering::Relaxed) >= 15, "commits were cut");
-    let ids: Vec<String> = records.iter().map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap().alert_id).collect();
+    let ids: Vec<String> = records.into_iter().map(|a| a.alert_id).collect();
     let distinct: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!(distinct, want, "the alerts are the oracle's");
     assert_eq!(ids.len(), want.len(), "each alert delivered once");
@@ -331,19 +314,12 @@ async fn a_broker_outage_loses_nothing_logs_a_handful_of_lines_and_shutdown_stay
     stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(120)).await;
     let all: Vec<InteractionEvent> = first.into_iter().chain(second).collect();
     let oracle = support::oracle(&rules, &topics, support::landed(&all, &delivered));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ids = loop {
-        let ids: Vec<String> = stack
-            .read_all(&topics.alerts, usize::MAX, Duration::from_secs(5))
-            .await
-            .iter()
-            .map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap().alert_id)
-            .collect();
-        if ids.len() >= oracle.alerts.len() || Instant::now() > deadline {
-            break ids;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let ids: Vec<String> = stack
+        .settled_alerts(&topics.alerts, oracle.alerts.len(), Duration::from_secs(60))
+        .await
+        .into_iter()
+        .map(|a| a.alert_id)
+        .collect();
     let distinct: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!(distinct, oracle.alerts, "alerts resume, nothing lost");
     assert_eq!(ids.len(), distinct.len(), "nothing doubled");

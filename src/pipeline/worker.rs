@@ -261,6 +261,7 @@ struct Worker {
 }
 
 /// What became of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     /// Committed.
     Stored,
@@ -786,12 +787,6 @@ impl Worker {
 /// sets are indexed for.
 fn fingerprints(keys: &PartitionKeys, rules: &RuleSet) -> Vec<(String, String)> {
     rules.models.iter().map(|m| (keys.index_fingerprint(&m.name), crate::store::index_fingerprint(m))).collect()
-}
-
-impl PartialEq for Outcome {
-    fn eq(&self, other: &Self) -> bool {
-        std::mem::discriminant(self) == std::mem::discriminant(other)
-    }
 }
 
 /// Splits stored contacts into the engine's input and what is written.

@@ -21,7 +21,7 @@ use redis::aio::ConnectionManager;
 
 mod plan;
 
-pub use plan::{commit_for, dead_letter, entries, index_fingerprint, Entries, Outputs, Stored, Written};
+pub use plan::{commit_for, dead_letter, index_fingerprint, Entries, Outputs, Stored, Written};
 pub use plan::{HEADER_ERROR, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
 pub use plan::{HEADER_PAYLOAD_BYTES, HEADER_PAYLOAD_SHA256, HEADER_TRUNCATED};
 

@@ -106,7 +106,7 @@ impl Stored {
 }
 
 /// Each model's sorted-set entries for a state.
-pub fn entries(rules: &RuleSet, state: &ContactState) -> Vec<Entries> {
+fn entries(rules: &RuleSet, state: &ContactState) -> Vec<Entries> {
     rules
         .models
         .iter()

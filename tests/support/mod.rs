@@ -275,6 +275,30 @@ impl Stack {
         }
     }
 
+    /// Every alert on `topic` so far, decoded, in topic order (a quiet
+    /// `wait` ends the read).
+    pub async fn alerts(&self, topic: &str, wait: Duration) -> Vec<hotlead::proto::ScoreAlert> {
+        let records = self.read_all(topic, usize::MAX, wait).await;
+        records.iter().map(|r| hotlead::proto::ScoreAlert::decode(r.payload.as_slice()).unwrap()).collect()
+    }
+
+    /// The alerts on `topic` once at least `count` have arrived (or
+    /// `timeout` passed) and a second more has passed, so repeats that come
+    /// late are counted too.
+    pub async fn settled_alerts(
+        &self,
+        topic: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<hotlead::proto::ScoreAlert> {
+        let deadline = Instant::now() + timeout;
+        while self.alerts(topic, Duration::from_secs(5)).await.len() < count && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        self.alerts(topic, Duration::from_secs(5)).await
+    }
+
     /// Reads the messages on `topic` from the start: until `count` have
     /// arrived, or no first message within `wait`, or a quiet second after
     /// the last one.
