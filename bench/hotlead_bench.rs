@@ -309,18 +309,37 @@ fn verify(
     }
     let mut got: HashMap<(String, String), (f64, Millis)> = HashMap::new();
     for chunk in keys.chunks(2000) {
+        // hotlead keeps a contact as one binary string; the peers as a hash
+        // of text fields (the layout `decode_stored` also reads).
         let mut pipe = redis::pipe();
         for k in chunk {
-            pipe.cmd("HGETALL").arg(k);
+            pipe.cmd("TYPE").arg(k);
         }
-        let hashes: Vec<HashMap<String, String>> = pipe.query(&mut con)?;
-        for (k, h) in chunk.iter().zip(hashes) {
+        let types: Vec<String> = pipe.query(&mut con)?;
+        let mut pipe = redis::pipe();
+        for (k, t) in chunk.iter().zip(&types) {
+            pipe.cmd(if t == "string" { "GET" } else { "HGETALL" }).arg(k);
+        }
+        let values: Vec<redis::Value> = pipe.query(&mut con)?;
+        for ((k, t), v) in chunk.iter().zip(&types).zip(values) {
             let contact = k.rsplit_once(":c:").map_or(k.as_str(), |(_, c)| c).to_string();
-            for m in &rules.models {
-                let s = h.get(&format!("{}:s", m.name)).and_then(|v| v.parse::<f64>().ok());
-                let t = h.get(&format!("{}:t", m.name)).and_then(|v| v.parse::<Millis>().ok());
-                if let (Some(s), Some(t)) = (s, t) {
-                    got.insert((contact.clone(), m.name.clone()), (s, t));
+            if t != "string" {
+                // A peer's hash: only score and time are compared.
+                let h: HashMap<String, String> = redis::FromRedisValue::from_redis_value(v)?;
+                for m in &rules.models {
+                    let s = h.get(&format!("{}:s", m.name)).and_then(|v| v.parse::<f64>().ok());
+                    let t = h.get(&format!("{}:t", m.name)).and_then(|v| v.parse::<Millis>().ok());
+                    if let (Some(s), Some(t)) = (s, t) {
+                        got.insert((contact.clone(), m.name.clone()), (s, t));
+                    }
+                }
+                continue;
+            }
+            let bytes: Vec<u8> = redis::FromRedisValue::from_redis_value(v)?;
+            let state = hotlead::store::codec::decode(&rules, &bytes, None).map_err(|e| anyhow::anyhow!("{k}: {e}"))?.1;
+            for (m, st) in rules.models.iter().zip(&state.models) {
+                if let Some(st) = st {
+                    got.insert((contact.clone(), m.name.clone()), (st.score, st.at_ms));
                 }
             }
         }

@@ -224,8 +224,13 @@ async fn contact(
     let at = at_param(&q)?;
     let partitions = s.partitions().await?;
     let rules = s.rules.current();
-    match read(|| s.store.find_contact(&s.topic, partitions, &contact_id)).await? {
-        Some((p, fields)) => Ok(Json(crate::query::contact_view(&rules, &contact_id, p, &fields, at))),
+    match read(|| s.store.find_contact(&s.topic, partitions, &contact_id, &rules)).await? {
+        Some((p, value)) => {
+            crate::query::contact_view(&rules, &contact_id, p, &value, at).map(Json).map_err(|e| ApiError {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("the stored state of `{contact_id}` cannot be read: {e}"),
+            })
+        }
         None => Err(ApiError::not_found(format!("no contact `{contact_id}` has a score"))),
     }
 }
@@ -257,11 +262,12 @@ async fn leaderboard(
             })?),
         };
     let at = at_param(&q)?;
-    let floor = min_score.map_or(f64::NEG_INFINITY, |x| crate::query::leaderboard_floor(m, x, at));
+    let floor = crate::query::leaderboard_least_entry(m, min_score, at);
     let partitions = s.partitions().await?;
     let all = read(|| s.store.leaderboard_top(&s.topic, partitions, &m.name, floor, limit)).await?;
     let who: Vec<(i32, &str)> = all.iter().map(|(c, _, p)| (*p, c.as_str())).collect();
-    let tiers = read(|| s.store.tiers(&s.topic, &m.name, &who)).await?;
+    let index = rules.models.iter().position(|x| x.name == m.name).unwrap_or_default();
+    let tiers = read(|| s.store.tiers(&s.topic, &rules, index, &who)).await?;
     let entries: Vec<crate::query::LeaderboardEntry> = all
         .iter()
         .zip(tiers)
@@ -272,7 +278,8 @@ async fn leaderboard(
             tier,
         })
         .collect();
-    Ok(Json(json!({ "model": m.name, "version": m.version, "at_ms": at, "entries": entries })))
+    let floor = crate::score::leaderboard_floor(m);
+    Ok(Json(json!({ "model": m.name, "version": m.version, "at_ms": at, "floor": floor, "entries": entries })))
 }
 
 async fn recent_alerts(

@@ -220,14 +220,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let store = crate::store::Store::connect_with(&config.redis)
                 .await
                 .context("cannot connect to Redis (redis.url)")?;
-            match store.find_contact(&config.topics.input, partitions, &args.contact_id).await? {
+            match store.find_contact(&config.topics.input, partitions, &args.contact_id, &rules).await? {
                 None => {
                     eprintln!("contact {} has no score", args.contact_id);
                     Ok(std::process::ExitCode::from(1))
                 }
-                Some((p, fields)) => {
-                    let view =
-                        crate::query::contact_view(&rules, &args.contact_id, p, &fields, crate::decode::now_ms());
+                Some((p, value)) => {
+                    let view = crate::query::contact_view(&rules, &args.contact_id, p, &value, crate::decode::now_ms())
+                        .with_context(|| format!("the stored state of {} cannot be read", args.contact_id))?;
                     if args.json {
                         println!("{}", serde_json::to_string_pretty(&view)?);
                     } else {
@@ -252,10 +252,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 .await
                 .context("cannot connect to Redis (redis.url)")?;
             let now = crate::decode::now_ms();
-            let floor = args
-                .min_score
-                .filter(|x| *x > 0.0)
-                .map_or(f64::NEG_INFINITY, |x| crate::query::leaderboard_floor(model, x, now));
+            let floor = crate::query::leaderboard_least_entry(model, args.min_score.filter(|x| *x > 0.0), now);
             let limit = args.limit.clamp(1, 1000);
             let all = store.leaderboard_top(&config.topics.input, partitions, &model.name, floor, limit).await?;
             println!("{:>4}  {:<24} {:>10}", "rank", "contact", "score");

@@ -370,6 +370,7 @@ const CONSUMER_ONLY: &[&str] = &[
     "max.poll.interval.ms",
     "fetch.min.bytes",
     "fetch.wait.max.ms",
+    "queued.max.messages.kbytes",
     "fetch.max.bytes",
     "max.partition.fetch.bytes",
     "isolation.level",
@@ -532,6 +533,10 @@ impl Config {
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
             .set("fetch.wait.max.ms", "100")
+            // Read ahead at most 16 MiB (librdkafka's default is 64 MiB):
+            // enough to keep every partition worker busy, and memory flat
+            // through a backlog.
+            .set("queued.max.messages.kbytes", "16384")
             .set("statistics.interval.ms", "1000");
         for (k, v) in &self.kafka {
             c.set(k, v);

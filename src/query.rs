@@ -1,13 +1,12 @@
 //! The read side: a contact's scores, tiers and explanations, decayed to a
 //! given moment, from its stored state.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::rules::RuleSet;
 use crate::score::Millis;
-use crate::store::decode_contact;
 
 /// One model's view of a contact at a moment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -41,16 +40,16 @@ pub struct ContactView {
     pub models: Vec<ModelView>,
 }
 
-/// A contact's view at `now_ms` from its stored hash fields.
+/// A contact's view at `now_ms` from its stored value.
 pub fn contact_view(
     rules: &RuleSet,
     contact_id: &str,
     partition: i32,
-    fields: &HashMap<String, Vec<u8>>,
+    value: &crate::store::StoredValue,
     now_ms: Millis,
-) -> ContactView {
-    let (account_id, state) = decode_contact(rules, fields);
-    view(rules, contact_id, partition, account_id, &state, now_ms)
+) -> Result<ContactView, crate::store::codec::CodecError> {
+    let (account_id, state) = crate::store::decode_stored(rules, value)?;
+    Ok(view(rules, contact_id, partition, account_id, &state, now_ms))
 }
 
 /// A contact's view at `now_ms` from its state.
@@ -180,11 +179,26 @@ impl From<crate::proto::ScoreAlert> for AlertView {
 
 /// The sorted-set entry value a current score corresponds to at `now_ms`:
 /// entries at or above it have at least that score now.
-pub fn leaderboard_floor(model: &crate::rules::Model, min_score: f64, now_ms: Millis) -> f64 {
+pub fn leaderboard_entry_for(model: &crate::rules::Model, min_score: f64, now_ms: Millis) -> f64 {
     if model.rules.is_empty() {
         min_score
     } else {
-        min_score.log2() + (now_ms - crate::score::LEADERBOARD_EPOCH_MS) as f64 / 1000.0 / model.half_life_secs
+        crate::score::leaderboard_value(model, min_score, now_ms)
+    }
+}
+
+/// The least sorted-set entry value a leaderboard read at `now_ms` lists:
+/// contacts with at least `min_score` and at least the model's floor
+/// ([`crate::score::leaderboard_floor`]). Below the floor the leaderboard
+/// keeps no one, so a `min_score` under it is raised to it and the answer
+/// is the same whenever decayed entries are pruned.
+pub fn leaderboard_least_entry(model: &crate::rules::Model, min_score: Option<f64>, now_ms: Millis) -> f64 {
+    let floor = crate::score::leaderboard_floor(model);
+    let least = min_score.unwrap_or(0.0).max(floor);
+    if least > 0.0 {
+        leaderboard_entry_for(model, least, now_ms)
+    } else {
+        f64::NEG_INFINITY
     }
 }
 

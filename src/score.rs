@@ -109,14 +109,44 @@ impl ModelState {
     /// behaviour rules (ordering by it orders contacts by current decayed
     /// score at any `now`), the fit score for a fit-only model. `None` when
     /// the contact has nothing to rank by.
+    /// Only a contact at or above the model's [`leaderboard_floor`] has
+    /// one, so the cold majority costs the leaderboard nothing.
     pub fn leaderboard_score(&self, model: &Model) -> Option<f64> {
+        let floor = leaderboard_floor(model);
         if model.rules.is_empty() {
             let f = self.fit_total();
-            return (f > 0.0).then_some(f);
+            return (f > 0.0 && f >= floor).then_some(f);
         }
-        (self.score > 0.0)
-            .then(|| self.score.log2() + (self.at_ms - LEADERBOARD_EPOCH_MS) as f64 / 1000.0 / model.half_life_secs)
+        (self.score > 0.0 && self.score >= floor).then(|| leaderboard_value(model, self.score, self.at_ms))
     }
+}
+
+/// The leaderboard value of behaviour score `s` at `at_ms`:
+/// `log2(s) + (at - E) / H`. It does not change as the score decays, and
+/// orders contacts by their current score at any moment.
+pub fn leaderboard_value(model: &Model, s: f64, at_ms: Millis) -> f64 {
+    s.log2() + (at_ms - LEADERBOARD_EPOCH_MS) as f64 / 1000.0 / model.half_life_secs
+}
+
+/// The least ranked score (behaviour part, or fit for a fit-only model) a
+/// contact needs to be on the model's leaderboard: the lowest tier's exit,
+/// less the most fit points the model can give (so every contact whose
+/// score reaches the lowest tier's exit is on it). 0 (any positive score)
+/// for a model without tiers, or whose fit alone can reach the exit.
+pub fn leaderboard_floor(model: &Model) -> f64 {
+    let Some(lowest) = model.tiers.first() else { return 0.0 };
+    if model.rules.is_empty() {
+        return lowest.exit.max(0.0);
+    }
+    let fit: f64 = model.fit.iter().map(|r| r.points.max(0.0)).sum();
+    (lowest.exit - fit).max(0.0)
+}
+
+/// The leaderboard values below which a contact has decayed under the
+/// floor by `now_ms` (`None`: nothing decays off this model's leaderboard).
+pub fn leaderboard_prune_below(model: &Model, now_ms: Millis) -> Option<f64> {
+    let floor = leaderboard_floor(model);
+    (!model.rules.is_empty() && floor > 0.0).then(|| leaderboard_value(model, floor, now_ms))
 }
 
 /// A contact's whole state: its profile and each model's state.
@@ -126,8 +156,8 @@ pub struct ContactState {
     pub profile: BTreeMap<String, (String, Millis)>,
     /// State per model, parallel to the rule set's models.
     pub models: Vec<Option<ModelState>>,
-    /// Recently applied event ids (hashed) with their arrival times, in
-    /// arrival order, for counting a repeated event once.
+    /// Recently applied event ids (hashed) with their arrival times (whole
+    /// seconds), in arrival order, for counting a repeated event once.
     pub seen: Vec<(u64, Millis)>,
 }
 
@@ -151,7 +181,9 @@ impl ContactState {
         if self.seen.iter().any(|(x, _)| *x == h) {
             return true;
         }
-        self.seen.push((h, arrived_ms));
+        // Kept to the second: the window is a day, and the state stores
+        // seconds.
+        self.seen.push((h, arrived_ms - arrived_ms.rem_euclid(1000)));
         let cutoff = arrived_ms.saturating_sub(window_ms);
         self.seen.retain(|(_, t)| *t >= cutoff);
         if self.seen.len() > max {
@@ -161,16 +193,29 @@ impl ContactState {
         false
     }
 
+    /// Whether the state holds nothing but event ids: no score in any model
+    /// and no kept profile attribute. Such a contact's repeats change
+    /// nothing, so it need not remember its event ids either.
+    pub fn is_blank(&self) -> bool {
+        self.profile.is_empty() && self.models.iter().all(Option::is_none)
+    }
+
     /// The current profile attributes.
     pub fn attributes(&self) -> BTreeMap<String, String> {
         self.profile.iter().map(|(k, (v, _))| (k.clone(), v.clone())).collect()
     }
 }
 
-/// A stable 64-bit hash of an event id (FNV-1a), for the repeat check.
+/// A stable hash of an event id (FNV-1a, folded), for the repeat check.
+/// Kept to its low 48 bits, the width the stored state holds (so the ids
+/// stored by earlier versions, all 64 bits, still match once cut).
 pub fn event_hash(event_id: &str) -> u64 {
-    event_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    let h = event_id.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    h & EVENT_HASH_MASK
 }
+
+/// The bits of an event id hash that are kept.
+pub const EVENT_HASH_MASK: u64 = (1 << 48) - 1;
 
 /// Which way a tier crossing went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -229,7 +274,7 @@ pub fn apply_event(
 ) -> Vec<Crossing> {
     contact.models.resize(rules.models.len(), None);
     if let Some(Interaction::ProfileUpdate(p)) = &event.interaction {
-        for (k, v) in &p.attributes {
+        for (k, v) in p.attributes.iter().filter(|(k, _)| rules.keeps(k)) {
             let newer = contact.profile.get(k).is_none_or(|(old, t)| *t < at_ms || (*t == at_ms && old <= v));
             if newer {
                 contact.profile.insert(k.clone(), (v.clone(), at_ms));

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::time::Duration;
 
@@ -20,7 +19,7 @@ models:
   - name: engagement
     half_life: 2d
     tiers:
-      - { name: warm, enter: 30, exit: 20 }
+      - { name: warm, enter: 30, exit: 2 }
     rules:
       - { id: pricing, when: { kind: page_view, url: { prefix: /pricing } }, points: 10 }
       - { id: blog, when: { kind: page_view, url: { prefix: /blog } }, points: 3 }
@@ -51,8 +50,8 @@ fn brute_force(stack: &Stack, topics: &Topics, rules: &RuleSet, contacts: &[Stri
         .filter_map(|c| {
             (0..topics.partitions).find_map(|p| {
                 let key = hotlead::store::PartitionKeys::new(&topics.input, p).contact(c);
-                let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(key).query(&mut r).unwrap();
-                let st = hotlead::store::decode_model_state(m, &fields)?;
+                let stored = support::stored_contact(&mut r, rules, &key)?;
+                let st = stored.state.models[0].clone()?;
                 Some((c.clone(), st.behaviour_at(at, m.half_life_secs)))
             })
         })
@@ -124,7 +123,12 @@ async fn read_api_answers_with_the_formula_and_a_brute_force_ranking() {
             .iter()
             .map(|e| (e["contact_id"].as_str().unwrap().to_string(), e["score"].as_f64().unwrap()))
             .collect();
-        let want = brute_force(&stack, &topics, &rules, &contacts, at);
+        // The leaderboard keeps contacts at or above its floor (the lowest
+        // tier's exit, 2): the ranking of those, whatever was pruned.
+        assert_eq!(body["floor"], 2.0);
+        let everyone = brute_force(&stack, &topics, &rules, &contacts, at);
+        let want: Vec<(String, f64)> = everyone.iter().filter(|(_, s)| *s >= 2.0).cloned().collect();
+        assert!(want.len() >= 15 && want.len() < everyone.len(), "{} of {}", want.len(), everyone.len());
         assert_eq!(got.len(), 15);
         for (g, w) in got.iter().zip(&want) {
             assert_eq!(g.0, w.0, "ranking at {at}: {got:?}\nvs {want:?}");
@@ -138,6 +142,11 @@ async fn read_api_answers_with_the_formula_and_a_brute_force_ranking() {
             get(format!("/v1/models/engagement/leaderboard?limit=100&min_score={min}&at={at}"), token).await.unwrap();
         let n = body["entries"].as_array().unwrap().len();
         assert_eq!(n, k + 1, "everyone above {min}");
+        // A min_score under the floor answers from the floor.
+        let (_, body) =
+            get(format!("/v1/models/engagement/leaderboard?limit=100&min_score=0.5&at={at}"), token).await.unwrap();
+        let n = body["entries"].as_array().unwrap().len();
+        assert_eq!(n, want.len(), "everyone at or above the floor, no one under it");
     }
 
     // `hotlead top` prints the API's ranking.

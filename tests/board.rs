@@ -54,8 +54,9 @@ async fn the_board_shows_the_hot_leads_in_order() {
     let pricing = || Interaction::PageView(PageView { url: "/pricing".into(), ..Default::default() });
     let demo = || Interaction::FormSubmission(FormSubmission { form_id: "demo-request".into(), ..Default::default() });
     let mut events = Vec::new();
-    // ada 95 (hot), bea 70 (hot), cal 45 (warm), dov 20 (cold).
-    for (contact, views, demos) in [("ada", 7, 1), ("bea", 2, 2), ("cal", 2, 1), ("dov", 2, 0)] {
+    // ada 95 (hot), bea 70 (hot), cal 45 (warm), dov 25 (cold, above the
+    // leaderboard's floor: warm's exit, 20), eve 10 (under it).
+    for (contact, views, demos) in [("ada", 7, 1), ("bea", 2, 2), ("cal", 2, 1), ("dov", 0, 1), ("eve", 1, 0)] {
         for k in 0..views {
             events.push(ev(format!("{contact}-v{k}"), contact, pricing()));
         }
@@ -81,7 +82,7 @@ async fn the_board_shows_the_hot_leads_in_order() {
     let board = dom.split("id=\"board-engagement\"").nth(1).unwrap_or_else(|| panic!("no engagement board:\n{dom}"));
     let board = board.split("</table>").next().unwrap();
     let order: Vec<&str> = board.split("data-contact=\"").skip(1).map(|s| s.split('"').next().unwrap()).collect();
-    assert_eq!(order, ["ada", "bea", "cal", "dov"], "leads in score order");
+    assert_eq!(order, ["ada", "bea", "cal", "dov"], "leads in score order, none under the floor");
     let row = |c: &str| {
         board.split(&format!("data-contact=\"{c}\"")).nth(1).unwrap().split("</tr>").next().unwrap().to_string()
     };
@@ -94,6 +95,7 @@ async fn the_board_shows_the_hot_leads_in_order() {
         assert!(alerts.contains(&format!("data-contact=\"{c}\"")), "{c} raised an alert");
     }
     assert!(!alerts.contains("data-contact=\"dov\""), "dov raised none");
+    assert!(!alerts.contains("data-contact=\"eve\""), "eve raised none");
 
     // The lead's breakdown: each rule's share of the score.
     let detail = dom.split("id=\"detail\"").nth(1).unwrap().split("</table>").next().unwrap();

@@ -159,7 +159,7 @@ async fn scores_and_alerts_on_a_redis_cluster_equal_the_oracle() {
     let mut checked = 0;
     for (p, contact, fields) in oracle.contacts {
         let key = hotlead::store::PartitionKeys::new(&topics.input, p).contact(&contact);
-        let stored: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut cluster).unwrap();
+        let stored = support::stored_fields(&mut cluster, &rules, &key);
         for (f, want) in fields {
             let got = stored.get(&f);
             assert!(support::field_matches(&f, got, &want), "{contact} {f}: {got:?} vs {want}");

@@ -15,6 +15,10 @@ use support::{close, last_offsets, rules_file, spawn_pipeline, Stack, Topics};
 
 const RULES: &str = "models: [{name: m, half_life: 7d, tiers: [{name: warm, enter: 30, exit: 20}], rules: [{id: p, when: {kind: page_view}, points: 10}, {id: e, when: {kind: email_engagement}, points: 1}]}]";
 
+fn rules() -> hotlead::rules::RuleSet {
+    hotlead::rules::RuleSet::parse(RULES, "rules").unwrap()
+}
+
 fn page(id: &str, contact: &str, at: i64) -> InteractionEvent {
     InteractionEvent {
         event_id: id.into(),
@@ -32,8 +36,8 @@ fn scores(stack: &Stack, topics: &Topics, contacts: &[&str]) -> HashMap<String, 
         .filter_map(|c| {
             (0..topics.partitions).find_map(|p| {
                 let key = hotlead::store::PartitionKeys::new(&topics.input, p).contact(c);
-                let s: Option<String> = redis::cmd("HGET").arg(key).arg("m:s").query(&mut r).unwrap();
-                s.map(|s| (c.to_string(), s.parse().unwrap()))
+                let s = support::stored_fields(&mut r, &rules(), &key).remove("m:s")?;
+                Some((c.to_string(), s.parse().unwrap()))
             })
         })
         .collect()
@@ -236,7 +240,7 @@ async fn a_redis_that_lost_its_last_writes_is_healed_by_replay() {
     let mut checked = 0;
     for (p, contact, fields) in oracle.contacts {
         let key = hotlead::store::PartitionKeys::new(&topics.input, p).contact(&contact);
-        let stored: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut c).unwrap();
+        let stored = support::stored_fields(&mut c, &rules, &key);
         for (f, want) in fields {
             assert!(
                 support::field_matches(&f, stored.get(&f), &want),
@@ -274,6 +278,6 @@ async fn braces_in_a_contact_id_do_not_move_its_hash_slot() {
     assert!(evil_key.starts_with(&format!("hl:{{{}:0}}", topics.input)));
     let tag = |k: &str| k[k.find('{').unwrap() + 1..k.find('}').unwrap()].to_string();
     assert_eq!(tag(&evil_key), tag(&keys.watermark()), "the first {{...}} is the partition's tag");
-    let s: Option<String> = redis::cmd("HGET").arg(&evil_key).arg("m:s").query(&mut r).unwrap();
+    let s = support::stored_fields(&mut r, &rules(), &evil_key).remove("m:s");
     assert_eq!(s.as_deref(), Some("10.0"), "scored under the partition's key");
 }

@@ -342,7 +342,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     let mut mismatched = Vec::new();
     for (p, contact, fields) in &want_state {
         let key = hotlead::store::PartitionKeys::new(&topics.input, *p).contact(contact);
-        let stored: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut r).unwrap();
+        let stored = support::stored_fields(&mut r, &rules, &key);
         for (f, want) in fields {
             if !support::field_matches(f, stored.get(f), want) {
                 mismatched.push(format!("{contact} {f}: {:?} vs {want}", stored.get(f)));

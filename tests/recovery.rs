@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,12 +42,12 @@ fn events(from: usize, n: usize, start: i64) -> Vec<InteractionEvent> {
 }
 
 /// Contacts whose stored fields differ from the oracle's.
-fn differing(stack: &Stack, topics: &Topics, oracle: &support::Oracle) -> Vec<String> {
+fn differing(stack: &Stack, topics: &Topics, rules: &RuleSet, oracle: &support::Oracle) -> Vec<String> {
     let mut r = stack.redis();
     let mut out = Vec::new();
     for (p, contact, fields) in &oracle.contacts {
         let key = hotlead::store::PartitionKeys::new(&topics.input, *p).contact(contact);
-        let stored: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut r).unwrap();
+        let stored = support::stored_fields(&mut r, rules, &key);
         if fields.iter().any(|(f, want)| !support::field_matches(f, stored.get(f), want)) {
             out.push(contact.clone());
         }
@@ -107,7 +107,7 @@ async fn redis_rolled_back_before_the_first_commit_stops_loudly_then_rebuilds() 
     running.finish().await;
     let all: Vec<InteractionEvent> = first.into_iter().chain(second).collect();
     let oracle = support::oracle(&rules, &topics, support::landed(&all, &delivered));
-    let wrong = differing(&stack, &topics, &oracle);
+    let wrong = differing(&stack, &topics, &rules, &oracle);
     assert!(wrong.is_empty(), "{} contacts differ from the oracle, e.g. {:?}", wrong.len(), wrong.first());
 }
 
@@ -155,7 +155,7 @@ async fn redis_rolled_back_after_commits_heals_by_replay_and_reads_recover_at_on
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     running.finish().await;
-    let wrong = differing(&stack, &topics, &oracle);
+    let wrong = differing(&stack, &topics, &rules, &oracle);
     assert!(wrong.is_empty(), "{} contacts differ from the oracle, e.g. {:?}", wrong.len(), wrong.first());
 }
 
@@ -275,7 +275,7 @@ async fn a_commit_whose_reply_is_lost_yields_each_alert_once() {
     for (_, _, fields) in &mut scores.contacts {
         fields.retain(|(f, _)| f.ends_with(":s") || f.ends_with(":t"));
     }
-    let wrong = differing(&stack, &topics, &scores);
+    let wrong = differing(&stack, &topics, &rules, &scores);
     assert!(wrong.is_empty(), "{} contacts differ from the oracle, e.g. {:?}", wrong.len(), wrong.first());
 }
 
@@ -323,7 +323,7 @@ async fn a_broker_outage_loses_nothing_logs_a_handful_of_lines_and_shutdown_stay
     let distinct: BTreeSet<String> = ids.iter().cloned().collect();
     assert_eq!(distinct, oracle.alerts, "alerts resume, nothing lost");
     assert_eq!(ids.len(), distinct.len(), "nothing doubled");
-    let wrong = differing(&stack, &topics, &oracle);
+    let wrong = differing(&stack, &topics, &rules, &oracle);
     assert!(wrong.is_empty(), "{} contacts differ from the oracle", wrong.len());
     let text = std::fs::read_to_string(&log).unwrap();
     let outage: Vec<&str> = text.lines().skip(lines_before).collect();

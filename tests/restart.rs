@@ -105,7 +105,7 @@ async fn every_event_counts_once_across_kill_and_restart() {
     let mut mismatched = Vec::new();
     for (contact, (p, want)) in &want_scores {
         let key = hotlead::store::PartitionKeys::new(&topics.input, *p).contact(contact);
-        let got: Option<String> = redis::cmd("HGET").arg(key).arg("engagement:s").query(&mut r).unwrap();
+        let got = support::stored_fields(&mut r, &rules, &key).remove("engagement:s");
         let (got, want): (f64, f64) = (got.unwrap_or_default().parse().unwrap_or(f64::NAN), want.parse().unwrap());
         if !close(got, want) {
             mismatched.push((contact.clone(), got, want));

@@ -98,9 +98,8 @@ fn stored(stack: &Stack, topics: &Topics, rules: &RuleSet, contact: &str) -> hot
     let mut r = stack.redis();
     for p in 0..topics.partitions {
         let key = hotlead::store::PartitionKeys::new(&topics.input, p).contact(contact);
-        let fields: HashMap<String, Vec<u8>> = redis::cmd("HGETALL").arg(key).query(&mut r).unwrap();
-        if !fields.is_empty() {
-            return hotlead::store::decode_contact(rules, &fields).1;
+        if let Some(c) = support::stored_contact(&mut r, rules, &key) {
+            return c.state;
         }
     }
     panic!("{contact} is not stored");

@@ -49,6 +49,33 @@ pub struct Message {
     pub event: Result<ValidEvent, Rejected>,
 }
 
+/// One message of the input topic as read, not yet decoded: what waits in
+/// a partition's backlog (its bytes, a fraction of the decoded event's
+/// size), decoded only when its batch is scored.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    /// Offset in its partition.
+    pub offset: i64,
+    /// When it arrived (wall clock at reading).
+    pub arrived_ms: Millis,
+    /// The message key.
+    pub key: Option<Vec<u8>>,
+    /// The payload.
+    pub payload: Option<Vec<u8>>,
+}
+
+impl Raw {
+    /// A message read at `arrived_ms`; key and payload are copied.
+    pub fn new(offset: i64, key: Option<&[u8]>, payload: Option<&[u8]>, arrived_ms: Millis) -> Self {
+        Self { offset, arrived_ms, key: key.map(<[u8]>::to_vec), payload: payload.map(<[u8]>::to_vec) }
+    }
+
+    /// Decodes it as [`Message::decode`] would have when it arrived.
+    pub fn decode(&self, limits: &Limits) -> Message {
+        Message::decode(self.offset, self.key.as_deref(), self.payload.as_deref(), limits, self.arrived_ms)
+    }
+}
+
 /// A message that cannot be scored, with what a dead letter carries.
 #[derive(Debug, Clone)]
 pub struct Rejected {
@@ -82,7 +109,8 @@ impl Message {
 /// A contact as the engine sees it: its account and its scoring state.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Contact {
-    /// The account id of its latest event that named one.
+    /// The account id of its latest event that named one (forgotten while
+    /// the contact has no score and no kept attribute: it is not stored).
     pub account: Option<String>,
     /// Profile, per-model state and recent event ids.
     pub state: ContactState,
@@ -187,7 +215,15 @@ pub fn score_batch(
         if !ev.account_id.is_empty() {
             contact.account = Some(ev.account_id.clone());
         }
-        for c in score::apply_event(rules, &mut contact.state, ev, valid.at_ms) {
+        let crossings = score::apply_event(rules, &mut contact.state, ev, valid.at_ms);
+        if contact.state.is_blank() {
+            // No score and no kept attribute: nothing its repeats could
+            // change and nothing to show, so nothing is stored (its account
+            // comes again with its next event).
+            contact.state.seen.clear();
+            contact.account = None;
+        }
+        for c in crossings {
             let model = &rules.models[c.model];
             // The tier moves either way; only crossings the model marks raise an alert.
             if !model.alerts_on(c.from, c.to) {

@@ -7,6 +7,9 @@
 //!   their new states go back only once the commit is durable. A failed
 //!   commit clears it; so does a rules reload (states scored under other
 //!   rules), and a sweep forgets the contacts it changed behind it.
+//! - It holds each contact once, as the bytes of its stored value (about a
+//!   hundred bytes, where the decoded state takes several times that); a
+//!   batch decodes the contacts it takes.
 //! - It never holds more than its bound; beyond it, contacts are evicted
 //!   and read from Redis again when next needed.
 
@@ -14,13 +17,21 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::rules::RuleSet;
-use crate::store::Stored;
+use crate::store::{Stored, Written};
 use crate::telemetry;
+
+/// What the cache keeps of a contact: its stored value and whether its
+/// sorted-set entries are known (they follow from the value when they are).
+struct Kept {
+    stored: bool,
+    value: Option<Box<[u8]>>,
+    entries_known: bool,
+}
 
 /// Cached contact states of one owned partition, bounded in size.
 pub struct StateCache {
     rules: Option<Arc<RuleSet>>,
-    contacts: HashMap<String, Stored>,
+    contacts: HashMap<String, Kept>,
     max_contacts: usize,
 }
 
@@ -31,7 +42,8 @@ impl StateCache {
     }
 
     /// Takes the cached states of `ids` (to be scored with `rules`); returns
-    /// them and the ids missing.
+    /// them and the ids missing (a value that does not decode is missing,
+    /// and read from Redis again).
     pub fn take<'a>(&mut self, rules: &Arc<RuleSet>, ids: &[&'a str]) -> (HashMap<String, Stored>, Vec<&'a str>) {
         if self.max_contacts == 0 {
             return (HashMap::new(), ids.to_vec());
@@ -43,9 +55,13 @@ impl StateCache {
         let mut hits = HashMap::with_capacity(ids.len());
         let mut misses = Vec::new();
         for id in ids {
-            match self.contacts.remove(*id) {
-                Some(k) => {
-                    hits.insert((*id).to_string(), k);
+            let found = self.contacts.remove(*id).and_then(|k| {
+                let entries = k.entries_known.then(Vec::new);
+                Stored::from_written(rules, Written { stored: k.stored, value: k.value, entries }).ok()
+            });
+            match found {
+                Some(s) => {
+                    hits.insert((*id).to_string(), s);
                 }
                 None => misses.push(*id),
             }
@@ -54,13 +70,18 @@ impl StateCache {
         (hits, misses)
     }
 
-    /// Puts committed states back; evicts contacts beyond the bound.
-    pub fn put(&mut self, contacts: impl IntoIterator<Item = (String, Stored)>) {
+    /// Puts what is written for committed contacts back; evicts contacts
+    /// beyond the bound.
+    pub fn put(&mut self, contacts: impl IntoIterator<Item = (String, Written)>) {
         if self.max_contacts == 0 {
             return;
         }
         let before = self.contacts.len();
-        self.contacts.extend(contacts);
+        self.contacts.extend(
+            contacts
+                .into_iter()
+                .map(|(id, w)| (id, Kept { stored: w.stored, value: w.value, entries_known: w.entries.is_some() })),
+        );
         if self.contacts.len() > self.max_contacts {
             let excess = self.contacts.len() - self.max_contacts;
             let victims: Vec<String> = self.contacts.keys().take(excess).cloned().collect();
@@ -98,8 +119,8 @@ mod tests {
     use super::*;
     use crate::store::Written;
 
-    fn stored(rules: &RuleSet) -> Stored {
-        Stored { contact: crate::engine::Contact::new(rules), written: Written::nothing(rules) }
+    fn stored(rules: &RuleSet) -> Written {
+        Written::nothing(rules)
     }
 
     fn rules() -> Arc<RuleSet> {
@@ -122,8 +143,10 @@ mod tests {
         c.put([("a".to_string(), stored(&r)), ("b".to_string(), stored(&r))]);
         let (hits, misses) = c.take(&r, &["a", "c"]);
         assert_eq!(hits.keys().collect::<Vec<_>>(), ["a"]);
+        let entries = hits["a"].written.entries.as_ref().map(Vec::len);
+        assert_eq!(entries, Some(r.models.len()), "a contact with nothing stored has every model's entries");
         assert_eq!(misses, ["c"]);
-        c.put(hits);
+        c.put(hits.into_iter().map(|(id, s)| (id, s.written)));
         c.forget([&"a".to_string()]);
         assert!(c.take(&r, &["a"]).0.is_empty(), "a swept contact is read again");
         c.put([("b".to_string(), stored(&r))]);

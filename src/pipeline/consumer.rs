@@ -25,8 +25,8 @@ use rdkafka::{ClientContext, Message as _, Offset};
 
 use super::worker::{self, Delivery, Ended, Handle, Request, Shared, Stop};
 use super::{PipelineError, Status};
-use crate::decode::{now_ms, Limits};
-use crate::engine::Message;
+use crate::decode::now_ms;
+use crate::engine::Raw;
 use crate::telemetry;
 
 /// The consumer's context: the loop's state, reachable from the rebalance
@@ -377,12 +377,12 @@ impl ConsumerContext for Loop {
 /// Runs the consumer loop on the calling thread until `stop` is set or a
 /// worker fails; then ends every worker (relaying what they committed) and
 /// leaves the group.
-pub fn run(consumer: &BaseConsumer<Loop>, limits: Limits, stop: &AtomicBool) -> Result<(), PipelineError> {
+pub fn run(consumer: &BaseConsumer<Loop>, stop: &AtomicBool) -> Result<(), PipelineError> {
     const MAX_POLL: usize = 2000;
     const POSITIONS_EVERY: Duration = Duration::from_millis(500);
     let ctx = consumer.context();
     ctx.status.set_consuming(true);
-    let mut groups: HashMap<i32, Vec<Message>> = HashMap::new();
+    let mut groups: HashMap<i32, Vec<Raw>> = HashMap::new();
     let mut last_positions = Instant::now();
     while !stop.load(Ordering::Acquire) {
         let fatal = ctx.fatal.lock().expect("fatal lock").take();
@@ -405,7 +405,7 @@ pub fn run(consumer: &BaseConsumer<Loop>, limits: Limits, stop: &AtomicBool) -> 
                     if ctx.broker_down.swap(false, Ordering::Relaxed) {
                         ctx.status.set_consuming(true);
                     }
-                    let msg = Message::decode(m.offset(), m.key(), m.payload(), &limits, now_ms());
+                    let msg = Raw::new(m.offset(), m.key(), m.payload(), now_ms());
                     groups.entry(m.partition()).or_default().push(msg);
                 }
                 Some(Err(e)) => telemetry::kafka_error(&e, "poll"),

@@ -124,6 +124,7 @@ pub async fn run(
         historical_after_ms: config.pipeline.historical_after.as_millis() as i64,
         dead_letter_max_bytes: config.pipeline.dead_letter_max_bytes,
         requests,
+        limits: config.limits(),
         abandoned: std::sync::Mutex::default(),
     });
     let context = consumer::Loop::new(
@@ -142,13 +143,12 @@ pub async fn run(
         "Scoring."
     );
     let stop = Arc::new(AtomicBool::new(false));
-    let limits = config.limits();
     let flag = stop.clone();
     let (done_tx, done) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("hotlead-consumer".into())
         .spawn(move || {
-            let result = consumer::run(&consumer, limits, &flag);
+            let result = consumer::run(&consumer, &flag);
             let _ = done_tx.send(result);
             // Leaving the group can wait on the broker: after the answer.
             drop(consumer);

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use super::cache::StateCache;
 use super::relay::{Relay, RelayError, Relayed};
 use super::{Clock, PipelineError};
-use crate::engine::{self, Contact, Dedup, Message, Source};
+use crate::engine::{self, Contact, Dedup, Message, Raw, Source};
 use crate::reload::LiveRules;
 use crate::retry;
 use crate::rules::RuleSet;
@@ -40,7 +40,7 @@ use crate::telemetry;
 pub enum Delivery {
     /// Messages of the partition, in offset order (maybe none), with the
     /// partition's low and high watermarks as the consumer last saw them.
-    Messages(Vec<Message>, Option<(i64, i64)>),
+    Messages(Vec<Raw>, Option<(i64, i64)>),
     /// The seek the worker asked for under this number has been made:
     /// messages from here on are read after it.
     Sought(u64),
@@ -144,6 +144,8 @@ pub struct Shared {
     pub dead_letter_max_bytes: usize,
     /// Requests to the consumer loop.
     pub requests: std::sync::mpsc::Sender<Request>,
+    /// Decoding limits.
+    pub limits: crate::decode::Limits,
     /// Relays of workers given up on, still delivering their last chunk.
     pub abandoned: std::sync::Mutex<HashMap<i32, JoinHandle<Result<Relayed, RelayError>>>>,
 }
@@ -168,8 +170,10 @@ pub fn spawn(
     id: u64,
     cache_contacts: usize,
 ) -> Handle {
-    let capacity = shared.batch_max.clamp(16, 4096);
-    let (deliveries, rx) = mpsc::channel(capacity);
+    // A delivery is one poll's messages of the partition (up to 2,000), so
+    // a few of them in hand keep the worker busy; more would only hold a
+    // backlog decoded in memory.
+    let (deliveries, rx) = mpsc::channel(DELIVERIES_IN_HAND);
     let (stop, stop_rx) = watch::channel(Stop::Run);
     let keys = PartitionKeys::new(&shared.topic, partition);
     let worker = Worker {
@@ -191,6 +195,8 @@ pub fn spawn(
         rules: None,
         fingerprints_written: false,
         backlog: std::collections::VecDeque::new(),
+        pruned_at: None,
+        vocabulary_written: None,
     };
     let task = runtime.spawn(worker.run(rx, stop_rx));
     Handle { id, deliveries, stop, task }
@@ -257,8 +263,20 @@ struct Worker {
     /// Whether the partition's index fingerprints match the rules in force.
     fingerprints_written: bool,
     /// Messages received and not yet scored, in offset order.
-    backlog: std::collections::VecDeque<Message>,
+    backlog: std::collections::VecDeque<Raw>,
+    /// When a sweep last pruned the leaderboards (clock time).
+    pruned_at: Option<i64>,
+    /// The vocabulary this claim has recorded for the partition.
+    vocabulary_written: Option<u32>,
 }
+
+/// How many deliveries wait for a worker at most before the consumer loop
+/// holds back.
+const DELIVERIES_IN_HAND: usize = 2;
+
+/// How often a sweep with no contact due still prunes the leaderboards of
+/// contacts that decayed under the floor.
+const PRUNE_EVERY_MS: i64 = 60_000;
 
 /// What became of a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,7 +340,8 @@ impl Worker {
                     // Messages read already: the next batch, at most
                     // `batch_max` of them.
                     let n = self.backlog.len().min(self.shared.batch_max);
-                    let messages: Vec<Message> = self.backlog.drain(..n).collect();
+                    let limits = &self.shared.limits;
+                    let messages: Vec<Message> = self.backlog.drain(..n).map(|r| r.decode(limits)).collect();
                     match self.process(messages).await? {
                         Outcome::Stored | Outcome::Dropped => self.pump(),
                         Outcome::Fenced => return Err(Ended::Fenced),
@@ -366,6 +385,7 @@ impl Worker {
             retry::always("claim_partition", || store.claim(&keys)).await.map_err(|e| Ended::Failed(e.into()))?;
         self.epoch = epoch;
         self.watermark = watermark;
+        self.vocabulary_written = None;
         let start = match watermark {
             Some(w) => Some(rdkafka::Offset::Offset(w + 1)),
             None => match self.committed().await? {
@@ -387,6 +407,12 @@ impl Worker {
         self.dirty = true;
         self.pump();
         Ok(())
+    }
+
+    /// The vocabulary a commit of values written under `rules` must record
+    /// first, unless this claim has recorded it already.
+    fn vocabulary_for(&self, rules: &RuleSet) -> Option<(u32, Vec<String>)> {
+        (self.vocabulary_written != Some(rules.vocabulary_id)).then(|| (rules.vocabulary_id, rules.vocabulary.clone()))
     }
 
     /// The group's committed offset, asked of the consumer loop.
@@ -425,7 +451,7 @@ impl Worker {
 
     /// The messages of a delivery that are new: none while a seek's marker
     /// is awaited, none at or below the watermark.
-    fn accept(&mut self, d: Delivery) -> Vec<Message> {
+    fn accept(&mut self, d: Delivery) -> Vec<Raw> {
         match d {
             Delivery::Sought(n) => {
                 if self.awaiting == Some(n) {
@@ -545,11 +571,13 @@ impl Worker {
         let (mut stored, misses) = self.cache.take(&rules, &ids);
         if !misses.is_empty() {
             let store = &self.shared.store;
-            let hashes = retry::always("load_contacts", || store.load_contacts(&self.keys, &misses))
+            let hashes = retry::always("load_contacts", || store.load_contacts(&self.keys, &rules, &misses))
                 .await
                 .map_err(|e| Ended::Failed(e.into()))?;
-            for (id, fields) in misses.iter().zip(hashes) {
-                stored.insert(id.to_string(), Stored::from_hash(&rules, fields));
+            for (id, value) in misses.iter().zip(hashes) {
+                let s =
+                    Stored::from_value(&rules, &self.keys.contact(id), &value).map_err(|e| Ended::Failed(e.into()))?;
+                stored.insert(id.to_string(), s);
             }
         }
         let (known, written) = split(stored);
@@ -557,6 +585,7 @@ impl Worker {
         let mut effects = engine::score_batch(&rules, source, messages, known, self.shared.dedup);
         self.mark_historical(&mut effects);
         let (mut commit, after) = commit_for(&rules, source, self.outputs(), &effects, written);
+        commit.vocabulary = self.vocabulary_for(&rules);
         if !self.fingerprints_written {
             commit.strings.extend(fingerprints(&self.keys, &rules));
         }
@@ -578,10 +607,7 @@ impl Worker {
             started.elapsed().as_secs_f64(),
             redis_seconds,
         );
-        self.cache.put(effects.contacts.into_iter().zip(after).map(|((id, contact), written)| {
-            let stored = Stored { contact, written };
-            (id, stored)
-        }));
+        self.cache.put(effects.contacts.into_iter().zip(after).map(|((id, _), written)| (id, written)));
         Ok(Outcome::Stored)
     }
 
@@ -619,6 +645,9 @@ impl Worker {
         let committed = retry::retry("commit", || store.commit(keys, commit), |e: &StoreError| !e.is_ownership()).await;
         let error = match committed {
             Ok(_) => {
+                if let Some((id, _)) = &commit.vocabulary {
+                    self.vocabulary_written = Some(*id);
+                }
                 self.dirty |= !commit.outbox.is_empty();
                 return Ok(Outcome::Stored);
             }
@@ -703,20 +732,18 @@ impl Worker {
         let n = chunks.len().max(1);
         for i in 0..n {
             let ids: Vec<&str> = chunks.get(i).map(|c| c.iter().map(String::as_str).collect()).unwrap_or_default();
-            let hashes = retry::always("reindex", || store.load_contacts(&keys, &ids))
+            let hashes = retry::always("reindex", || store.load_contacts(&keys, rules, &ids))
                 .await
                 .map_err(|e| Ended::Failed(e.into()))?;
-            let effects = engine::Effects {
-                contacts: ids
-                    .iter()
-                    .zip(hashes)
-                    .filter(|(_, f)| !f.is_empty())
-                    .map(|(id, f)| (id.to_string(), Stored::from_hash(rules, f).contact))
-                    .collect(),
-                ..Default::default()
-            };
+            let mut contacts = Vec::with_capacity(ids.len());
+            for (id, v) in ids.iter().zip(hashes).filter(|(_, v)| !v.is_absent()) {
+                let s = Stored::from_value(rules, &keys.contact(id), &v).map_err(|e| Ended::Failed(e.into()))?;
+                contacts.push((id.to_string(), s.contact));
+            }
+            let effects = engine::Effects { contacts, ..Default::default() };
             let source = Source { topic: &self.shared.topic, partition: self.partition };
             let (mut commit, _) = commit_for(rules, source, self.outputs(), &effects, HashMap::new());
+            commit.vocabulary = self.vocabulary_for(rules);
             if i + 1 == n {
                 commit.strings.extend(fingerprints(&keys, rules));
             }
@@ -756,18 +783,22 @@ impl Worker {
             due.sort_unstable();
             due.dedup();
             let ids: Vec<&str> = due.iter().map(String::as_str).collect();
-            let hashes = store.load_contacts(keys, &ids).await?;
+            let hashes = store.load_contacts(keys, &rules, &ids).await?;
             Ok::<_, StoreError>(due.into_iter().zip(hashes).collect::<Vec<_>>())
         })
         .await
         .map_err(|e| Ended::Failed(e.into()))?;
-        if loaded.is_empty() {
+        let prune = crate::store::prune_for(&rules, now);
+        if loaded.is_empty() && (prune.is_empty() || self.pruned_at.is_some_and(|t| now - t < PRUNE_EVERY_MS)) {
             return Ok(Outcome::Dropped);
         }
         // The sweep changes these contacts in Redis behind the cache.
         self.cache.forget(loaded.iter().map(|(id, _)| id));
-        let stored: HashMap<String, Stored> =
-            loaded.into_iter().map(|(id, fields)| (id, Stored::from_hash(&rules, fields))).collect();
+        let mut stored = HashMap::with_capacity(loaded.len());
+        for (id, v) in loaded {
+            let s = Stored::from_value(&rules, &keys.contact(&id), &v).map_err(|e| Ended::Failed(e.into()))?;
+            stored.insert(id, s);
+        }
         let (known, written) = split(stored);
         let source = Source { topic: &self.shared.topic, partition: self.partition };
         let mut due: Vec<(String, Contact)> = known.into_iter().collect();
@@ -775,8 +806,11 @@ impl Worker {
         let mut effects = engine::sweep(&rules, source, due, now);
         self.mark_historical(&mut effects);
         let (mut commit, _) = commit_for(&rules, source, self.outputs(), &effects, written);
+        commit.prune = prune;
+        commit.vocabulary = self.vocabulary_for(&rules);
         let outcome = self.commit(&mut commit, Some(watermark), watermark).await?;
         if outcome == Outcome::Stored {
+            self.pruned_at = Some(now);
             telemetry::swept(self.partition, &effects.alerts);
         }
         Ok(outcome)

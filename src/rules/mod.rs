@@ -582,6 +582,26 @@ impl Model {
 pub struct RuleSet {
     /// The models, in file order.
     pub models: Vec<Model>,
+    /// The profile attributes a contact's state keeps: those a fit rule
+    /// reads, and those the file's `keep_attributes` names. Others are not
+    /// stored (data minimisation: hotlead holds what its rules need).
+    pub kept_attributes: std::collections::BTreeSet<String>,
+    /// Every name a contact's stored state may use under these rules
+    /// (models, tiers, rules, fit rules, kept attributes), sorted: the
+    /// stored state refers to them by position.
+    pub vocabulary: Vec<String>,
+    /// A fingerprint of [`RuleSet::vocabulary`] (FNV-1a, 32 bits), stored
+    /// with each state so a reader knows which vocabulary it was written in.
+    pub vocabulary_id: u32,
+}
+
+/// The fingerprint of a vocabulary (FNV-1a over the names, each ended by a
+/// zero byte).
+pub fn vocabulary_id(names: &[String]) -> u32 {
+    names
+        .iter()
+        .flat_map(|n| n.bytes().chain([0]))
+        .fold(0x811c_9dc5, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
 }
 
 /// One mistake or warning in a rules file, where it is.
@@ -664,6 +684,33 @@ pub struct Checked {
 }
 
 impl RuleSet {
+    /// A rule set of these models, keeping the attributes the fit rules
+    /// read and `keep`.
+    pub fn new(models: Vec<Model>, mut keep: std::collections::BTreeSet<String>) -> Self {
+        for m in &models {
+            for r in &m.fit {
+                keep.extend(r.when.0.iter().map(|(attr, _)| attr.clone()));
+            }
+        }
+        let mut vocabulary: Vec<String> = keep.iter().cloned().collect();
+        for m in &models {
+            vocabulary.push(m.name.clone());
+            vocabulary.push(m.base_tier.clone());
+            vocabulary.extend(m.tiers.iter().map(|t| t.name.clone()));
+            vocabulary.extend(m.rules.iter().map(|r| r.id.clone()));
+            vocabulary.extend(m.fit.iter().map(|r| r.id.clone()));
+        }
+        vocabulary.sort_unstable();
+        vocabulary.dedup();
+        let vocabulary_id = vocabulary_id(&vocabulary);
+        Self { models, kept_attributes: keep, vocabulary, vocabulary_id }
+    }
+
+    /// Whether a contact's state keeps this profile attribute.
+    pub fn keeps(&self, attribute: &str) -> bool {
+        self.kept_attributes.contains(attribute)
+    }
+
     /// Reads and validates a rules file.
     pub fn load(path: &Path) -> Result<Self, RulesError> {
         Self::parse(&read(path)?, &path.display().to_string())

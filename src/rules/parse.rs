@@ -313,7 +313,15 @@ impl Checker {
     }
 
     fn file(&mut self, root: &Node) -> Option<RuleSet> {
-        let f = self.fields(root, "", &["models"])?;
+        let f = self.fields(root, "", &["models", "keep_attributes"])?;
+        let mut keep = std::collections::BTreeSet::new();
+        if let Some(list) = f.get("keep_attributes") {
+            for (path, n) in self.seq(list, "keep_attributes") {
+                if let Some(name) = self.text(n, &path) {
+                    keep.insert(name);
+                }
+            }
+        }
         let list = self.require(&f, "models")?;
         let items = self.seq(list, "models");
         if items.is_empty() && (matches!(list.kind, Kind::Seq(_)) || list.scalar() == Some(Scalar::Null)) {
@@ -333,7 +341,7 @@ impl Checker {
                 models.push(m);
             }
         }
-        Some(RuleSet { models })
+        Some(RuleSet::new(models, keep))
     }
 
     fn model(&mut self, node: &Node, path: &str, index: usize, names: &[Option<String>]) -> Option<Model> {

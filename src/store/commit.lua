@@ -2,13 +2,13 @@
 -- hotlead's atomic partition-batch commit.
 --
 -- One call commits everything one source partition's batch changed: contact
--- hashes, leaderboard entries, outbox entries (alerts and dead letters) and
+-- values, leaderboard entries, outbox entries (alerts and dead letters) and
 -- the offset watermark. Every key carries the partition's hash tag, so the
 -- call is atomic on a single Redis and on Redis Cluster alike.
 --
 -- KEYS[1] owner epoch, KEYS[2] offset watermark, KEYS[3] outbox stream,
 -- KEYS[4] recent-alerts stream, KEYS[5] id of the last commit applied,
--- KEYS[6..] contact hashes and sorted sets referred to by index.
+-- KEYS[6..] contact values and sorted sets referred to by index.
 -- ARGV[1] caller's epoch, ARGV[2] expected watermark ('' for none),
 -- ARGV[3] new watermark, ARGV[4] commit id (unique per owner epoch), then
 -- operations:
@@ -17,7 +17,9 @@
 --   R <key index> <member>                  ZREM
 --   X <n> <field> <value> ...               XADD to the outbox
 --   A <payload>                             XADD to recent alerts (capped)
---   S <key index> <value>                   SET
+--   S <key index> <value>                   SET (contact values, fingerprints)
+--   P <key index> <max>                     ZREMRANGEBYSCORE -inf <max>
+--   V <key index> <id> <names>              HSET of a vocabulary
 -- Returns the outbox length.
 --
 -- A commit retried after its reply was lost (the call ran, the connection
@@ -64,6 +66,12 @@ local function commit(keys, args)
     elseif op == 'S' then
       redis.call('SET', keys[tonumber(args[i + 1])], args[i + 2])
       i = i + 3
+    elseif op == 'V' then
+      redis.call('HSET', keys[tonumber(args[i + 1])], args[i + 2], args[i + 3])
+      i = i + 4
+    elseif op == 'P' then
+      redis.call('ZREMRANGEBYSCORE', keys[tonumber(args[i + 1])], '-inf', args[i + 2])
+      i = i + 3
     else
       return redis.error_reply('BADOP unknown operation ' .. tostring(op))
     end
@@ -85,3 +93,35 @@ local function claim(keys, args)
 end
 
 redis.register_function('hotlead_claim', claim)
+
+-- Reads contacts of one partition: KEYS[1] the partition's vocabularies,
+-- KEYS[2..] contact keys; ARGV[1] the reader's vocabulary id (4 bytes).
+-- For each contact: nil; {'b', value} for the binary state; {'b', value,
+-- vocabulary} when the value was written in another vocabulary than the
+-- reader's (bytes 2 to 5 of a value); {'h', field, value, ...} for the text
+-- layout of earlier versions (a hash).
+local function load(keys, args)
+  local out = {}
+  for i = 2, #keys do
+    local k = keys[i]
+    local t = redis.call('TYPE', k)['ok']
+    if t == 'string' then
+      local v = redis.call('GET', k)
+      local id = string.sub(v, 2, 5)
+      if id ~= args[1] then
+        out[i - 1] = { 'b', v, redis.call('HGET', keys[1], id) }
+      else
+        out[i - 1] = { 'b', v }
+      end
+    elseif t == 'hash' then
+      local r = redis.call('HGETALL', k)
+      table.insert(r, 1, 'h')
+      out[i - 1] = r
+    else
+      out[i - 1] = false
+    end
+  end
+  return out
+end
+
+redis.register_function{function_name = 'hotlead_load', callback = load, flags = { 'no-writes' }}

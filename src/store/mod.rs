@@ -6,22 +6,28 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `hl:{interactions:7}:c:<contact_id>` | hash | per model: score, time, tier, contributions |
-//! | `hl:{interactions:7}:lb:<model>` | sorted set | contacts by `log2(s) + (t - E)/H` |
-//! | `hl:{interactions:7}:cool:<model>` | sorted set | contacts by the time decay takes them below their tier's exit |
+//! | `hl:{interactions:7}:c:<contact_id>` | string | the contact's whole state, binary ([`codec`]) |
+//! | `hl:{interactions:7}:lb:<model>` | sorted set | contacts at or above the model's leaderboard floor, by `log2(s) + (t - E)/H` |
+//! | `hl:{interactions:7}:cool:<model>` | sorted set | contacts above the base tier, by the time decay takes them below their tier's exit |
 //! | `hl:{interactions:7}:outbox` | stream | alerts and dead letters not yet delivered |
 //! | `hl:{interactions:7}:recent` | stream | the latest ~200 alerts (capped), for the board |
 //! | `hl:{interactions:7}:wm` | string | offset of the last event applied |
 //! | `hl:{interactions:7}:epoch` | string | owner epoch; fences stale owners |
+//!
+//! A contact written by hotlead before the binary state is a hash of text
+//! fields ([`text_fields`]); it is read as it is ([`decode_stored`]) and
+//! becomes a binary value at its next write, so a running deployment
+//! upgrades in place.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
 use redis::aio::ConnectionManager;
 
+pub mod codec;
 mod plan;
 
-pub use plan::{commit_for, dead_letter, index_fingerprint, Entries, Outputs, Stored, Written};
+pub use plan::{commit_for, dead_letter, index_fingerprint, prune_for, Entries, Outputs, Stored, Written};
 pub use plan::{HEADER_ERROR, HEADER_REASON, HEADER_SOURCE_OFFSET, HEADER_SOURCE_PARTITION, HEADER_SOURCE_TOPIC};
 pub use plan::{HEADER_PAYLOAD_BYTES, HEADER_PAYLOAD_SHA256, HEADER_TRUNCATED};
 
@@ -121,9 +127,81 @@ impl PartitionKeys {
     pub fn index_fingerprint(&self, model: &str) -> String {
         format!("{}:ix:{model}", self.tag)
     }
+    /// The vocabularies the partition's contact states were written in, by
+    /// fingerprint.
+    pub fn vocabulary(&self) -> String {
+        format!("{}:vocab", self.tag)
+    }
     /// The id of the last commit applied (a retried commit is recognised).
     pub fn last_commit(&self) -> String {
         format!("{}:cid", self.tag)
+    }
+}
+
+/// A contact's value as read from Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredValue {
+    /// No key: a contact with no history.
+    Absent,
+    /// The binary state ([`codec`]), with the vocabulary it was written in
+    /// when that is not the reader's.
+    Binary(Vec<u8>, Option<Vec<String>>),
+    /// The text layout of earlier versions: a hash of [`text_fields`].
+    Text(HashMap<String, Vec<u8>>),
+}
+
+impl StoredValue {
+    /// True for a contact with no history.
+    pub fn is_absent(&self) -> bool {
+        matches!(self, Self::Absent)
+    }
+}
+
+impl redis::FromRedisValue for StoredValue {
+    /// The reply of `hotlead_load` for one contact: nil, `["b", value]`,
+    /// `["b", value, vocabulary]` or `["h", field, value, ...]`.
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        let items = match v {
+            redis::Value::Nil => return Ok(Self::Absent),
+            redis::Value::Array(items) => items,
+            other => return Err(format!("a contact is an array, not {other:?}").into()),
+        };
+        let mut items = items.into_iter();
+        let kind: String = redis::FromRedisValue::from_redis_value(items.next().unwrap_or(redis::Value::Nil))?;
+        match kind.as_str() {
+            "b" => {
+                let value: Vec<u8> =
+                    redis::FromRedisValue::from_redis_value(items.next().unwrap_or(redis::Value::Nil))?;
+                let vocabulary: Option<Vec<u8>> = match items.next() {
+                    Some(v) => redis::FromRedisValue::from_redis_value(v)?,
+                    None => None,
+                };
+                let vocabulary =
+                    vocabulary.map(|v| String::from_utf8_lossy(&v).split('\0').map(str::to_string).collect());
+                Ok(Self::Binary(value, vocabulary))
+            }
+            "h" => {
+                let fields: HashMap<String, Vec<u8>> =
+                    redis::FromRedisValue::from_redis_value(redis::Value::Array(items.collect()))?;
+                Ok(if fields.is_empty() { Self::Absent } else { Self::Text(fields) })
+            }
+            k => Err(format!("a contact of unknown kind `{k}`").into()),
+        }
+    }
+}
+
+/// The text a vocabulary is stored as: its names, each ended by a zero byte
+/// but the last.
+pub fn vocabulary_text(names: &[String]) -> String {
+    names.join("\0")
+}
+
+/// A contact's account id and state from its stored value, binary or text.
+pub fn decode_stored(rules: &RuleSet, v: &StoredValue) -> Result<(Option<String>, ContactState), codec::CodecError> {
+    match v {
+        StoredValue::Absent => Ok((None, ContactState::new(rules.models.len()))),
+        StoredValue::Binary(b, vocabulary) => codec::decode(rules, b, vocabulary.as_deref()),
+        StoredValue::Text(fields) => Ok(decode_text(rules, fields)),
     }
 }
 
@@ -215,8 +293,9 @@ pub fn decode_model_state(model: &Model, fields: &HashMap<String, Vec<u8>>) -> O
     })
 }
 
-/// The hash fields of a contact's whole state.
-pub fn encode_contact(rules: &RuleSet, account: Option<&str>, c: &ContactState) -> Vec<(String, String)> {
+/// The text fields of a contact's whole state: the layout of earlier
+/// versions, and the readable form tests and the fault harness compare.
+pub fn text_fields(rules: &RuleSet, account: Option<&str>, c: &ContactState) -> Vec<(String, String)> {
     let mut fields = Vec::new();
     if let Some(a) = account {
         fields.push((ACCOUNT_FIELD.to_string(), a.to_string()));
@@ -236,8 +315,8 @@ pub fn encode_contact(rules: &RuleSet, account: Option<&str>, c: &ContactState) 
     fields
 }
 
-/// Reads a contact's state (and account id) back from its hash.
-pub fn decode_contact(rules: &RuleSet, fields: &HashMap<String, Vec<u8>>) -> (Option<String>, ContactState) {
+/// Reads a contact's state (and account id) back from its text layout.
+pub fn decode_text(rules: &RuleSet, fields: &HashMap<String, Vec<u8>>) -> (Option<String>, ContactState) {
     let account = fields.get(ACCOUNT_FIELD).and_then(|v| String::from_utf8(v.clone()).ok());
     let profile = fields.get(PROFILE_FIELD).and_then(|v| serde_json::from_slice(v).ok()).unwrap_or_default();
     let models = rules.models.iter().map(|m| decode_model_state(m, fields)).collect();
@@ -248,7 +327,10 @@ pub fn decode_contact(rules: &RuleSet, fields: &HashMap<String, Vec<u8>>) -> (Op
         .split(';')
         .filter_map(|e| {
             let (h, t) = e.split_once(':')?;
-            Some((u64::from_str_radix(h, 16).ok()?, t.parse().ok()?))
+            // Earlier versions kept 64 bits of the hash; the state keeps 48.
+            // and arrivals to the second.
+            let t: i64 = t.parse().ok()?;
+            Some((u64::from_str_radix(h, 16).ok()? & crate::score::EVENT_HASH_MASK, t - t.rem_euclid(1000)))
         })
         .collect();
     (account, ContactState { profile, models, seen })
@@ -256,9 +338,9 @@ pub fn decode_contact(rules: &RuleSet, fields: &HashMap<String, Vec<u8>>) -> (Op
 
 /// Encodes and decodes a contact state, as a commit and a later read do.
 pub fn round_trip(rules: &RuleSet, c: &ContactState) -> ContactState {
-    let fields: HashMap<String, Vec<u8>> =
-        encode_contact(rules, None, c).into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-    decode_contact(rules, &fields).1
+    let mut b = Vec::new();
+    codec::encode(rules, None, c, &mut b);
+    codec::decode(rules, &b, None).map(|(_, c)| c).unwrap_or_else(|e| panic!("a state reads back: {e}"))
 }
 
 /// The fields of one stream entry, in order.
@@ -304,13 +386,13 @@ impl OutboxEntry {
     }
 }
 
-/// Fields to set in one contact's hash.
+/// One contact's new value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct HashWrite {
+pub struct ContactWrite {
     /// The contact id.
     pub contact: String,
-    /// Field names and values.
-    pub fields: Vec<(String, String)>,
+    /// The binary state ([`codec`]).
+    pub value: Vec<u8>,
 }
 
 /// One sorted-set entry to set or remove.
@@ -336,10 +418,13 @@ pub struct Commit {
     /// Unique per owner epoch: a retry of this commit is recognised and not
     /// applied twice.
     pub id: String,
-    /// Contact hash fields to set.
-    pub contacts: Vec<HashWrite>,
+    /// Contact values to set.
+    pub contacts: Vec<ContactWrite>,
     /// Leaderboard changes (the entry score is the leaderboard value).
     pub leaderboard: Vec<EntryWrite>,
+    /// Leaderboard entries to remove below a value, per model: contacts
+    /// that decayed under the floor.
+    pub prune: Vec<(String, f64)>,
     /// Cooling schedule changes (the entry score is the due time in ms).
     pub cooling: Vec<EntryWrite>,
     /// Alerts and dead letters to relay.
@@ -348,6 +433,9 @@ pub struct Commit {
     pub recent_alerts: Vec<Vec<u8>>,
     /// Strings of the partition to set: full key and value.
     pub strings: Vec<(String, String)>,
+    /// A vocabulary to record (fingerprint, names), before the values that
+    /// use it.
+    pub vocabulary: Option<(u32, Vec<String>)>,
 }
 
 /// A connection to a single Redis or to a Redis Cluster.
@@ -465,20 +553,19 @@ impl Store {
         self.conn.clone()
     }
 
-    /// Reads the hashes of these contacts (one pipelined round trip).
+    /// Reads the values of these contacts of one partition (one call of
+    /// the `hotlead_load` function), in order; a value written in another
+    /// vocabulary than that of `rules` comes with it.
     pub async fn load_contacts(
         &self,
         keys: &PartitionKeys,
+        rules: &RuleSet,
         contact_ids: &[&str],
-    ) -> Result<Vec<HashMap<String, Vec<u8>>>, StoreError> {
+    ) -> Result<Vec<StoredValue>, StoreError> {
         if contact_ids.is_empty() {
             return Ok(vec![]);
         }
-        let mut pipe = redis::pipe();
-        for c in contact_ids {
-            pipe.cmd("HGETALL").arg(keys.contact(c));
-        }
-        Ok(pipe.query_async(&mut self.conn.clone()).await?)
+        Ok(load_command(keys, rules, contact_ids).query_async(&mut self.conn.clone()).await?)
     }
 
     /// Commits one partition batch atomically; returns the outbox length.
@@ -499,18 +586,18 @@ impl Store {
             c.new_watermark.to_string().into_bytes(),
             c.id.as_bytes().to_vec(),
         ];
-        for HashWrite { contact, fields } in &c.contacts {
-            if fields.is_empty() {
-                continue;
-            }
-            let i = key_index(keys.contact(contact), &mut key_list);
-            args.push(b"H".to_vec());
+        if let Some((id, names)) = &c.vocabulary {
+            let i = key_index(keys.vocabulary(), &mut key_list);
+            args.push(b"V".to_vec());
             args.push(i.to_string().into_bytes());
-            args.push(fields.len().to_string().into_bytes());
-            for (f, v) in fields {
-                args.push(f.as_bytes().to_vec());
-                args.push(v.as_bytes().to_vec());
-            }
+            args.push(id.to_le_bytes().to_vec());
+            args.push(vocabulary_text(names).into_bytes());
+        }
+        for ContactWrite { contact, value } in &c.contacts {
+            let i = key_index(keys.contact(contact), &mut key_list);
+            args.push(b"S".to_vec());
+            args.push(i.to_string().into_bytes());
+            args.push(value.clone());
         }
         let sets = c.leaderboard.iter().map(|e| (keys.leaderboard(&e.model), &e.contact, e.score));
         let sets = sets.chain(c.cooling.iter().map(|e| (keys.cooling(&e.model), &e.contact, e.score)));
@@ -528,6 +615,12 @@ impl Store {
                 }
             }
             args.push(contact.as_bytes().to_vec());
+        }
+        for (model, below) in &c.prune {
+            let i = key_index(keys.leaderboard(model), &mut key_list);
+            args.push(b"P".to_vec());
+            args.push(i.to_string().into_bytes());
+            args.push(format!("({below:?}").into_bytes());
         }
         for e in &c.outbox {
             let fields = e.to_fields();
@@ -604,15 +697,12 @@ impl Store {
         topic: &str,
         partitions: i32,
         contact_id: &str,
-    ) -> Result<Option<(i32, HashMap<String, Vec<u8>>)>, StoreError> {
-        let all: Vec<HashMap<String, Vec<u8>>> = self
-            .per_partition(partitions, |p| {
-                let mut c = redis::cmd("HGETALL");
-                c.arg(PartitionKeys::new(topic, p).contact(contact_id));
-                c
-            })
+        rules: &RuleSet,
+    ) -> Result<Option<(i32, StoredValue)>, StoreError> {
+        let all: Vec<Vec<StoredValue>> = self
+            .per_partition(partitions, |p| load_command(&PartitionKeys::new(topic, p), rules, &[contact_id]))
             .await?;
-        Ok(all.into_iter().enumerate().find(|(_, f)| !f.is_empty()).map(|(p, f)| (p as i32, f)))
+        Ok(all.into_iter().flatten().enumerate().find(|(_, v)| !v.is_absent()).map(|(p, v)| (p as i32, v)))
     }
 
     /// The top `limit` entries at or above `floor` of a model's leaderboard,
@@ -704,19 +794,28 @@ impl Store {
     }
 
     /// The tier of each contact in a model: (partition, contact) pairs in,
-    /// tier names out (empty when unknown); one pipelined round trip.
-    pub async fn tiers(&self, topic: &str, model: &str, contacts: &[(i32, &str)]) -> Result<Vec<String>, StoreError> {
-        if contacts.is_empty() {
-            return Ok(vec![]);
-        }
-        let v: Vec<Option<String>> = futures::future::try_join_all(contacts.iter().map(|(p, c)| {
+    /// tier names out (empty when unknown); the reads travel pipelined.
+    pub async fn tiers(
+        &self,
+        topic: &str,
+        rules: &RuleSet,
+        model: usize,
+        contacts: &[(i32, &str)],
+    ) -> Result<Vec<String>, StoreError> {
+        let v: Vec<Vec<StoredValue>> = futures::future::try_join_all(contacts.iter().map(|(p, c)| {
             let mut conn = self.conn.clone();
-            let mut cmd = redis::cmd("HGET");
-            cmd.arg(PartitionKeys::new(topic, *p).contact(c)).arg(format!("{model}:tier"));
-            async move { cmd.query_async::<Option<String>>(&mut conn).await }
+            let cmd = load_command(&PartitionKeys::new(topic, *p), rules, &[c]);
+            async move { cmd.query_async::<Vec<StoredValue>>(&mut conn).await }
         }))
         .await?;
-        Ok(v.into_iter().map(Option::unwrap_or_default).collect())
+        let m = &rules.models[model];
+        Ok(v.iter()
+            .flatten()
+            .map(|v| match decode_stored(rules, v) {
+                Ok((_, c)) => c.models[model].as_ref().map(|st| m.tier_name(st.tier).to_string()).unwrap_or_default(),
+                Err(_) => String::new(),
+            })
+            .collect())
     }
 
     /// Runs one command per partition, concurrently (on a multiplexed
@@ -759,6 +858,18 @@ impl Store {
     }
 }
 
+/// The `hotlead_load` call for contacts of one partition, read by a holder
+/// of `rules`.
+pub fn load_command(keys: &PartitionKeys, rules: &RuleSet, contact_ids: &[&str]) -> redis::Cmd {
+    let mut cmd = redis::cmd("FCALL_RO");
+    cmd.arg("hotlead_load").arg(contact_ids.len() + 1).arg(keys.vocabulary());
+    for c in contact_ids {
+        cmd.arg(keys.contact(c));
+    }
+    cmd.arg(rules.vocabulary_id.to_le_bytes().as_slice());
+    cmd
+}
+
 fn classify(e: redis::RedisError) -> StoreError {
     match e.code() {
         Some("FENCED") => StoreError::Fenced(e.detail().unwrap_or_default().to_string()),
@@ -771,33 +882,14 @@ fn classify(e: redis::RedisError) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::RuleSet;
 
     #[test]
     fn contact_state_round_trips_exactly() {
-        let rules = RuleSet::parse(
-            "models: [{name: m, half_life: 3d, tiers: [{name: warm, enter: 3, exit: 1}], rules: [{id: r, when: {kind: custom}, points: 1}]}]",
-            "t",
-        )
-        .unwrap();
-        let st = ModelState {
-            score: 0.1 + 0.2,
-            at_ms: 1_760_000_000_123,
-            tier: 1,
-            contributions: [("r".to_string(), 1.0 / 3.0), ("x".to_string(), -2.5e-17)].into_iter().collect(),
-            fit: [("f".to_string(), 15.0)].into_iter().collect(),
-            caps: [("r".to_string(), CapUse { window: crate::score::ONCE_WINDOW, hits: 1, points: 0.7 })]
-                .into_iter()
-                .collect(),
-            alerted: [("warm".to_string(), 17)].into_iter().collect(),
-            settled_ms: 1_760_000_000_999,
-        };
-        let c = ContactState {
-            profile: [("job_title".to_string(), ("VP; Sales = \"x\"".to_string(), 5))].into_iter().collect(),
-            models: vec![Some(st)],
-            seen: vec![(u64::MAX, 3), (7, -5)],
-        };
+        let (rules, c) = (codec::tests::rules(), codec::tests::state());
         assert_eq!(round_trip(&rules, &c), c);
+        let text: HashMap<String, Vec<u8>> =
+            text_fields(&rules, None, &c).into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+        assert_eq!(decode_stored(&rules, &StoredValue::Text(text)).unwrap().1, c, "the text layout reads the same");
     }
 
     #[test]

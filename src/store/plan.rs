@@ -1,12 +1,14 @@
 //! From the engine's effects to a partition commit.
 //!
 //! Invariants:
-//! - A commit writes only what differs from what is stored: hash fields
-//!   whose text changed, and leaderboard and cooling entries that moved.
-//!   What is stored is known from the [`Written`] form of each contact; a
-//!   contact read from Redis has exact fields but unknown entries, so all of
-//!   its entries are written (an entry for a model it has no state in is
-//!   removed).
+//! - A commit writes only what differs from what is stored: a contact value
+//!   whose bytes changed, and leaderboard and cooling entries that moved.
+//!   What is stored is known from the [`Written`] form of each contact (its
+//!   value's bytes); a contact read from Redis has a known value but unknown
+//!   entries, so all of its entries are written
+//!   (an entry for a model it has no state in is removed). A contact read
+//!   in the text layout of earlier versions is always written: that is its
+//!   upgrade to the binary state.
 //! - Alerts go to the outbox and the recent-alerts stream in the order the
 //!   engine raised them; dead letters follow, in offset order.
 
@@ -14,7 +16,7 @@ use std::collections::HashMap;
 
 use prost::Message as _;
 
-use super::{decode_contact, encode_contact, Commit, EntryWrite, HashWrite, OutboxEntry};
+use super::{codec, decode_stored, Commit, ContactWrite, EntryWrite, OutboxEntry, StoreError, StoredValue};
 use crate::engine::{Contact, DeadLetter, Effects, Source};
 use crate::rules::RuleSet;
 use crate::score::{self, ContactState, Millis};
@@ -71,8 +73,11 @@ pub struct Entries {
 /// What is stored for one contact, as far as this instance knows.
 #[derive(Debug, Clone, Default)]
 pub struct Written {
-    /// The hash fields as stored.
-    pub fields: HashMap<String, String>,
+    /// Whether the contact has a key.
+    pub stored: bool,
+    /// The binary value as stored (`None`: nothing, or the text layout, is
+    /// stored).
+    pub value: Option<Box<[u8]>>,
     /// Each model's sorted-set entries as stored, when known exactly.
     pub entries: Option<Vec<Entries>>,
 }
@@ -80,7 +85,7 @@ pub struct Written {
 impl Written {
     /// Nothing stored: a contact with no history.
     pub fn nothing(rules: &RuleSet) -> Self {
-        Self { fields: HashMap::new(), entries: Some(vec![Entries::default(); rules.models.len()]) }
+        Self { stored: false, value: None, entries: Some(vec![Entries::default(); rules.models.len()]) }
     }
 }
 
@@ -94,19 +99,38 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// A contact read from its Redis hash.
-    pub fn from_hash(rules: &RuleSet, fields: HashMap<String, Vec<u8>>) -> Self {
-        if fields.is_empty() {
-            return Self { contact: Contact::new(rules), written: Written::nothing(rules) };
+    /// A contact as read from Redis under the key `key`. A value that cannot
+    /// be read (written by a newer format, or damaged) is an error, never
+    /// taken for a contact with no history.
+    pub fn from_value(rules: &RuleSet, key: &str, value: &StoredValue) -> Result<Self, StoreError> {
+        if value.is_absent() {
+            return Ok(Self { contact: Contact::new(rules), written: Written::nothing(rules) });
         }
-        let (account, state) = decode_contact(rules, &fields);
-        let fields = fields.into_iter().filter_map(|(k, v)| Some((k, String::from_utf8(v).ok()?))).collect();
-        Self { contact: Contact { account, state }, written: Written { fields, entries: None } }
+        let (account, state) = decode_stored(rules, value)
+            .map_err(|e| StoreError::Corrupt { key: key.to_string(), message: e.to_string() })?;
+        let value = match value {
+            // A value in another vocabulary is written again in this one.
+            StoredValue::Binary(b, None) => Some(b.clone().into_boxed_slice()),
+            _ => None,
+        };
+        Ok(Self { contact: Contact { account, state }, written: Written { stored: true, value, entries: None } })
+    }
+
+    /// A contact as the state cache keeps it (what is written, the value's
+    /// bytes): decoded again, with its sorted-set entries as committed.
+    pub fn from_written(rules: &RuleSet, written: Written) -> Result<Self, codec::CodecError> {
+        let Some(value) = &written.value else {
+            let entries = written.entries.is_some().then(|| vec![Entries::default(); rules.models.len()]);
+            return Ok(Self { contact: Contact::new(rules), written: Written { entries, ..written } });
+        };
+        let (account, state) = codec::decode(rules, value, None)?;
+        let entries = written.entries.is_some().then(|| entries(rules, &state));
+        Ok(Self { contact: Contact { account, state }, written: Written { entries, ..written } })
     }
 }
 
 /// Each model's sorted-set entries for a state.
-fn entries(rules: &RuleSet, state: &ContactState) -> Vec<Entries> {
+pub fn entries(rules: &RuleSet, state: &ContactState) -> Vec<Entries> {
     rules
         .models
         .iter()
@@ -132,8 +156,15 @@ pub fn commit_for(
 ) -> (Commit, Vec<Written>) {
     let mut commit = Commit::default();
     let mut after = Vec::with_capacity(effects.contacts.len());
+    let mut value = Vec::with_capacity(256);
     for (id, contact) in &effects.contacts {
         let mut w = written.remove(id).unwrap_or_else(|| Written::nothing(rules));
+        let blank = contact.state.is_blank() && contact.state.seen.is_empty();
+        if blank && !w.stored {
+            // Nothing to keep, and nothing kept: no key at all.
+            after.push(w);
+            continue;
+        }
         let now = entries(rules, &contact.state);
         for (i, model) in rules.models.iter().enumerate() {
             let old = w.entries.as_ref().map(|e| e[i]);
@@ -152,15 +183,11 @@ pub fn commit_for(
                 });
             }
         }
-        let changed: Vec<(String, String)> = encode_contact(rules, contact.account.as_deref(), &contact.state)
-            .into_iter()
-            .filter(|(k, v)| w.fields.get(k) != Some(v))
-            .collect();
-        for (k, v) in &changed {
-            w.fields.insert(k.clone(), v.clone());
-        }
-        if !changed.is_empty() {
-            commit.contacts.push(HashWrite { contact: id.clone(), fields: changed });
+        codec::encode(rules, contact.account.as_deref(), &contact.state, &mut value);
+        if w.value.as_deref() != Some(&value[..]) {
+            w.stored = true;
+            w.value = Some(value.clone().into_boxed_slice());
+            commit.contacts.push(ContactWrite { contact: id.clone(), value: value.clone() });
         }
         w.entries = Some(now);
         after.push(w);
@@ -179,6 +206,12 @@ pub fn commit_for(
         commit.outbox.push(dead_letter(source, outputs, d));
     }
     (commit, after)
+}
+
+/// The leaderboard prunes of a sweep at `now_ms`: per model whose scores
+/// decay, the entries of contacts that fell under its floor.
+pub fn prune_for(rules: &RuleSet, now_ms: Millis) -> Vec<(String, f64)> {
+    rules.models.iter().filter_map(|m| Some((m.name.clone(), score::leaderboard_prune_below(m, now_ms)?))).collect()
 }
 
 /// Longest key a dead letter keeps.
@@ -280,8 +313,7 @@ mod tests {
         // A later event moves the score and time, not the account or the tier.
         let next = score_batch(&rules, SOURCE, [page(t0 + 1000)], known, Dedup::default());
         let (commit, _) = commit_for(&rules, SOURCE, OUT, &next, written);
-        let fields: Vec<&str> = commit.contacts[0].fields.iter().map(|(k, _)| k.as_str()).collect();
-        assert!(fields.contains(&"m:s") && fields.contains(&"m:t") && !fields.contains(&"m:tier"), "{fields:?}");
+        assert_eq!(commit.contacts.len(), 1, "the value moved");
         assert_eq!(commit.leaderboard.len(), 1);
         assert!(commit.outbox.is_empty());
     }

@@ -471,6 +471,56 @@ pub fn last_offsets(delivered: &[(i32, i64)]) -> HashMap<i32, i64> {
     m
 }
 
+/// A contact's stored value: the binary state, or the text layout of
+/// earlier versions (read the way hotlead reads it, by a holder of `rules`).
+pub fn stored_value(
+    conn: &mut impl redis::ConnectionLike,
+    rules: &hotlead::rules::RuleSet,
+    key: &str,
+) -> hotlead::store::StoredValue {
+    // `hl:{<topic>:<partition>}:c:<id>`: the partition's vocabularies share its tag.
+    let tag = &key[..key.find("}:").expect("a partition key") + 1];
+    let vocabulary = format!("{tag}:vocab");
+    let v: Vec<hotlead::store::StoredValue> = redis::cmd("FCALL_RO")
+        .arg("hotlead_load")
+        .arg(2)
+        .arg(&vocabulary)
+        .arg(key)
+        .arg(rules.vocabulary_id.to_le_bytes().as_slice())
+        .query(conn)
+        .unwrap();
+    v.into_iter().next().expect("one value")
+}
+
+/// A contact's stored state as its readable fields (empty when it has
+/// none), to compare with the oracle's field by field.
+pub fn stored_fields(
+    conn: &mut impl redis::ConnectionLike,
+    rules: &hotlead::rules::RuleSet,
+    key: &str,
+) -> HashMap<String, String> {
+    let v = stored_value(conn, rules, key);
+    if v.is_absent() {
+        return HashMap::new();
+    }
+    let (account, state) = hotlead::store::decode_stored(rules, &v).unwrap_or_else(|e| panic!("{key}: {e}"));
+    hotlead::store::text_fields(rules, account.as_deref(), &state).into_iter().collect()
+}
+
+/// A contact's stored state (`None` when it has none).
+pub fn stored_contact(
+    conn: &mut impl redis::ConnectionLike,
+    rules: &hotlead::rules::RuleSet,
+    key: &str,
+) -> Option<hotlead::engine::Contact> {
+    let v = stored_value(conn, rules, key);
+    if v.is_absent() {
+        return None;
+    }
+    let (account, state) = hotlead::store::decode_stored(rules, &v).unwrap_or_else(|e| panic!("{key}: {e}"));
+    Some(hotlead::engine::Contact { account, state })
+}
+
 /// Whether a stored hash field agrees with the oracle's: scores to 1e-9
 /// relative; the recent event ids as a set of ids (their arrival times are
 /// the wall clock's); every other field exactly.
@@ -553,7 +603,7 @@ pub fn oracle_swept(
         }
         out.dead.extend(effects.dead_letters.iter().map(|d| (p, d.offset.to_string())));
         for (contact, c) in effects.contacts {
-            let fields = hotlead::store::encode_contact(rules, c.account.as_deref(), &c.state);
+            let fields = hotlead::store::text_fields(rules, c.account.as_deref(), &c.state);
             out.contacts.push((p, contact, fields));
         }
     }
