@@ -560,8 +560,9 @@ def report(results: dict) -> str:
     if results.get("scaling"):
         lines += [*scaling_table(results), ""]
     if results.get("guard"):
-        lines += ["## Regression guard", "", *[f"- {g['target']}: {g['measured']} — "
-                                              f"{'holds' if g['holds'] else 'FAILS'}" for g in results["guard"]], ""]
+        verdict = lambda g: "holds" if g["holds"] else "FAILS"  # noqa: E731
+        lines += ["## Regression guard", "",
+                  *[f"- {g['target']}: {g['measured']} — {verdict(g)}" for g in results["guard"]], ""]
     lines += [
         "## Targets",
         "",

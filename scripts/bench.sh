@@ -14,7 +14,8 @@
 #                              200k events over 20k contacts, ceiling and
 #                              hotlead only; exits 1 when hotlead drains under
 #                              85 % of the ceiling or Redis holds more than
-#                              250 bytes per contact-model
+#                              250 bytes per contact-model (GUARD_* in
+#                              bench/run.py)
 #
 # Other flags go to bench/run.py: --events, --contacts, --partitions,
 # --systems, --latency-seconds, --latency-rates, --no-latency, --no-scaling,
