@@ -6,8 +6,12 @@
 //!   broker's ceiling for any scorer;
 //! - `verify`: the oracle (hotlead's scoring core over each whole partition,
 //!   in offset order) against the scores a system left in Redis;
+//! - `drained`: waits until a consumer group's committed offsets reach the
+//!   end of every partition (how the harness sees that a scorer is done,
+//!   without reading the scorer's own state);
 //! - `latency`: open-loop load at a fixed rate with event times taken at
-//!   send time, and event-to-alert latency measured on the alerts.
+//!   send time, and event-to-alert latency measured on the alerts; or the
+//!   broker alone, over one hop (`--echo`) or two (`--relay`).
 //!
 //! Each prints one JSON object on stdout.
 
@@ -66,6 +70,19 @@ enum Command {
         #[arg(long, default_value = "bench-ceiling")]
         group: String,
     },
+    /// Wait until the group's committed offsets reach the end of every
+    /// partition of the topic (the ends as of the start of the wait).
+    Drained {
+        /// The consumer group whose committed offsets are read.
+        #[arg(long)]
+        group: String,
+        /// Give up (exit code 1) after this many seconds.
+        #[arg(long, default_value_t = 900.0)]
+        timeout: f64,
+        /// How often to ask the broker, in milliseconds.
+        #[arg(long, default_value_t = 20)]
+        poll_ms: u64,
+    },
     /// Check the scores a system left in Redis against the oracle.
     Verify {
         #[arg(long)]
@@ -104,6 +121,15 @@ enum Command {
         /// event from its event time to its arrival (one hop, no scorer).
         #[arg(long)]
         echo: bool,
+        /// Measure the broker alone over two hops, as an alert travels: a
+        /// pass-through consumes the input topic and produces to this topic
+        /// the events that stand for alerts, those of the fresh contacts that
+        /// cross a tier (every `crossing-every`th event), so that the second
+        /// hop carries about a scorer's alert volume; each is timed from its
+        /// event time to its arrival (input -> pass-through -> this topic ->
+        /// consumer; no scorer).
+        #[arg(long, conflicts_with = "echo")]
+        relay: Option<String>,
     },
 }
 
@@ -116,6 +142,7 @@ fn main() -> anyhow::Result<()> {
             serde_json::to_string(&high_watermarks(&c, &cli.topic)?)?
         }
         Command::Ceiling { group } => ceiling(&cli.brokers, &cli.topic, &group, cli.fetch_wait_ms)?,
+        Command::Drained { group, timeout, poll_ms } => drained(&cli.brokers, &cli.topic, &group, timeout, poll_ms)?,
         Command::Verify { rules, redis, pattern } => {
             verify(&cli.brokers, &cli.topic, &rules, &redis, &pattern, cli.fetch_wait_ms)?
         }
@@ -129,10 +156,16 @@ fn main() -> anyhow::Result<()> {
             drain_seconds,
             label,
             echo,
+            relay,
         } => {
-            let listen = if echo { cli.topic.clone() } else { alerts_topic };
+            let listen = match (&relay, echo) {
+                (Some(out), _) => out.clone(),
+                (None, true) => cli.topic.clone(),
+                (None, false) => alerts_topic,
+            };
+            let echo = echo || relay.is_some();
             let run = OpenLoop { rate, seconds, contacts, seed, crossing_every, drain_seconds, echo };
-            latency(&cli.brokers, &cli.topic, &listen, &run, &label)?
+            latency(&cli.brokers, &cli.topic, &listen, &run, &label, relay.is_some(), cli.fetch_wait_ms)?
         }
     };
     println!("{out}");
@@ -262,6 +295,35 @@ fn ceiling(brokers: &str, topic: &str, group: &str, fetch_wait_ms: u32) -> anyho
     })?;
     let seconds = started.elapsed().as_secs_f64();
     Ok(json!({"events": n, "valid": valid, "seconds": seconds, "cpu_seconds": cpu_seconds() - cpu0}).to_string())
+}
+
+fn drained(brokers: &str, topic: &str, group: &str, timeout: f64, poll_ms: u64) -> anyhow::Result<String> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let ends = high_watermarks(&c, topic)?;
+    let mut tpl = TopicPartitionList::new();
+    for p in ends.keys() {
+        tpl.add_partition(topic, *p);
+    }
+    let started = Instant::now();
+    loop {
+        let committed: BTreeMap<i32, i64> = c
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))?
+            .elements()
+            .iter()
+            .map(|e| (e.partition(), if let Offset::Offset(o) = e.offset() { o } else { 0 }))
+            .collect();
+        if ends.iter().all(|(p, high)| committed.get(p).copied().unwrap_or(0) >= *high) {
+            return Ok(json!({"seconds": started.elapsed().as_secs_f64(), "committed": committed}).to_string());
+        }
+        if started.elapsed().as_secs_f64() > timeout {
+            bail!("group {group} has not committed the end of {topic} after {timeout} s: {committed:?} of {ends:?}");
+        }
+        std::thread::sleep(Duration::from_millis(poll_ms));
+    }
 }
 
 fn verify(
@@ -404,11 +466,68 @@ fn stamped(payload: &[u8], echo: bool) -> Option<Millis> {
     Some(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)
 }
 
-fn latency(brokers: &str, topic: &str, alerts_topic: &str, run: &OpenLoop, label: &str) -> anyhow::Result<String> {
+/// The broker alone, second hop: consumes `topic` from its current end and
+/// produces each message keyed `{label}-…` (the run's fresh contacts, which
+/// stand for the alerts), key and payload unchanged, to `out` until `stop`.
+/// Returns how many it passed on.
+fn pass_through(
+    brokers: &str,
+    topic: &str,
+    out: &str,
+    label: &str,
+    fetch_wait_ms: u32,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<std::thread::JoinHandle<u64>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bench-relay-{topic}"))
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    for (p, high) in high_watermarks(&c, topic)? {
+        tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+    }
+    c.assign(&tpl)?;
+    // As hotlead's alert producer: idempotent, linger.ms 5.
+    let p = producer(brokers)?;
+    let out = out.to_string();
+    let fresh = format!("{label}-");
+    Ok(std::thread::spawn(move || {
+        let mut n = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(50)) {
+                let key = std::str::from_utf8(m.key().unwrap_or_default()).unwrap_or_default();
+                if key.starts_with(&fresh) {
+                    send(&p, &out, key, m.payload().unwrap_or_default());
+                    n += 1;
+                }
+            }
+        }
+        let _ = p.flush(Duration::from_secs(10));
+        n
+    }))
+}
+
+fn latency(
+    brokers: &str,
+    topic: &str,
+    alerts_topic: &str,
+    run: &OpenLoop,
+    label: &str,
+    relay: bool,
+    fetch_wait_ms: u32,
+) -> anyhow::Result<String> {
     let OpenLoop { rate, seconds, contacts, seed, crossing_every, drain_seconds, echo } = *run;
     if rate <= 0.0 {
         bail!("--rate must be positive");
     }
+    let relay_stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let relay = if relay {
+        Some(pass_through(brokers, topic, alerts_topic, label, fetch_wait_ms, relay_stop.clone())?)
+    } else {
+        None
+    };
     // Listen on the alert topic from its current end.
     let alerts: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -502,6 +621,11 @@ fn latency(brokers: &str, topic: &str, alerts_topic: &str, run: &OpenLoop, label
     p.flush(Duration::from_secs(30))?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut samples = listener.join().map_err(|_| anyhow::anyhow!("listener panicked"))?;
+    relay_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let relayed = match relay {
+        Some(r) => Some(r.join().map_err(|_| anyhow::anyhow!("pass-through panicked"))?),
+        None => None,
+    };
     samples.sort_by(f64::total_cmp);
     let q = |f: f64| -> Option<f64> {
         (!samples.is_empty()).then(|| samples[((samples.len() as f64 * f).ceil() as usize).clamp(1, samples.len()) - 1])
@@ -516,6 +640,7 @@ fn latency(brokers: &str, topic: &str, alerts_topic: &str, run: &OpenLoop, label
         "p99_ms": q(0.99),
         "p999_ms": q(0.999),
         "max_ms": samples.last(),
+        "relayed": relayed,
     })
     .to_string())
 }

@@ -2,10 +2,24 @@
 # The benchmark, in one command: installs what it needs (scripts/setup.sh for
 # Tansu and redis-server; a Python virtualenv with bench/requirements.txt for
 # the peers), builds hotlead and hotlead-bench (release), then runs
-# bench/run.py, which prints the table and writes bench/results/.
+# bench/run.py, which prints the report and writes bench/results/.
 #
-# Flags go to bench/run.py: --events, --contacts, --partitions,
-# --latency-seconds, --systems, --no-latency (see --help).
+# The full run (15-25 minutes on 2 cores): drains a 1M-event backlog with the
+# ceiling, hotlead and both peers; open-loop latency at 1,000 and 5,000
+# events/s and at half of hotlead's rate, beside the broker's own two hops;
+# hotlead over 10k, 100k and 1M contacts (Redis bytes per contact-model, peak
+# RSS, events/s, Redis projected for 10M contacts x 2 models); the targets.
+#
+#   scripts/bench.sh --quick   the regression guard, about a minute once built:
+#                              200k events over 20k contacts, ceiling and
+#                              hotlead only; exits 1 when hotlead drains under
+#                              85 % of the ceiling or Redis holds more than
+#                              250 bytes per contact-model (GUARD_* in
+#                              bench/run.py)
+#
+# Other flags go to bench/run.py: --events, --contacts, --partitions,
+# --systems, --latency-seconds, --latency-rates, --no-latency, --no-scaling,
+# --scaling-contacts, --scaling-peers, --out (see --help).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
