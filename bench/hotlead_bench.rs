@@ -371,34 +371,36 @@ fn verify(
     }
     let mut got: HashMap<(String, String), (f64, Millis)> = HashMap::new();
     for chunk in keys.chunks(2000) {
-        // hotlead keeps a contact as one binary string; the peers as a hash
-        // of text fields (the layout `decode_stored` also reads).
+        // hotlead keeps a partition's contacts in one hash (`...:states`,
+        // contact id -> binary state); the peers a hash of text fields per
+        // contact.
         let mut pipe = redis::pipe();
         for k in chunk {
-            pipe.cmd("TYPE").arg(k);
+            pipe.cmd("HGETALL").arg(k);
         }
-        let types: Vec<String> = pipe.query(&mut con)?;
-        let mut pipe = redis::pipe();
-        for (k, t) in chunk.iter().zip(&types) {
-            pipe.cmd(if t == "string" { "GET" } else { "HGETALL" }).arg(k);
-        }
-        let values: Vec<redis::Value> = pipe.query(&mut con)?;
-        for ((k, t), v) in chunk.iter().zip(&types).zip(values) {
-            let contact = k.rsplit_once(":c:").map_or(k.as_str(), |(_, c)| c).to_string();
-            if t != "string" {
-                // A peer's hash: only score and time are compared.
-                let h: HashMap<String, String> = redis::FromRedisValue::from_redis_value(v)?;
-                for m in &rules.models {
-                    let s = h.get(&format!("{}:s", m.name)).and_then(|v| v.parse::<f64>().ok());
-                    let t = h.get(&format!("{}:t", m.name)).and_then(|v| v.parse::<Millis>().ok());
-                    if let (Some(s), Some(t)) = (s, t) {
-                        got.insert((contact.clone(), m.name.clone()), (s, t));
-                    }
+        let hashes: Vec<HashMap<String, Vec<u8>>> = pipe.query(&mut con)?;
+        let mut states: Vec<(String, hotlead::score::ContactState)> = Vec::new();
+        for (k, h) in chunk.iter().zip(hashes) {
+            if k.ends_with(":states") {
+                for (contact, bytes) in h {
+                    let (_, state) =
+                        hotlead::store::codec::decode(&rules, &bytes, None).map_err(|e| anyhow::anyhow!("{k}: {e}"))?;
+                    states.push((contact, state));
                 }
                 continue;
             }
-            let bytes: Vec<u8> = redis::FromRedisValue::from_redis_value(v)?;
-            let state = hotlead::store::codec::decode(&rules, &bytes, None).map_err(|e| anyhow::anyhow!("{k}: {e}"))?.1;
+            // A peer's hash: only score and time are compared.
+            let contact = k.rsplit_once(":c:").map_or(k.as_str(), |(_, c)| c).to_string();
+            let text = |f: &str| h.get(f).and_then(|b| std::str::from_utf8(b).ok());
+            for m in &rules.models {
+                let s = text(&format!("{}:s", m.name)).and_then(|v| v.parse::<f64>().ok());
+                let t = text(&format!("{}:t", m.name)).and_then(|v| v.parse::<Millis>().ok());
+                if let (Some(s), Some(t)) = (s, t) {
+                    got.insert((contact.clone(), m.name.clone()), (s, t));
+                }
+            }
+        }
+        for (contact, state) in states {
             for (m, st) in rules.models.iter().zip(&state.models) {
                 if let Some(st) = st {
                     got.insert((contact.clone(), m.name.clone()), (st.score, st.at_ms));

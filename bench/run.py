@@ -258,7 +258,7 @@ def peer_command(system: str, args, brokers: str, redis: Redis, topic: str, grou
 
 
 def pattern(system: str) -> str:
-    return "hl:*:c:*" if system == "hotlead" else f"bench:{system}:c:*"
+    return "hl:*:states" if system == "hotlead" else f"bench:{system}:c:*"
 
 
 def first_key_time(redis: Redis, proc: subprocess.Popen, timeout: float = 120) -> float | None:

@@ -320,8 +320,9 @@ models:
 /// versions (a hash of text fields per contact, 64-bit event id hashes)
 /// upgrades in place: the new version resumes at the stored watermark, reads
 /// those contacts, counts a repeat of an event applied by the old version
-/// once, and writes each contact it changes in the binary form; contacts it
-/// has not touched yet stay readable as they are.
+/// once, and moves each contact it changes into the partition's states,
+/// binary, deleting its old key; contacts it has not touched yet stay
+/// readable as they are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_in_the_text_layout_upgrades_in_place() {
     let stack = Stack::start();
@@ -386,9 +387,11 @@ async fn a_deployment_in_the_text_layout_upgrades_in_place() {
         for (f, w) in fields {
             assert!(support::field_matches(f, stored.get(f), w), "{contact} {f}: {:?} vs {w}", stored.get(f));
         }
-        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut r).unwrap();
+        let states = hotlead::store::PartitionKeys::new(&topics.input, *p).states();
+        let moved: bool = redis::cmd("HEXISTS").arg(&states).arg(contact).query(&mut r).unwrap();
+        let old_key: bool = redis::cmd("EXISTS").arg(&key).query(&mut r).unwrap();
         let touched = new.iter().any(|e| &e.contact_id == contact);
-        assert_eq!(kind, if touched { "string" } else { "hash" }, "{contact}");
+        assert_eq!((moved, old_key), (touched, !touched), "{contact}: in the partition's states, or its old key");
         if touched {
             binary += 1
         } else {

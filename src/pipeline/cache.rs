@@ -57,7 +57,7 @@ impl StateCache {
         for id in ids {
             let found = self.contacts.remove(*id).and_then(|k| {
                 let entries = k.entries_known.then(Vec::new);
-                Stored::from_written(rules, Written { stored: k.stored, value: k.value, entries }).ok()
+                Stored::from_written(rules, Written { stored: k.stored, legacy: false, value: k.value, entries }).ok()
             });
             match found {
                 Some(s) => {
@@ -70,8 +70,8 @@ impl StateCache {
         (hits, misses)
     }
 
-    /// Puts what is written for committed contacts back; evicts contacts
-    /// beyond the bound.
+    /// Puts what is written for committed contacts back (a commit leaves
+    /// none in the text layout); evicts contacts beyond the bound.
     pub fn put(&mut self, contacts: impl IntoIterator<Item = (String, Written)>) {
         if self.max_contacts == 0 {
             return;

@@ -17,7 +17,9 @@
 --   R <key index> <member>                  ZREM
 --   X <n> <field> <value> ...               XADD to the outbox
 --   A <payload>                             XADD to recent alerts (capped)
---   S <key index> <value>                   SET (contact values, fingerprints)
+--   C <key index> <contact> <value>         HSET of a contact's state
+--   D <key index>                           DEL (a contact's old key)
+--   S <key index> <value>                   SET
 --   P <key index> <max>                     ZREMRANGEBYSCORE -inf <max>
 --   V <key index> <id> <names>              HSET of a vocabulary
 -- Returns the outbox length.
@@ -66,6 +68,12 @@ local function commit(keys, args)
     elseif op == 'S' then
       redis.call('SET', keys[tonumber(args[i + 1])], args[i + 2])
       i = i + 3
+    elseif op == 'C' then
+      redis.call('HSET', keys[tonumber(args[i + 1])], args[i + 2], args[i + 3])
+      i = i + 4
+    elseif op == 'D' then
+      redis.call('DEL', keys[tonumber(args[i + 1])])
+      i = i + 2
     elseif op == 'V' then
       redis.call('HSET', keys[tonumber(args[i + 1])], args[i + 2], args[i + 3])
       i = i + 4
@@ -95,30 +103,29 @@ end
 redis.register_function('hotlead_claim', claim)
 
 -- Reads contacts of one partition: KEYS[1] the partition's vocabularies,
--- KEYS[2..] contact keys; ARGV[1] the reader's vocabulary id (4 bytes).
--- For each contact: nil; {'b', value} for the binary state; {'b', value,
--- vocabulary} when the value was written in another vocabulary than the
--- reader's (bytes 2 to 5 of a value); {'h', field, value, ...} for the text
--- layout of earlier versions (a hash).
+-- KEYS[2] its contact states, KEYS[3..] the contacts' keys in the text
+-- layout of earlier versions; ARGV[1] the reader's vocabulary id (4 bytes),
+-- ARGV[2..] the contact ids. For each contact: nil; {'b', value} for the
+-- binary state; {'b', value, vocabulary} when the value was written in
+-- another vocabulary than the reader's (bytes 2 to 5 of a value); {'h',
+-- field, value, ...} for the text layout.
 local function load(keys, args)
   local out = {}
-  for i = 2, #keys do
-    local k = keys[i]
-    local t = redis.call('TYPE', k)['ok']
-    if t == 'string' then
-      local v = redis.call('GET', k)
+  for i = 3, #keys do
+    local v = redis.call('HGET', keys[2], args[i - 1])
+    if v then
       local id = string.sub(v, 2, 5)
       if id ~= args[1] then
-        out[i - 1] = { 'b', v, redis.call('HGET', keys[1], id) }
+        out[i - 2] = { 'b', v, redis.call('HGET', keys[1], id) }
       else
-        out[i - 1] = { 'b', v }
+        out[i - 2] = { 'b', v }
       end
-    elseif t == 'hash' then
-      local r = redis.call('HGETALL', k)
+    elseif redis.call('EXISTS', keys[i]) == 1 then
+      local r = redis.call('HGETALL', keys[i])
       table.insert(r, 1, 'h')
-      out[i - 1] = r
+      out[i - 2] = r
     else
-      out[i - 1] = false
+      out[i - 2] = false
     end
   end
   return out

@@ -6,7 +6,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `hl:{interactions:7}:c:<contact_id>` | string | the contact's whole state, binary ([`codec`]) |
+//! | `hl:{interactions:7}:states` | hash | each contact's whole state, binary ([`codec`]), by contact id |
 //! | `hl:{interactions:7}:lb:<model>` | sorted set | contacts at or above the model's leaderboard floor, by `log2(s) + (t - E)/H` |
 //! | `hl:{interactions:7}:cool:<model>` | sorted set | contacts above the base tier, by the time decay takes them below their tier's exit |
 //! | `hl:{interactions:7}:outbox` | stream | alerts and dead letters not yet delivered |
@@ -14,10 +14,14 @@
 //! | `hl:{interactions:7}:wm` | string | offset of the last event applied |
 //! | `hl:{interactions:7}:epoch` | string | owner epoch; fences stale owners |
 //!
-//! A contact written by hotlead before the binary state is a hash of text
-//! fields ([`text_fields`]); it is read as it is ([`decode_stored`]) and
-//! becomes a binary value at its next write, so a running deployment
-//! upgrades in place.
+//! One hash holds the partition's contacts: a contact costs its id and its
+//! value, not a key of its own.
+//!
+//! A contact written by hotlead before the binary state is a key of its own
+//! (`hl:{interactions:7}:c:<contact_id>`), a hash of text fields
+//! ([`text_fields`]); it is read as it is ([`decode_stored`]) and moves into
+//! the partition's hash, binary, at its next write (its old key deleted in
+//! the same commit), so a running deployment upgrades in place.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -94,9 +98,13 @@ impl PartitionKeys {
     pub fn new(topic: &str, partition: i32) -> Self {
         Self { tag: format!("hl:{{{topic}:{partition}}}") }
     }
-    /// A contact's hash.
+    /// The key of a contact stored in the text layout of earlier versions.
     pub fn contact(&self, contact_id: &str) -> String {
         format!("{}:c:{contact_id}", self.tag)
+    }
+    /// The partition's contact states, by contact id.
+    pub fn states(&self) -> String {
+        format!("{}:states", self.tag)
     }
     /// A model's leaderboard.
     pub fn leaderboard(&self, model: &str) -> String {
@@ -393,6 +401,9 @@ pub struct ContactWrite {
     pub contact: String,
     /// The binary state ([`codec`]).
     pub value: Vec<u8>,
+    /// Whether the contact also has a key in the text layout of earlier
+    /// versions, deleted with this write.
+    pub legacy: bool,
 }
 
 /// One sorted-set entry to set or remove.
@@ -593,11 +604,17 @@ impl Store {
             args.push(id.to_le_bytes().to_vec());
             args.push(vocabulary_text(names).into_bytes());
         }
-        for ContactWrite { contact, value } in &c.contacts {
-            let i = key_index(keys.contact(contact), &mut key_list);
-            args.push(b"S".to_vec());
+        for ContactWrite { contact, value, legacy } in &c.contacts {
+            let i = key_index(keys.states(), &mut key_list);
+            args.push(b"C".to_vec());
             args.push(i.to_string().into_bytes());
+            args.push(contact.as_bytes().to_vec());
             args.push(value.clone());
+            if *legacy {
+                let j = key_index(keys.contact(contact), &mut key_list);
+                args.push(b"D".to_vec());
+                args.push(j.to_string().into_bytes());
+            }
         }
         let sets = c.leaderboard.iter().map(|e| (keys.leaderboard(&e.model), &e.contact, e.score));
         let sets = sets.chain(c.cooling.iter().map(|e| (keys.cooling(&e.model), &e.contact, e.score)));
@@ -862,11 +879,14 @@ impl Store {
 /// of `rules`.
 pub fn load_command(keys: &PartitionKeys, rules: &RuleSet, contact_ids: &[&str]) -> redis::Cmd {
     let mut cmd = redis::cmd("FCALL_RO");
-    cmd.arg("hotlead_load").arg(contact_ids.len() + 1).arg(keys.vocabulary());
+    cmd.arg("hotlead_load").arg(contact_ids.len() + 2).arg(keys.vocabulary()).arg(keys.states());
     for c in contact_ids {
         cmd.arg(keys.contact(c));
     }
     cmd.arg(rules.vocabulary_id.to_le_bytes().as_slice());
+    for c in contact_ids {
+        cmd.arg(*c);
+    }
     cmd
 }
 

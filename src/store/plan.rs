@@ -73,8 +73,11 @@ pub struct Entries {
 /// What is stored for one contact, as far as this instance knows.
 #[derive(Debug, Clone, Default)]
 pub struct Written {
-    /// Whether the contact has a key.
+    /// Whether the contact has a stored state.
     pub stored: bool,
+    /// Whether it is stored in the text layout of earlier versions (a key
+    /// of its own, deleted when the state is written).
+    pub legacy: bool,
     /// The binary value as stored (`None`: nothing, or the text layout, is
     /// stored).
     pub value: Option<Box<[u8]>>,
@@ -85,7 +88,7 @@ pub struct Written {
 impl Written {
     /// Nothing stored: a contact with no history.
     pub fn nothing(rules: &RuleSet) -> Self {
-        Self { stored: false, value: None, entries: Some(vec![Entries::default(); rules.models.len()]) }
+        Self { stored: false, legacy: false, value: None, entries: Some(vec![Entries::default(); rules.models.len()]) }
     }
 }
 
@@ -108,12 +111,16 @@ impl Stored {
         }
         let (account, state) = decode_stored(rules, value)
             .map_err(|e| StoreError::Corrupt { key: key.to_string(), message: e.to_string() })?;
+        let legacy = matches!(value, StoredValue::Text(_));
         let value = match value {
             // A value in another vocabulary is written again in this one.
             StoredValue::Binary(b, None) => Some(b.clone().into_boxed_slice()),
             _ => None,
         };
-        Ok(Self { contact: Contact { account, state }, written: Written { stored: true, value, entries: None } })
+        Ok(Self {
+            contact: Contact { account, state },
+            written: Written { stored: true, legacy, value, entries: None },
+        })
     }
 
     /// A contact as the state cache keeps it (what is written, the value's
@@ -187,7 +194,8 @@ pub fn commit_for(
         if w.value.as_deref() != Some(&value[..]) {
             w.stored = true;
             w.value = Some(value.clone().into_boxed_slice());
-            commit.contacts.push(ContactWrite { contact: id.clone(), value: value.clone() });
+            commit.contacts.push(ContactWrite { contact: id.clone(), value: value.clone(), legacy: w.legacy });
+            w.legacy = false;
         }
         w.entries = Some(now);
         after.push(w);

@@ -478,15 +478,17 @@ pub fn stored_value(
     rules: &hotlead::rules::RuleSet,
     key: &str,
 ) -> hotlead::store::StoredValue {
-    // `hl:{<topic>:<partition>}:c:<id>`: the partition's vocabularies share its tag.
-    let tag = &key[..key.find("}:").expect("a partition key") + 1];
-    let vocabulary = format!("{tag}:vocab");
+    // `hl:{<topic>:<partition>}:c:<id>`: the partition's states and
+    // vocabularies share its tag.
+    let (tag, id) = key.split_once("}:c:").expect("a contact key");
     let v: Vec<hotlead::store::StoredValue> = redis::cmd("FCALL_RO")
         .arg("hotlead_load")
-        .arg(2)
-        .arg(&vocabulary)
+        .arg(3)
+        .arg(format!("{tag}}}:vocab"))
+        .arg(format!("{tag}}}:states"))
         .arg(key)
         .arg(rules.vocabulary_id.to_le_bytes().as_slice())
+        .arg(id)
         .query(conn)
         .unwrap();
     v.into_iter().next().expect("one value")
