@@ -11,7 +11,11 @@
 //!   without reading the scorer's own state);
 //! - `latency`: open-loop load at a fixed rate with event times taken at
 //!   send time, and event-to-alert latency measured on the alerts; or the
-//!   broker alone, over one hop (`--echo`) or two (`--relay`).
+//!   broker alone, over one hop (`--echo`) or two (`--relay`);
+//! - `hot-path`: hotlead's hot path in-process, no broker and no Redis:
+//!   decoding, scoring, the state cache's decode and the commit plan of
+//!   simulated batches, with the allocations it makes per event (counted by
+//!   this binary's allocator) and its CPU time per event.
 //!
 //! Each prints one JSON object on stdout.
 
@@ -31,6 +35,37 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 use serde_json::json;
+
+/// The allocator hotlead runs with, counting allocations while `COUNTING`
+/// is set (for `hot-path`).
+struct Counting;
+
+static COUNTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static ALLOCATED_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        if COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ALLOCATED_BYTES.fetch_add(layout.size() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        unsafe { mimalloc::MiMalloc.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(std::sync::atomic::Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            ALLOCATED_BYTES.fetch_add(new_size as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 #[derive(Parser)]
 #[command(about = "The Rust side of hotlead's benchmark harness")]
@@ -84,6 +119,16 @@ enum Command {
         poll_ms: u64,
     },
     /// Check the scores a system left in Redis against the oracle.
+    HotPath {
+        #[arg(long)]
+        rules: String,
+        #[arg(long, default_value_t = 200_000)]
+        events: u64,
+        #[arg(long, default_value_t = 20_000)]
+        contacts: usize,
+        #[arg(long, default_value_t = 5000)]
+        batch: usize,
+    },
     Verify {
         #[arg(long)]
         rules: String,
@@ -143,6 +188,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Ceiling { group } => ceiling(&cli.brokers, &cli.topic, &group, cli.fetch_wait_ms)?,
         Command::Drained { group, timeout, poll_ms } => drained(&cli.brokers, &cli.topic, &group, timeout, poll_ms)?,
+        Command::HotPath { rules, events, contacts, batch } => hot_path(&rules, events, contacts, batch)?,
         Command::Verify { rules, redis, pattern } => {
             verify(&cli.brokers, &cli.topic, &rules, &redis, &pattern, cli.fetch_wait_ms)?
         }
@@ -661,4 +707,60 @@ fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// The hot path of one partition worker, in-process: simulated events (as
+/// payloads) go through decoding, the state cache (each contact kept as its
+/// stored bytes and decoded when its batch takes it), scoring and the commit
+/// plan, batch by batch. Reports allocations and bytes allocated per event,
+/// and CPU time per event.
+fn hot_path(rules_path: &str, events: u64, contacts: usize, batch: usize) -> anyhow::Result<String> {
+    use hotlead::engine::{score_batch, Dedup, Raw};
+    use hotlead::store::{commit_for, Outputs, Stored, Written};
+    use std::sync::atomic::Ordering;
+    let rules = RuleSet::load(std::path::Path::new(rules_path))?;
+    let mut sim = Simulator::new(&SimConfig { contacts, seed: 7, ..SimConfig::default() });
+    let now = hotlead::decode::now_ms();
+    let raws: Vec<Raw> = (0..events)
+        .map(|i| {
+            let e = sim.next_event(now - 30 * 86_400_000 + i as i64 * 10);
+            Raw::new(i as i64, Some(e.contact_id.as_bytes()), Some(&e.encode_to_vec()), now)
+        })
+        .collect();
+    let limits = hotlead::decode::Limits::default();
+    let source = Source { topic: "interactions", partition: 0 };
+    let outputs = Outputs { alerts: "sales-alerts", dead_letter: "dead", dead_letter_max_bytes: 512 * 1024 };
+    let mut cache: HashMap<String, Written> = HashMap::new();
+    let cpu0 = cpu_seconds();
+    COUNTING.store(true, Ordering::Relaxed);
+    for chunk in raws.chunks(batch) {
+        let messages: Vec<Scored> = chunk.iter().map(|r| r.decode(&limits)).collect();
+        let mut known = HashMap::new();
+        let mut written = HashMap::new();
+        for m in &messages {
+            let Ok(v) = &m.event else { continue };
+            let id = &v.event.contact_id;
+            if let Some(w) = cache.remove(id) {
+                let s = Stored::from_written(&rules, w).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+                known.insert(id.clone(), s.contact);
+                written.insert(id.clone(), s.written);
+            }
+        }
+        let effects = score_batch(&rules, source, messages, known, Dedup::default());
+        let (commit, after) = commit_for(&rules, source, outputs, &effects, written);
+        std::hint::black_box(&commit);
+        cache.extend(effects.contacts.into_iter().zip(after).map(|((id, _), w)| (id, w)));
+    }
+    COUNTING.store(false, Ordering::Relaxed);
+    let cpu = cpu_seconds() - cpu0;
+    let n = events as f64;
+    Ok(json!({
+        "events": events,
+        "contacts": contacts,
+        "batch": batch,
+        "allocations_per_event": ALLOCATIONS.load(Ordering::Relaxed) as f64 / n,
+        "allocated_bytes_per_event": ALLOCATED_BYTES.load(Ordering::Relaxed) as f64 / n,
+        "cpu_us_per_event": cpu / n * 1e6,
+    })
+    .to_string())
 }

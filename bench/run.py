@@ -559,6 +559,14 @@ def report(results: dict) -> str:
         lines += [*latency_table(results), ""]
     if results.get("scaling"):
         lines += [*scaling_table(results), ""]
+    if results.get("hot_path"):
+        h = results["hot_path"]
+        lines += ["## Hot path", "",
+                  f"hotlead's partition worker in-process, no broker and no Redis (`hotlead-bench hot-path`: "
+                  f"{h['events']:,} simulated events over {h['contacts']:,} contacts, batches of {h['batch']:,}; "
+                  "decoding, the state cache, scoring and the commit plan): "
+                  f"{h['cpu_us_per_event']:.2f} µs CPU, {h['allocations_per_event']:.1f} allocations and "
+                  f"{h['allocated_bytes_per_event']:,.0f} bytes allocated per event.", ""]
     if results.get("guard"):
         verdict = lambda g: "holds" if g["holds"] else "FAILS"  # noqa: E731
         lines += ["## Regression guard", "",
@@ -743,6 +751,10 @@ def main() -> int:
                    "command": " ".join(["scripts/bench.sh", *command_args()])}
         for system in order:
             results["systems"][system] = drain(system, args, work, broker, redis, INPUT, ends, args.events)
+        if "hotlead" in order:
+            log("hotlead's hot path in-process (decode, state cache, scoring, commit plan) ...")
+            sizes = ["--events", str(min(args.events, 200_000)), "--contacts", str(min(args.contacts, 20_000))]
+            results["hot_path"] = bench_json(["hot-path", "--rules", str(RULES), *sizes], broker.brokers)
         half = results["systems"].get("hotlead", results["systems"]["ceiling"])["events_per_second"] / 2
         results["latency_rates"] = [*args.latency_rates, half]
         if not args.no_latency:

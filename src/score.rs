@@ -291,9 +291,9 @@ pub fn apply_event(
         } else {
             model.fit_parts(&attributes).into_iter().map(|(k, p)| (k.to_string(), p)).collect()
         };
-        let matched: Vec<&Rule> = model.matches(event).collect();
+        let mut matched = model.matches(event).peekable();
         let slot = &mut contact.models[i];
-        if slot.is_none() && matched.is_empty() && fit.is_empty() {
+        if slot.is_none() && matched.peek().is_none() && fit.is_empty() {
             continue;
         }
         let st = slot.get_or_insert_with(|| ModelState::new(at_ms));
