@@ -561,7 +561,7 @@ impl Config {
     /// idempotent, every replica acknowledges.
     pub fn producer_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
-        c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+        c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "1");
         for (k, v) in self.client_config().config_map().iter() {
             c.set(*k, *v);
         }
