@@ -34,8 +34,9 @@ Started by scripts/bench.sh, which installs what it needs first. In one run:
 
 Then the targets, each with its measured figure and whether it holds.
 
-`--quick` is the regression guard: 200,000 events over 20,000 contacts,
-the ceiling and hotlead only, no latency, no scaling; it exits non-zero when
+`--quick` is the regression guard: the default backlog (1,000,000 events
+over 100,000 contacts, so that bytes per contact-model are measured where
+the target is set), the ceiling and hotlead only, no latency, no scaling; it exits non-zero when
 hotlead drains under GUARD_MIN_OF_CEILING of the ceiling or Redis holds more
 than GUARD_MAX_BYTES per contact-model (or an oracle check fails).
 
@@ -71,8 +72,11 @@ SCALING_CONTACTS = [10_000, 100_000, 1_000_000]
 # Redis projected for this many contacts and models.
 PROJECTED_CONTACTS, PROJECTED_MODELS = 10_000_000, 2
 
-# The regression guard (--quick): its backlog and its two thresholds.
-QUICK_EVENTS, QUICK_CONTACTS = 200_000, 20_000
+# The regression guard (--quick): its backlog and its two thresholds. The
+# backlog is the default benchmark's: with fewer contacts the per-partition
+# structures (recent alerts, vocabularies, watermarks) weigh on fewer of
+# them, and bytes per contact-model are no longer those the target is for.
+QUICK_EVENTS, QUICK_CONTACTS = 1_000_000, 100_000
 GUARD_MIN_OF_CEILING = 0.85  # hotlead's events/s, at least this share of the ceiling's
 GUARD_MAX_BYTES = 250  # Redis bytes per contact-model, at most
 
