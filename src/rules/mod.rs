@@ -772,6 +772,20 @@ mod tests {
     use super::*;
     use crate::proto::{EmailEngagement, FormSubmission, PageView, WebinarAttendance};
 
+    #[test]
+    fn the_kept_attributes_are_those_the_rules_read_and_those_named() {
+        let text = "keep_attributes: [country]\nmodels: [{name: f, half_life: 1d, fit: [{id: a, when: {job_title: Founder}, points: 5}]}]";
+        let r = RuleSet::parse(text, "t").unwrap();
+        assert_eq!(r.kept_attributes.iter().collect::<Vec<_>>(), ["country", "job_title"]);
+        assert!(r.keeps("job_title") && !r.keeps("industry"));
+        // The vocabulary names everything a stored state may refer to, sorted.
+        assert_eq!(r.vocabulary, ["a", "cold", "country", "f", "job_title"]);
+        let other = RuleSet::parse(&text.replace("country", "industry"), "t").unwrap();
+        assert_ne!(r.vocabulary_id, other.vocabulary_id);
+        let e = RuleSet::parse(&text.replace("[country]", "3"), "t").unwrap_err().to_string();
+        assert!(e.contains("keep_attributes") && e.contains("must be a list"), "{e}");
+    }
+
     const GOOD: &str = r#"
 models:
   - name: engagement

@@ -243,8 +243,9 @@ fn split<T>(text: Option<&str>, value: impl Fn(&str) -> Option<T>) -> BTreeMap<S
         .collect()
 }
 
-/// The hash fields of one model's state. Floats are written in their
-/// shortest exact form, so a round trip loses nothing:
+/// The text fields of one model's state (the text layout of earlier
+/// versions, and the readable form). Floats are written in their shortest
+/// exact form, so a round trip loses nothing:
 ///
 /// | field | holds |
 /// |---|---|
@@ -274,8 +275,8 @@ pub fn encode_model_state(model: &Model, st: &ModelState) -> Vec<(String, String
     fields
 }
 
-/// Reads one model's state back from a contact hash; `None` if the contact
-/// has no state in this model.
+/// Reads one model's state back from its text fields; `None` if the
+/// contact has no state in this model.
 pub fn decode_model_state(model: &Model, fields: &HashMap<String, Vec<u8>>) -> Option<ModelState> {
     let m = &model.name;
     let get = |f: &str| fields.get(&format!("{m}:{f}")).and_then(|v| std::str::from_utf8(v).ok());
@@ -707,8 +708,8 @@ impl Store {
         Ok(())
     }
 
-    /// Finds a contact's hash among the input topic's `partitions`
-    /// partitions (one pipelined round trip); `None` if it is unknown.
+    /// Finds a contact's stored value among the input topic's `partitions`
+    /// partitions (the reads travel pipelined); `None` if it is unknown.
     pub async fn find_contact(
         &self,
         topic: &str,
