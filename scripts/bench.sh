@@ -10,12 +10,12 @@
 # hotlead over 10k, 100k and 1M contacts (Redis bytes per contact-model, peak
 # RSS, events/s, Redis projected for 10M contacts x 2 models); the targets.
 #
-#   scripts/bench.sh --quick   the regression guard, about a minute and a
-#                              half once built: 1M events over 100k
-#                              contacts, ceiling and hotlead only; exits 1 when hotlead drains under
-#                              85 % of the ceiling or Redis holds more than
-#                              250 bytes per contact-model (GUARD_* in
-#                              bench/run.py)
+#   scripts/bench.sh --quick   the regression guard, under three minutes
+#                              once built: 1M events over 100k contacts,
+#                              ceiling and hotlead only; exits 1 when
+#                              hotlead drains under 85 % of the ceiling or
+#                              Redis holds more than 250 bytes per
+#                              contact-model (GUARD_* in bench/run.py)
 #
 # Other flags go to bench/run.py: --events, --contacts, --partitions,
 # --systems, --latency-seconds, --latency-rates, --no-latency, --no-scaling,
