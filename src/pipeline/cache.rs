@@ -24,7 +24,7 @@ use crate::telemetry;
 /// sorted-set entries are known (they follow from the value when they are).
 struct Kept {
     stored: bool,
-    value: Option<Box<[u8]>>,
+    value: Option<std::sync::Arc<[u8]>>,
     entries_known: bool,
 }
 

@@ -575,9 +575,7 @@ impl Worker {
                 .await
                 .map_err(|e| Ended::Failed(e.into()))?;
             for (id, value) in misses.iter().zip(hashes) {
-                let s =
-                    Stored::from_value(&rules, &self.keys.contact(id), &value).map_err(|e| Ended::Failed(e.into()))?;
-                stored.insert(id.to_string(), s);
+                stored.insert(id.to_string(), read_stored(&rules, &self.keys, id, &value)?);
             }
         }
         let (known, written) = split(stored);
@@ -737,8 +735,7 @@ impl Worker {
                 .map_err(|e| Ended::Failed(e.into()))?;
             let mut contacts = Vec::with_capacity(ids.len());
             for (id, v) in ids.iter().zip(hashes).filter(|(_, v)| !v.is_absent()) {
-                let s = Stored::from_value(rules, &keys.contact(id), &v).map_err(|e| Ended::Failed(e.into()))?;
-                contacts.push((id.to_string(), s.contact));
+                contacts.push((id.to_string(), read_stored(rules, &keys, id, &v)?.contact));
             }
             let effects = engine::Effects { contacts, ..Default::default() };
             let source = Source { topic: &self.shared.topic, partition: self.partition };
@@ -796,7 +793,7 @@ impl Worker {
         self.cache.forget(loaded.iter().map(|(id, _)| id));
         let mut stored = HashMap::with_capacity(loaded.len());
         for (id, v) in loaded {
-            let s = Stored::from_value(&rules, &keys.contact(&id), &v).map_err(|e| Ended::Failed(e.into()))?;
+            let s = read_stored(&rules, keys, &id, &v)?;
             stored.insert(id, s);
         }
         let (known, written) = split(stored);
@@ -821,6 +818,17 @@ impl Worker {
 /// sets are indexed for.
 fn fingerprints(keys: &PartitionKeys, rules: &RuleSet) -> Vec<(String, String)> {
     rules.models.iter().map(|m| (keys.index_fingerprint(&m.name), crate::store::index_fingerprint(m))).collect()
+}
+
+/// A contact as read from Redis; a value that cannot be read ends the
+/// worker, naming the contact's key.
+fn read_stored(
+    rules: &RuleSet,
+    keys: &PartitionKeys,
+    id: &str,
+    value: &crate::store::StoredValue,
+) -> Result<Stored, Ended> {
+    Stored::from_value(rules, &keys.contact(id), value).map_err(|e| Ended::Failed(e.into()))
 }
 
 /// Splits stored contacts into the engine's input and what is written.

@@ -400,8 +400,9 @@ impl OutboxEntry {
 pub struct ContactWrite {
     /// The contact id.
     pub contact: String,
-    /// The binary state ([`codec`]).
-    pub value: Vec<u8>,
+    /// The binary state ([`codec`]), shared with what the commit plan keeps
+    /// as written.
+    pub value: std::sync::Arc<[u8]>,
     /// Whether the contact also has a key in the text layout of earlier
     /// versions, deleted with this write.
     pub legacy: bool,
@@ -610,7 +611,7 @@ impl Store {
             args.push(b"C".to_vec());
             args.push(i.to_string().into_bytes());
             args.push(contact.as_bytes().to_vec());
-            args.push(value.clone());
+            args.push(value.to_vec());
             if *legacy {
                 let j = key_index(keys.contact(contact), &mut key_list);
                 args.push(b"D".to_vec());

@@ -80,7 +80,7 @@ pub struct Written {
     pub legacy: bool,
     /// The binary value as stored (`None`: nothing, or the text layout, is
     /// stored).
-    pub value: Option<Box<[u8]>>,
+    pub value: Option<std::sync::Arc<[u8]>>,
     /// Each model's sorted-set entries as stored, when known exactly.
     pub entries: Option<Vec<Entries>>,
 }
@@ -114,7 +114,7 @@ impl Stored {
         let legacy = matches!(value, StoredValue::Text(_));
         let value = match value {
             // A value in another vocabulary is written again in this one.
-            StoredValue::Binary(b, None) => Some(b.clone().into_boxed_slice()),
+            StoredValue::Binary(b, None) => Some(b.as_slice().into()),
             _ => None,
         };
         Ok(Self {
@@ -193,8 +193,9 @@ pub fn commit_for(
         codec::encode(rules, contact.account.as_deref(), &contact.state, &mut value);
         if w.value.as_deref() != Some(&value[..]) {
             w.stored = true;
-            w.value = Some(value.clone().into_boxed_slice());
-            commit.contacts.push(ContactWrite { contact: id.clone(), value: value.clone(), legacy: w.legacy });
+            let shared: std::sync::Arc<[u8]> = value.as_slice().into();
+            commit.contacts.push(ContactWrite { contact: id.clone(), value: shared.clone(), legacy: w.legacy });
+            w.value = Some(shared);
             w.legacy = false;
         }
         w.entries = Some(now);
