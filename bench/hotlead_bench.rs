@@ -729,7 +729,12 @@ fn hot_path(rules_path: &str, events: u64, contacts: usize, batch: usize) -> any
         .collect();
     let limits = hotlead::decode::Limits::default();
     let source = Source { topic: "interactions", partition: 0 };
-    let outputs = Outputs { alerts: "sales-alerts", dead_letter: "dead", dead_letter_max_bytes: 512 * 1024 };
+    let outputs = Outputs {
+        alerts: "sales-alerts",
+        dead_letter: "dead",
+        dead_letter_max_bytes: 512 * 1024,
+        erasures: "erasures",
+    };
     let mut cache: HashMap<String, Written> = HashMap::new();
     let cpu0 = cpu_seconds();
     COUNTING.store(true, Ordering::Relaxed);

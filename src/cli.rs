@@ -45,7 +45,7 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Print alerts from the alert topic as they arrive.
     Alerts(AlertsArgs),
-    /// Create hotlead's topics (input, alerts, dead letters, notify dead letters).
+    /// Create hotlead's topics (input, alerts, dead letters, erasures, notify dead letters).
     Topics(TopicsArgs),
     /// Show a contact's scores, tiers and the breakdown by rule, decayed to now.
     Score(ScoreArgs),
@@ -53,6 +53,26 @@ pub enum Command {
     Top(TopArgs),
     /// Deliver alerts to webhooks, chat and email, as a routes file says.
     Notify(crate::notify::NotifyArgs),
+    /// Erase a contact (GDPR Art. 17): its state, leaderboard and cooling
+    /// entries, event ids and recent alerts go, an erasure record is
+    /// published, and its later events are not scored.
+    Erase(EraseArgs),
+}
+
+/// `hotlead erase`.
+#[derive(Debug, Args)]
+pub struct EraseArgs {
+    /// The contact id to erase.
+    pub contact: String,
+    /// Who asks (kept in the erasure record).
+    #[arg(long, default_value = "")]
+    pub by: String,
+    /// Why (kept in the erasure record), e.g. a ticket number.
+    #[arg(long, default_value = "")]
+    pub reason: String,
+    /// Bootstrap servers; overrides the configuration's `bootstrap.servers`.
+    #[arg(long)]
+    pub brokers: Option<String>,
 }
 
 /// `hotlead top`.
@@ -261,6 +281,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Erase(args) => {
+            let config = load_config()?;
+            let client = kafka_client(&config, args.brokers.as_deref());
+            let event = erasure_request(&args.contact, &args.by, &args.reason, crate::decode::now_ms());
+            let (partition, offset) = crate::kafka::produce_event(&client, &config.topics.input, &event).await?;
+            println!(
+                "Erasure requested ({}, partition {partition} offset {offset} of {}): the partition's owner erases the contact when it reads it; the record goes to {}.",
+                event.event_id, config.topics.input, config.topics.erasures
+            );
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Topics(args) => {
             let config = load_config()?;
             let client = kafka_client(&config, args.brokers.as_deref());
@@ -271,6 +302,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     (&t.input, args.partitions),
                     (&t.alerts, args.partitions),
                     (&t.dead_letter, 1),
+                    (&t.erasures, 1),
                     (&config.notify.dead_letter_topic, 1),
                 ],
                 args.replication,
@@ -278,6 +310,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
+    }
+}
+
+/// The event that asks the owner of a contact's partition to erase it.
+pub fn erasure_request(contact: &str, by: &str, reason: &str, now_ms: i64) -> crate::proto::InteractionEvent {
+    crate::proto::InteractionEvent {
+        event_id: crate::kafka::request_id("erase"),
+        contact_id: contact.to_string(),
+        occurred_at: Some(crate::decode::timestamp(now_ms)),
+        interaction: Some(crate::proto::interaction_event::Interaction::Erasure(crate::proto::Erasure {
+            requested_by: by.to_string(),
+            reason: reason.to_string(),
+        })),
+        ..Default::default()
     }
 }
 

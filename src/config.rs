@@ -80,11 +80,19 @@ pub struct Topics {
     pub alerts: String,
     /// Input that cannot be scored, with reason headers.
     pub dead_letter: String,
+    /// Erasure records out (protobuf `ContactErased`, key = contact id):
+    /// each erased contact, for the systems downstream to forget it too.
+    pub erasures: String,
 }
 
 impl Default for Topics {
     fn default() -> Self {
-        Self { input: "interactions".into(), alerts: "sales-alerts".into(), dead_letter: "interactions.dlq".into() }
+        Self {
+            input: "interactions".into(),
+            alerts: "sales-alerts".into(),
+            dead_letter: "interactions.dlq".into(),
+            erasures: "contact-erasures".into(),
+        }
     }
 }
 
@@ -466,6 +474,7 @@ impl Config {
             ("topics.input", &self.topics.input),
             ("topics.alerts", &self.topics.alerts),
             ("topics.dead_letter", &self.topics.dead_letter),
+            ("topics.erasures", &self.topics.erasures),
         ] {
             if name.is_empty()
                 || name.len() > 249

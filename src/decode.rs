@@ -75,6 +75,12 @@ pub enum DecodeError {
     /// sits on another partition than its contact's state.
     #[error("the message key is not the event's contact_id")]
     KeyMismatch,
+    /// An `identify` names no contact, or names the visitor itself.
+    #[error("identify.contact_id is missing or is the visitor's own id")]
+    InvalidIdentify,
+    /// A `visitor_merge` carries no state.
+    #[error("visitor_merge carries no state")]
+    InvalidMerge,
     /// An enum field holds a value the schema does not define.
     #[error("{field} holds {value}, which is not a defined value")]
     UnknownEnumValue {
@@ -100,11 +106,13 @@ impl DecodeError {
             Self::NoInteraction => "no_interaction",
             Self::UnknownEnumValue { .. } => "unknown_enum_value",
             Self::KeyMismatch => "key_mismatch",
+            Self::InvalidIdentify => "invalid_identify",
+            Self::InvalidMerge => "invalid_merge",
         }
     }
 
     /// Every reason code, for pre-registering metrics.
-    pub const REASONS: [&'static str; 11] = [
+    pub const REASONS: [&'static str; 13] = [
         "oversized",
         "empty",
         "undecodable",
@@ -116,6 +124,8 @@ impl DecodeError {
         "no_interaction",
         "unknown_enum_value",
         "key_mismatch",
+        "invalid_identify",
+        "invalid_merge",
     ];
 }
 
@@ -158,6 +168,16 @@ pub fn decode(payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Result
             if crate::proto::email_engagement::Action::try_from(e.action).is_err() =>
         {
             return Err(DecodeError::UnknownEnumValue { field: "email_engagement.action", value: e.action });
+        }
+        Some(crate::proto::interaction_event::Interaction::Identify(i))
+            if i.contact_id.is_empty()
+                || i.contact_id == event.contact_id
+                || i.contact_id.len() > limits.max_contact_id_bytes =>
+        {
+            return Err(DecodeError::InvalidIdentify);
+        }
+        Some(crate::proto::interaction_event::Interaction::VisitorMerge(m)) if m.state.is_empty() => {
+            return Err(DecodeError::InvalidMerge);
         }
         _ => {}
     }

@@ -42,6 +42,31 @@ pub fn client_config(brokers: &str, extra: &[(String, String)]) -> ClientConfig 
     c
 }
 
+/// Produces one event to `topic`, keyed by its contact id (so it reaches
+/// the contact's partition), and waits for the broker to take it; returns
+/// its partition and offset. The requests hotlead itself sends (erasure,
+/// adjustments) go this way, through the owner of the contact's partition.
+pub async fn produce_event(
+    config: &ClientConfig,
+    topic: &str,
+    event: &crate::proto::InteractionEvent,
+) -> Result<(i32, i64), KafkaError> {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mut config = config.clone();
+    config.set("enable.idempotence", "true");
+    let producer: FutureProducer = config.create()?;
+    let payload = event.encode_to_vec();
+    let record = FutureRecord::to(topic).key(event.contact_id.as_bytes()).payload(&payload);
+    let d = producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
+    Ok((d.partition, d.offset))
+}
+
+/// A fresh, unique event id for a request hotlead sends itself
+/// (`<prefix>-<ms>-<random>`).
+pub fn request_id(prefix: &str) -> String {
+    format!("{prefix}-{}-{:08x}", crate::decode::now_ms(), rand::random::<u32>())
+}
+
 /// Creates topics (name, partitions) with replication factor `replication`;
 /// topics that exist already are left as they are.
 pub async fn create_topics(config: &ClientConfig, topics: &[(&str, i32)], replication: i32) -> Result<(), KafkaError> {

@@ -15,6 +15,7 @@
 //! - [`reload`]: the rules in force, reloaded on change or SIGHUP.
 //! - [`decode`]: raw payload -> validated event, or a dead-letter reason.
 //! - [`score`]: pure decay math, tiers with hysteresis, crossings.
+//! - [`codec`]: a contact's state as compact, versioned bytes; pure.
 //! - [`engine`]: a partition's messages and contact states in, typed
 //!   effects out (states, alerts, dead letters, counts); pure.
 //! - [`store`]: Redis keys, effects -> the atomic batch commit, the outbox.
@@ -35,6 +36,7 @@
 
 pub mod api;
 pub mod cli;
+pub mod codec;
 pub mod config;
 pub mod decode;
 pub mod engine;

@@ -71,6 +71,8 @@ pub fn parse_event(line: &str) -> Result<InteractionEvent, String> {
         "content_download",
         "profile_update",
         "custom",
+        "identify",
+        "erasure",
     ];
     let present: Vec<&str> = kinds.iter().copied().filter(|k| o.contains_key(*k)).collect();
     let interaction = match present.as_slice() {
@@ -113,6 +115,11 @@ pub fn parse_event(line: &str) -> Result<InteractionEvent, String> {
                 "profile_update" => {
                     Interaction::ProfileUpdate(proto::ProfileUpdate { attributes: map(b, "attributes")? })
                 }
+                "identify" => Interaction::Identify(proto::Identify { contact_id: text(b, "contact_id")? }),
+                "erasure" => Interaction::Erasure(proto::Erasure {
+                    requested_by: text(b, "requested_by")?,
+                    reason: text(b, "reason")?,
+                }),
                 _ => Interaction::Custom(proto::CustomInteraction {
                     name: text(b, "name")?,
                     properties: map(b, "properties")?,
@@ -129,6 +136,7 @@ pub fn parse_event(line: &str) -> Result<InteractionEvent, String> {
         occurred_at,
         interaction,
         context: map(o, "context")?,
+        origin: None,
     })
 }
 
@@ -163,7 +171,10 @@ pub fn to_json(e: &InteractionEvent) -> String {
         }
         Some(Interaction::ProfileUpdate(p)) => ("profile_update", json!({"attributes": p.attributes})),
         Some(Interaction::Custom(c)) => ("custom", json!({"name": c.name, "properties": c.properties})),
-        None => ("", J::Null),
+        Some(Interaction::Identify(i)) => ("identify", json!({"contact_id": i.contact_id})),
+        Some(Interaction::Erasure(e)) => ("erasure", json!({"requested_by": e.requested_by, "reason": e.reason})),
+        // hotlead's own record, never in a file of events.
+        Some(Interaction::VisitorMerge(_)) | None => ("", J::Null),
     };
     if !kind.is_empty() {
         o.insert(kind.into(), body);
@@ -186,21 +197,42 @@ pub struct Report {
     pub rejected: Vec<(usize, String)>,
 }
 
-/// Scores events in order, as one partition of the service would.
+/// Scores events in order, as one partition of the service would. What the
+/// service sends to another contact's partition (an identified visitor's
+/// state and later events) is scored right after the event that sent it.
 pub fn replay(rules: &RuleSet, events: &[InteractionEvent]) -> Report {
     let limits = crate::decode::Limits { max_future_skew_ms: i64::MAX / 2, ..Default::default() };
     let now = crate::decode::now_ms();
-    let messages = events.iter().enumerate().map(|(i, e)| {
+    let source = Source { topic: "rules-test", partition: 0 };
+    let decode = |offset: i64, e: &InteractionEvent| {
         let payload = e.encode_to_vec();
-        Message::decode(i as i64, Some(e.contact_id.as_bytes()), Some(&payload), &limits, now)
-    });
-    let effects = engine::score_partition(rules, Source { topic: "rules-test", partition: 0 }, messages);
-    let mut report = Report {
-        alerts: effects.alerts,
-        rejected: effects.dead_letters.iter().map(|d| (d.offset as usize + 1, d.rejected.error.to_string())).collect(),
-        ..Default::default()
+        Message::decode(offset, Some(e.contact_id.as_bytes()), Some(&payload), &limits, now)
     };
-    for (id, contact) in effects.contacts {
+    let mut known: std::collections::HashMap<String, engine::Contact> = Default::default();
+    let mut report = Report::default();
+    // Records sent on are numbered after the file's lines.
+    let mut next = events.len() as i64;
+    for (i, e) in events.iter().enumerate() {
+        let mut pending = std::collections::VecDeque::from([decode(i as i64, e)]);
+        while let Some(m) = pending.pop_front() {
+            let id = m.event.as_ref().map(|v| v.event.contact_id.clone()).ok();
+            let mine = id.and_then(|id| Some((id.clone(), known.remove(&id)?))).into_iter().collect();
+            let fx = engine::score_batch(rules, source, [m], mine, engine::Dedup::default());
+            report.alerts.extend(fx.alerts);
+            report
+                .rejected
+                .extend(fx.dead_letters.iter().map(|d| (d.offset as usize + 1, d.rejected.error.to_string())));
+            for f in &fx.forwards {
+                pending.push_back(decode(next, f));
+                next += 1;
+            }
+            known.extend(fx.contacts);
+        }
+    }
+    for (id, contact) in known {
+        if contact.erased || contact.state.links.into.is_some() {
+            continue;
+        }
         // At `Millis::MIN`, each model is seen at its own latest event.
         let view = crate::query::view(rules, &id, 0, contact.account, &contact.state, Millis::MIN);
         report.contacts.insert(id, view.models);

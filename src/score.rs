@@ -159,12 +159,51 @@ pub struct ContactState {
     /// Recently applied event ids (hashed) with their arrival times (whole
     /// seconds), in arrival order, for counting a repeated event once.
     pub seen: Vec<(u64, Millis)>,
+    /// Identity: the contact this visitor became, or the visitors merged in.
+    pub links: Links,
+}
+
+/// What ties a contact to others by identity ([`merge_visitor`]).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Links {
+    /// The contact this anonymous visitor identified as: its later events
+    /// count there (a visitor with `into` set holds nothing else).
+    pub into: Option<String>,
+    /// Each visitor merged into this contact (the [`event_hash`] of its id)
+    /// with the input offset of the latest record applied from it: records
+    /// from one visitor arrive in its partition's offset order, so one at or
+    /// below it is a repeat.
+    pub from: Vec<(u64, i64)>,
+}
+
+impl Links {
+    /// Whether there is nothing to keep.
+    pub fn is_empty(&self) -> bool {
+        self.into.is_none() && self.from.is_empty()
+    }
+
+    /// Records a record read at `offset` under the visitor `anonymous_id`
+    /// and says whether it was applied already.
+    pub fn seen_before(&mut self, anonymous_id: &str, offset: i64) -> bool {
+        let h = event_hash(anonymous_id);
+        match self.from.iter_mut().find(|(x, _)| *x == h) {
+            Some((_, o)) if *o >= offset => true,
+            Some((_, o)) => {
+                *o = offset;
+                false
+            }
+            None => {
+                self.from.push((h, offset));
+                false
+            }
+        }
+    }
 }
 
 impl ContactState {
     /// An empty state for a rule set of `models` models.
     pub fn new(models: usize) -> Self {
-        Self { profile: BTreeMap::new(), models: vec![None; models], seen: Vec::new() }
+        Self { profile: BTreeMap::new(), models: vec![None; models], seen: Vec::new(), links: Links::default() }
     }
 
     /// Records `event_id`, arrived at `arrived_ms`, as applied and says
@@ -197,7 +236,7 @@ impl ContactState {
     /// and no kept profile attribute. Such a contact's repeats change
     /// nothing, so it need not remember its event ids either.
     pub fn is_blank(&self) -> bool {
-        self.profile.is_empty() && self.models.iter().all(Option::is_none)
+        self.profile.is_empty() && self.models.iter().all(Option::is_none) && self.links.is_empty()
     }
 
     /// The current profile attributes.
@@ -275,10 +314,7 @@ pub fn apply_event(
     contact.models.resize(rules.models.len(), None);
     if let Some(Interaction::ProfileUpdate(p)) = &event.interaction {
         for (k, v) in p.attributes.iter().filter(|(k, _)| rules.keeps(k)) {
-            let newer = contact.profile.get(k).is_none_or(|(old, t)| *t < at_ms || (*t == at_ms && old <= v));
-            if newer {
-                contact.profile.insert(k.clone(), (v.clone(), at_ms));
-            }
+            set_attribute(&mut contact.profile, k, v, at_ms);
         }
     }
     let attributes =
@@ -313,7 +349,22 @@ pub fn apply_event(
         }
         st.fit = fit;
     }
-    // Phase 2: tiers, with every model's new score known.
+    judge(rules, contact, at_ms, &mut crossings);
+    crossings
+}
+
+/// Sets a profile attribute learned at `at_ms`, unless a later value is
+/// known (at one time, the greater value wins, so order does not matter).
+fn set_attribute(profile: &mut BTreeMap<String, (String, Millis)>, k: &str, v: &str, at_ms: Millis) {
+    let newer = profile.get(k).is_none_or(|(old, t)| *t < at_ms || (*t == at_ms && old.as_str() <= v));
+    if newer {
+        profile.insert(k.to_string(), (v.to_string(), at_ms));
+    }
+}
+
+/// Judges every model's tier at `at_ms` (or its state's later time), with
+/// every model's score known: what follows an event or a merge.
+fn judge(rules: &RuleSet, contact: &mut ContactState, at_ms: Millis, crossings: &mut Vec<Crossing>) {
     let totals: Vec<Option<f64>> = contact
         .models
         .iter()
@@ -359,6 +410,106 @@ pub fn apply_event(
             top_contributions: top(st.explain(when, model.half_life_secs)),
         });
     }
+}
+
+/// Merges an identified visitor's state `from` into the contact `into` at
+/// `at_ms` (the identify's time), and returns the contact's crossings.
+///
+/// The merged score is the score both histories give together: each
+/// model's behaviour parts add with exact decay (as late events do), so the
+/// result equals scoring every event of both under the contact's id. A
+/// `once` rule both used counts once (the earlier hit stays: of two equal
+/// points, the one decayed more). A capped rule both used in the same
+/// window counts both uses toward its cap from then on; each history's
+/// points were already within its own cap. Profile attributes keep the
+/// later value; event ids are remembered from both (the latest `max_ids`),
+/// so a repeat of either's event counts once. Tiers are the contact's,
+/// judged again with the merged score, so merging a hot visitor into a cold
+/// contact raises the contact's HEATED alert; the visitor's own tiers and
+/// cooldowns do not carry over.
+pub fn merge_visitor(
+    rules: &RuleSet,
+    into: &mut ContactState,
+    from: ContactState,
+    at_ms: Millis,
+    max_ids: usize,
+) -> Vec<Crossing> {
+    into.models.resize(rules.models.len(), None);
+    for (k, (v, t)) in &from.profile {
+        if rules.keeps(k) {
+            set_attribute(&mut into.profile, k, v, *t);
+        }
+    }
+    if max_ids > 0 {
+        let mut seen = std::mem::take(&mut into.seen);
+        seen.extend(from.seen.iter().filter(|(h, _)| !into.seen.iter().any(|(x, _)| x == h)));
+        seen.sort_by_key(|(_, t)| *t);
+        seen.dedup_by_key(|(h, _)| *h);
+        let excess = seen.len().saturating_sub(max_ids);
+        seen.drain(..excess);
+        into.seen = seen;
+    }
+    for (h, o) in from.links.from {
+        match into.links.from.iter_mut().find(|(x, _)| *x == h) {
+            Some((_, mine)) => *mine = (*mine).max(o),
+            None => into.links.from.push((h, o)),
+        }
+    }
+    let attributes = into.attributes();
+    let mut crossings = Vec::new();
+    let mut from_models = from.models;
+    from_models.resize(rules.models.len(), None);
+    for (i, (model, theirs)) in rules.models.iter().zip(from_models).enumerate() {
+        let fit: BTreeMap<String, f64> =
+            model.fit_parts(&attributes).into_iter().map(|(k, p)| (k.to_string(), p)).collect();
+        let slot = &mut into.models[i];
+        match (slot.as_mut(), theirs) {
+            (None, None) if fit.is_empty() => continue,
+            (None, None) => *slot = Some(ModelState::new(at_ms)),
+            (Some(_), None) => {}
+            (None, Some(a)) => {
+                // The visitor's path through the tiers is not the contact's.
+                *slot = Some(ModelState { tier: 0, alerted: BTreeMap::new(), settled_ms: 0, ..a });
+            }
+            (Some(x), Some(a)) => {
+                let t = x.at_ms.max(a.at_ms);
+                crossings.extend(advance(i, model, x, t));
+                let fa = decay_factor(t - a.at_ms, model.half_life_secs);
+                x.score += a.score * fa;
+                for (rule, c) in &a.contributions {
+                    *x.contributions.entry(rule.clone()).or_insert(0.0) += c * fa;
+                }
+                for (rule, ua) in a.caps {
+                    let Some(ux) = x.caps.get_mut(&rule) else {
+                        x.caps.insert(rule, ua);
+                        continue;
+                    };
+                    if ua.window == ONCE_WINDOW && ux.window == ONCE_WINDOW {
+                        if ua.hits > 0 && ux.hits > 0 {
+                            // Counted once: drop the later hit, the one
+                            // decayed less.
+                            let theirs = a.contributions.get(&rule).copied().unwrap_or(0.0) * fa;
+                            let total = x.contributions.get(&rule).copied().unwrap_or(0.0);
+                            let mine = total - theirs;
+                            let later = if theirs.abs() >= mine.abs() { theirs } else { mine };
+                            x.score -= later;
+                            x.contributions.insert(rule, total - later);
+                        } else {
+                            *ux = CapUse { hits: ux.hits + ua.hits, points: ux.points + ua.points, ..*ux };
+                        }
+                    } else if ua.window == ux.window {
+                        *ux = CapUse { hits: ux.hits + ua.hits, points: ux.points + ua.points, ..*ux };
+                    } else if same_kind(ux.window, ua.window) && ua.window > ux.window {
+                        *ux = ua;
+                    }
+                }
+            }
+        }
+        if let Some(st) = slot.as_mut() {
+            st.fit = fit;
+        }
+    }
+    judge(rules, into, at_ms, &mut crossings);
     crossings
 }
 
@@ -673,6 +824,34 @@ models:
         assert_eq!(c.models[0].as_ref().unwrap().caps["signup"].hits, 1);
     }
 
+    #[test]
+    fn a_merge_counts_a_once_rule_once_keeping_the_earlier_hit() {
+        let rs = rules(CAPS);
+        let (mut visitor, mut contact, mut whole) = (ContactState::new(1), ContactState::new(1), ContactState::new(1));
+        apply_event(&rs, &mut visitor, &form("newsletter"), T0);
+        apply_event(&rs, &mut whole, &form("newsletter"), T0);
+        apply_event(&rs, &mut contact, &form("newsletter"), T0 + 2 * DAY_MS);
+        apply_event(&rs, &mut whole, &form("newsletter"), T0 + 2 * DAY_MS);
+        merge_visitor(&rs, &mut contact, visitor, T0 + 3 * DAY_MS, 32);
+        let (a, b) = (contact.models[0].as_ref().unwrap(), whole.models[0].as_ref().unwrap());
+        assert!(close(a.contributions["signup"], b.contributions["signup"]), "{a:?} vs {b:?}");
+        assert_eq!(a.caps["signup"].hits, 1);
+        // Both used the weekly `form` cap: each within its own, the merged
+        // use counts both toward it from now on.
+        assert!(a.caps["form"].points >= 30.0);
+        // A merge is scored into the contact's tiers: a hot visitor heats a cold contact.
+        let one = rules(ONE);
+        let mut hot = ContactState::new(1);
+        apply_event(&one, &mut hot, &page("/big"), T0);
+        apply_event(&one, &mut hot, &page("/big"), T0);
+        let mut cold = ContactState::new(1);
+        apply_event(&one, &mut cold, &page("/a"), T0 - DAY_MS);
+        let crossings = merge_visitor(&one, &mut cold, hot, T0 + 1000, 32);
+        let to: Vec<usize> = crossings.iter().map(|c| c.to).collect();
+        assert_eq!(to, [2], "cold to hot at once");
+        assert!(cold.links.from.is_empty(), "links are the engine's to record");
+    }
+
     const FIT: &str = r#"
 models:
   - name: engagement
@@ -829,6 +1008,33 @@ models:
             prop_assert_eq!(base.at_ms, other.at_ms);
             let scale = 50.0 * events.len() as f64;
             prop_assert!((base.score - other.score).abs() <= 1e-9 * scale, "{} vs {}", base.score, other.score);
+        }
+
+        /// A visitor's events split from a contact's and merged at the
+        /// end give the score and breakdown of all the events under one id,
+        /// whatever the split and order.
+        #[test]
+        fn a_merged_visitor_scores_as_one_history(
+            events in prop::collection::vec((0i64..30 * DAY_MS, 0usize..3, any::<bool>()), 1..40),
+            identify_at in 0i64..40 * DAY_MS,
+        ) {
+            let rs = rules(ONE);
+            let urls = ["/a", "/big", "/neg"];
+            let (mut visitor, mut contact, mut whole) = (ContactState::new(1), ContactState::new(1), ContactState::new(1));
+            for (t, u, anonymous) in &events {
+                let target = if *anonymous { &mut visitor } else { &mut contact };
+                apply_event(&rs, target, &page(urls[*u]), T0 + t);
+                apply_event(&rs, &mut whole, &page(urls[*u]), T0 + t);
+            }
+            merge_visitor(&rs, &mut contact, visitor, T0 + identify_at, 32);
+            let (a, b) = (contact.models[0].clone().unwrap(), whole.models[0].clone().unwrap());
+            let scale = 50.0 * events.len() as f64;
+            let now = T0 + 41 * DAY_MS;
+            prop_assert!((a.score_at(now, 86_400.0) - b.score_at(now, 86_400.0)).abs() <= 1e-9 * scale);
+            for ((ka, va), (kb, vb)) in a.explain(now, 86_400.0).iter().zip(b.explain(now, 86_400.0).iter()) {
+                prop_assert_eq!(ka, kb);
+                prop_assert!((va - vb).abs() <= 1e-9 * scale);
+            }
         }
 
         /// The explanation's parts sum to the score at any time.

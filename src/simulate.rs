@@ -138,6 +138,7 @@ impl Simulator {
             occurred_at: Some(crate::decode::timestamp(at_ms)),
             interaction: Some(interaction),
             context,
+            origin: None,
         }
     }
 

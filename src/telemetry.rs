@@ -7,8 +7,11 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, error, info, warn};
 
 /// Events read from the input topic, by `outcome` (`scored`,
-/// `deduplicated`, `dead_lettered`).
+/// `deduplicated`, `dead_lettered`, `forwarded`: an identified visitor's,
+/// sent on to its contact; `suppressed`: an erased contact's).
 pub const EVENTS_TOTAL: &str = "hotlead_events_total";
+/// Contacts erased.
+pub const ERASURES_TOTAL: &str = "hotlead_erasures_total";
 /// Dead-lettered events, by `reason`.
 pub const DEAD_LETTERS_TOTAL: &str = "hotlead_dead_letters_total";
 /// Alerts committed to the outbox, by `model`, `tier` (entered) and `direction`.
@@ -145,6 +148,8 @@ pub fn describe() {
         RELAY_REFUSED_TOTAL,
         "Outbox messages the broker refused for good and that were dropped."
     );
+    metrics::describe_counter!(ERASURES_TOTAL, "Contacts erased (GDPR Art. 17).");
+    counter!(ERASURES_TOTAL).absolute(0);
     metrics::describe_counter!(RULE_HITS_TOTAL, "Events each behaviour rule matched, by model and rule.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for reason in crate::decode::DecodeError::REASONS {
@@ -210,6 +215,18 @@ pub fn batch_committed(
     counter!(EVENTS_TOTAL, "outcome" => "scored").increment(c.scored as u64);
     counter!(EVENTS_TOTAL, "outcome" => "deduplicated").increment(c.deduplicated as u64);
     counter!(EVENTS_TOTAL, "outcome" => "dead_lettered").increment(c.dead_lettered as u64);
+    counter!(EVENTS_TOTAL, "outcome" => "forwarded").increment(c.forwarded as u64);
+    counter!(EVENTS_TOTAL, "outcome" => "suppressed").increment(c.suppressed as u64);
+    for f in &effects.forwards {
+        if let Some(crate::proto::interaction_event::Interaction::VisitorMerge(_)) = &f.interaction {
+            let visitor = f.origin.as_ref().map(|o| contact_hash(&o.anonymous_id)).unwrap_or_default();
+            info!(partition, visitor = %visitor, contact = %contact_hash(&f.contact_id), "A visitor identified; its state goes to the contact's partition.");
+        }
+    }
+    for e in &effects.erasures {
+        info!(partition, contact = %contact_hash(&e.contact_id), request = e.request_id, "Erased a contact.");
+        counter!(ERASURES_TOTAL).increment(1);
+    }
     counter!(COMMITS_TOTAL, "result" => "ok").increment(1);
     histogram!(COMMIT_SECONDS).record(seconds);
     histogram!(REDIS_COMMIT_SECONDS).record(redis_seconds);

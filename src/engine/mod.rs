@@ -10,7 +10,18 @@
 //!   order they were raised; dead letters in offset order. A crossing whose
 //!   model marks it `alert: false` moves the tier and raises no alert.
 //! - Every message is accounted for exactly once in [`Counts`]: scored,
-//!   deduplicated or dead-lettered.
+//!   deduplicated, dead-lettered, forwarded or suppressed.
+//! - Identity: an `identify` moves the visitor's whole state, once, into a
+//!   [`VisitorMerge`](crate::proto::VisitorMerge) record for the contact's
+//!   partition ([`Effects::forwards`]) and leaves the visitor a link to the
+//!   contact; its later events are forwarded there. Each forwarded record
+//!   carries its origin (visitor id, input partition and offset), and the
+//!   contact applies a visitor's records in offset order, each once
+//!   ([`score::Links::seen_before`]): a relay's repeat, a replay or a
+//!   rebuild changes nothing.
+//! - Erasure: an `erasure` leaves the contact erased (nothing but the mark,
+//!   which the store keeps as a tombstone of its id's hash) and names it in
+//!   [`Effects::erasures`]; an erased contact's later events are suppressed.
 //!
 //! The store turns [`Effects`] into its commit (diffing against what it has
 //! stored); the pipeline counts metrics from [`Counts`] and the alerts once
@@ -23,7 +34,8 @@ use std::collections::HashMap;
 pub use alert::{alert_id, build_alert};
 
 use crate::decode::{self, DecodeError, Limits, ValidEvent};
-use crate::proto::ScoreAlert;
+use crate::proto::interaction_event::Interaction;
+use crate::proto::{ContactErased, InteractionEvent, Origin, ScoreAlert, VisitorMerge};
 use crate::rules::RuleSet;
 use crate::score::{self, ContactState, Millis};
 
@@ -114,12 +126,20 @@ pub struct Contact {
     pub account: Option<String>,
     /// Profile, per-model state and recent event ids.
     pub state: ContactState,
+    /// Erased: nothing is kept but this mark, and its events are not
+    /// scored.
+    pub erased: bool,
 }
 
 impl Contact {
     /// A contact with no history under `rules`.
     pub fn new(rules: &RuleSet) -> Self {
-        Self { account: None, state: ContactState::new(rules.models.len()) }
+        Self { account: None, state: ContactState::new(rules.models.len()), erased: false }
+    }
+
+    /// An erased contact.
+    pub fn erased(rules: &RuleSet) -> Self {
+        Self { erased: true, ..Self::new(rules) }
     }
 }
 
@@ -158,6 +178,10 @@ pub struct Counts {
     pub deduplicated: usize,
     /// Messages dead-lettered.
     pub dead_lettered: usize,
+    /// Events of an identified visitor sent on to its contact.
+    pub forwarded: usize,
+    /// Events of an erased contact, not scored.
+    pub suppressed: usize,
 }
 
 /// What scoring a batch (or sweeping a partition) did.
@@ -170,6 +194,12 @@ pub struct Effects {
     pub alerts: Vec<ScoreAlert>,
     /// Messages that cannot be scored, in offset order.
     pub dead_letters: Vec<DeadLetter>,
+    /// Records for other contacts' partitions (visitor merges, an
+    /// identified visitor's events), in the order made; each is keyed by
+    /// its `contact_id` on the input topic.
+    pub forwards: Vec<InteractionEvent>,
+    /// Contacts erased, in order.
+    pub erasures: Vec<ContactErased>,
     /// Tallies.
     pub counts: Counts,
 }
@@ -196,7 +226,7 @@ pub fn score_batch(
                 continue;
             }
         };
-        let ev = &valid.event;
+        let ValidEvent { event: ev, at_ms } = valid;
         let i = match index.get(&ev.contact_id) {
             Some(i) => *i,
             None => {
@@ -207,15 +237,105 @@ pub fn score_batch(
             }
         };
         let contact = &mut out.contacts[i].1;
+        if contact.erased {
+            out.counts.suppressed += 1;
+            continue;
+        }
+        if let Some(Interaction::Erasure(e)) = &ev.interaction {
+            *contact = Contact::erased(rules);
+            out.counts.scored += 1;
+            out.erasures.push(ContactErased {
+                contact_id: ev.contact_id.clone(),
+                erased_at: Some(decode::timestamp(m.arrived_ms)),
+                requested_at: Some(decode::timestamp(at_ms)),
+                requested_by: e.requested_by.clone(),
+                reason: e.reason.clone(),
+                request_id: ev.event_id.clone(),
+            });
+            continue;
+        }
+        if let Some(to) = &contact.state.links.into {
+            if matches!(ev.interaction, Some(Interaction::Identify(_))) {
+                // Identified already: a repeat, or a second claim on the
+                // visitor, which keeps its first contact.
+                out.counts.deduplicated += 1;
+                continue;
+            }
+            let mut forward = ev;
+            forward.contact_id = to.clone();
+            forward.origin.get_or_insert_with(|| Origin {
+                anonymous_id: out.contacts[i].0.clone(),
+                partition: source.partition,
+                offset: m.offset,
+            });
+            out.forwards.push(forward);
+            out.counts.forwarded += 1;
+            continue;
+        }
+        if let Some(o) = &ev.origin {
+            if contact.state.links.seen_before(&o.anonymous_id, o.offset) {
+                out.counts.deduplicated += 1;
+                continue;
+            }
+        }
         if contact.state.seen_before(&ev.event_id, m.arrived_ms, dedup.window_ms, dedup.max_ids) {
             out.counts.deduplicated += 1;
             continue;
         }
         out.counts.scored += 1;
-        if !ev.account_id.is_empty() {
-            contact.account = Some(ev.account_id.clone());
-        }
-        let crossings = score::apply_event(rules, &mut contact.state, ev, valid.at_ms);
+        let crossings = match &ev.interaction {
+            Some(Interaction::Identify(identify)) => {
+                let visitor = std::mem::replace(contact, Contact::new(rules));
+                contact.state.links.into = Some(identify.contact_id.clone());
+                let mut state = Vec::new();
+                crate::codec::encode(rules, visitor.account.as_deref(), &visitor.state, &mut state);
+                out.forwards.push(InteractionEvent {
+                    event_id: ev.event_id.clone(),
+                    contact_id: identify.contact_id.clone(),
+                    account_id: visitor.account.unwrap_or_default(),
+                    occurred_at: ev.occurred_at,
+                    origin: Some(Origin {
+                        anonymous_id: ev.contact_id.clone(),
+                        partition: source.partition,
+                        offset: m.offset,
+                    }),
+                    interaction: Some(Interaction::VisitorMerge(VisitorMerge {
+                        state,
+                        vocabulary: rules.vocabulary.clone(),
+                    })),
+                    context: Default::default(),
+                });
+                continue;
+            }
+            Some(Interaction::VisitorMerge(merge)) => {
+                match crate::codec::decode(rules, &merge.state, Some(&merge.vocabulary)) {
+                    Ok((account, visitor)) => {
+                        if contact.account.is_none() {
+                            contact.account = account;
+                        }
+                        score::merge_visitor(rules, &mut contact.state, visitor, at_ms, dedup.max_ids)
+                    }
+                    Err(e) => {
+                        out.counts.scored -= 1;
+                        out.counts.dead_lettered += 1;
+                        let payload = prost::Message::encode_to_vec(&ev);
+                        let rejected = Rejected {
+                            error: DecodeError::Undecodable(format!("visitor_merge state: {e}")),
+                            key: Some(ev.contact_id.clone().into_bytes()),
+                            payload: Some(payload),
+                        };
+                        out.dead_letters.push(DeadLetter { offset: m.offset, rejected });
+                        continue;
+                    }
+                }
+            }
+            _ => {
+                if !ev.account_id.is_empty() {
+                    contact.account = Some(ev.account_id.clone());
+                }
+                score::apply_event(rules, &mut contact.state, &ev, at_ms)
+            }
+        };
         if contact.state.is_blank() {
             // No score and no kept attribute: nothing its repeats could
             // change and nothing to show, so nothing is stored (its account
@@ -308,7 +428,10 @@ mod tests {
         let mut msgs = messages(&[page("a", "1", T0), page("a", "1", T0), page("b", "2", T0 - 1)]);
         msgs.push(Message::decode(3, Some(b"k"), Some(b"\xff\xff"), &Limits::default(), T0));
         let fx = score_partition(&r, SOURCE, msgs);
-        assert_eq!(fx.counts, Counts { messages: 4, scored: 2, deduplicated: 1, dead_lettered: 1 });
+        assert_eq!(
+            fx.counts,
+            Counts { messages: 4, scored: 2, deduplicated: 1, dead_lettered: 1, ..Counts::default() }
+        );
         let who: Vec<&str> = fx.alerts.iter().map(|a| a.contact_id.as_str()).collect();
         assert_eq!(who, ["a", "b"]);
         assert_eq!(fx.contacts.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
@@ -346,6 +469,87 @@ mod tests {
         assert_eq!(alerts, whole.alerts);
         let whole: HashMap<String, Contact> = whole.contacts.into_iter().collect();
         assert_eq!(known, whole);
+    }
+
+    fn identify(visitor: &str, contact: &str, id: &str, at: Millis) -> InteractionEvent {
+        InteractionEvent {
+            interaction: Some(Interaction::Identify(crate::proto::Identify { contact_id: contact.into() })),
+            ..page(visitor, id, at)
+        }
+    }
+
+    fn decoded(events: &[InteractionEvent], first: i64) -> Vec<Message> {
+        let mut m = messages(events);
+        for (i, x) in m.iter_mut().enumerate() {
+            x.offset = first + i as i64;
+        }
+        m
+    }
+
+    #[test]
+    fn an_identified_visitor_moves_once_and_its_later_events_follow() {
+        let r = rules();
+        let other = Source { topic: "in", partition: 5 };
+        // The visitor's partition: two visits, identify, a visit after.
+        let visitor = decoded(
+            &[page("v", "1", T0), page("v", "2", T0 + 1), identify("v", "c", "3", T0 + 2), page("v", "4", T0 + 3)],
+            10,
+        );
+        let fx = score_partition(&r, SOURCE, visitor);
+        assert_eq!((fx.counts.scored, fx.counts.forwarded), (3, 1));
+        let (_, v) = &fx.contacts[0];
+        assert_eq!(v.state.links.into.as_deref(), Some("c"));
+        assert!(v.state.models.iter().all(Option::is_none), "nothing of the visitor stays behind");
+        assert_eq!(fx.forwards.len(), 2);
+        assert!(matches!(fx.forwards[0].interaction, Some(Interaction::VisitorMerge(_))));
+        let origins: Vec<i64> = fx.forwards.iter().map(|f| f.origin.as_ref().unwrap().offset).collect();
+        assert_eq!(origins, [12, 13]);
+        // The contact's partition: its own visit, then the records twice over
+        // (a relay's repeat): each counts once.
+        let mut records = vec![page("c", "9", T0 - 5)];
+        records.extend(fx.forwards.iter().cloned());
+        records.extend(fx.forwards.iter().cloned());
+        let got = score_partition(&r, other, decoded(&records, 0));
+        assert_eq!((got.counts.scored, got.counts.deduplicated), (3, 2));
+        let (id, c) = &got.contacts[0];
+        assert_eq!(id, "c");
+        let whole = score_partition(
+            &r,
+            other,
+            decoded(&[page("c", "9", T0 - 5), page("c", "1", T0), page("c", "2", T0 + 1), page("c", "4", T0 + 3)], 0),
+        );
+        let (a, b) = (c.state.models[0].as_ref().unwrap(), whole.contacts[0].1.state.models[0].as_ref().unwrap());
+        assert!((a.score_at(T0 + 10, 86_400.0) - b.score_at(T0 + 10, 86_400.0)).abs() < 1e-9);
+        assert_eq!(got.alerts.len(), 1, "the contact heats once, at its own first visit");
+        // A second identify of the visitor changes nothing.
+        let again = score_batch(
+            &r,
+            SOURCE,
+            decoded(&[identify("v", "c", "5", T0 + 9)], 14),
+            fx.contacts.into_iter().collect(),
+            Dedup::default(),
+        );
+        assert!(again.forwards.is_empty());
+        assert_eq!(again.counts.deduplicated, 1);
+    }
+
+    #[test]
+    fn an_erased_contact_keeps_nothing_and_its_later_events_are_suppressed() {
+        let r = rules();
+        let erase = InteractionEvent {
+            interaction: Some(Interaction::Erasure(crate::proto::Erasure {
+                requested_by: "dpo".into(),
+                reason: "ticket 7".into(),
+            })),
+            ..page("c", "e", T0 + 1)
+        };
+        let fx = score_partition(&r, SOURCE, decoded(&[page("c", "1", T0), erase, page("c", "2", T0 + 2)], 0));
+        assert_eq!((fx.counts.scored, fx.counts.suppressed), (2, 1));
+        let (_, c) = &fx.contacts[0];
+        assert_eq!(c, &Contact::erased(&r));
+        assert_eq!(fx.erasures.len(), 1);
+        assert_eq!((fx.erasures[0].contact_id.as_str(), fx.erasures[0].request_id.as_str()), ("c", "e"));
+        assert_eq!(fx.erasures[0].reason, "ticket 7");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - It holds each contact once, as the bytes of its stored value (about a
 //!   hundred bytes, where the decoded state takes several times that); a
 //!   batch decodes the contacts it takes.
+//! - It never holds an erased contact (its tombstone is read from Redis).
 //! - It never holds more than its bound; beyond it, contacts are evicted
 //!   and read from Redis again when next needed.
 
@@ -57,7 +58,11 @@ impl StateCache {
         for id in ids {
             let found = self.contacts.remove(*id).and_then(|k| {
                 let entries = k.entries_known.then(Vec::new);
-                Stored::from_written(rules, Written { stored: k.stored, legacy: false, value: k.value, entries }).ok()
+                Stored::from_written(
+                    rules,
+                    Written { stored: k.stored, legacy: false, value: k.value, entries, erased: false },
+                )
+                .ok()
             });
             match found {
                 Some(s) => {
@@ -77,9 +82,11 @@ impl StateCache {
             return;
         }
         let before = self.contacts.len();
+        // An erased contact is not kept: its tombstone is read again.
         self.contacts.extend(
             contacts
                 .into_iter()
+                .filter(|(_, w)| !w.erased)
                 .map(|(id, w)| (id, Kept { stored: w.stored, value: w.value, entries_known: w.entries.is_some() })),
         );
         if self.contacts.len() > self.max_contacts {

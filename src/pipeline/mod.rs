@@ -109,6 +109,7 @@ pub async fn run(
         topic: config.topics.input.clone(),
         alerts_topic: config.topics.alerts.clone(),
         dead_letter_topic: config.topics.dead_letter.clone(),
+        erasures_topic: config.topics.erasures.clone(),
         store,
         producer,
         rules: rules.clone(),

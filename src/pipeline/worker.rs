@@ -120,6 +120,8 @@ pub struct Shared {
     pub alerts_topic: String,
     /// Dead-letter topic.
     pub dead_letter_topic: String,
+    /// Erasure records' topic.
+    pub erasures_topic: String,
     /// Redis.
     pub store: Store,
     /// The alert and dead-letter producer.
@@ -614,6 +616,7 @@ impl Worker {
             alerts: &self.shared.alerts_topic,
             dead_letter: &self.shared.dead_letter_topic,
             dead_letter_max_bytes: self.shared.dead_letter_max_bytes,
+            erasures: &self.shared.erasures_topic,
         }
     }
 

@@ -116,6 +116,8 @@ impl InteractionKind {
             Interaction::ContentDownload(_) => Self::ContentDownload,
             Interaction::ProfileUpdate(_) => Self::ProfileUpdate,
             Interaction::Custom(_) => Self::Custom,
+            // hotlead's own records: no rule matches them.
+            Interaction::Identify(_) | Interaction::VisitorMerge(_) | Interaction::Erasure(_) => return None,
         })
     }
 
@@ -259,6 +261,7 @@ pub fn event_field<'a>(event: &'a InteractionEvent, path: &str) -> Option<Value<
             "name" => s(&c.name),
             _ => map(&c.properties, path.strip_prefix("properties.")?),
         },
+        Interaction::Identify(_) | Interaction::VisitorMerge(_) | Interaction::Erasure(_) => None,
     }
 }
 

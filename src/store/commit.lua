@@ -22,12 +22,57 @@
 --   S <key index> <value>                   SET
 --   P <key index> <max>                     ZREMRANGEBYSCORE -inf <max>
 --   V <key index> <id> <names>              HSET of a vocabulary
+--   E <key index> <contact>                 HDEL of a contact's state
+--   T <key index> <contact> <offset>        tombstone of an erased contact
+--                                           (HSET of its id's SHA-1), and
+--                                           its recent alerts dropped
 -- Returns the outbox length.
 --
 -- A commit retried after its reply was lost (the call ran, the connection
 -- dropped) is recognised by its id and not applied again: the reply is the
 -- outbox length, as the first time. A partition with no owner epoch at all
 -- lost its state (a flushed or replaced Redis): LOST, not FENCED.
+
+-- A protobuf varint at `pos`: its value and the position after it.
+local function varint(s, pos)
+  local v, scale = 0, 1
+  while true do
+    local b = string.byte(s, pos)
+    if not b then return nil, pos end
+    v = v + (b % 128) * scale
+    pos = pos + 1
+    if b < 128 then return v, pos end
+    scale = scale * 128
+  end
+end
+
+-- The contact_id of a ScoreAlert payload (field 2; only field 1, the
+-- alert id, comes before it), or nil.
+local function alert_contact(p)
+  local pos = 1
+  while pos <= #p do
+    local tag, len
+    tag, pos = varint(p, pos)
+    if not tag or tag % 8 ~= 2 then return nil end
+    len, pos = varint(p, pos)
+    if not len then return nil end
+    if math.floor(tag / 8) == 2 then return string.sub(p, pos, pos + len - 1) end
+    pos = pos + len
+  end
+  return nil
+end
+
+-- Drops the recent alerts (KEYS[4] of a commit) that name `contact`.
+local function forget_recent(key, contact)
+  for _, e in ipairs(redis.call('XRANGE', key, '-', '+')) do
+    local f = e[2]
+    for j = 1, #f, 2 do
+      if f[j] == 'alert' and alert_contact(f[j + 1]) == contact then
+        redis.call('XDEL', key, e[1])
+      end
+    end
+  end
+end
 
 local function commit(keys, args)
   local epoch = redis.call('GET', keys[1])
@@ -77,6 +122,13 @@ local function commit(keys, args)
     elseif op == 'V' then
       redis.call('HSET', keys[tonumber(args[i + 1])], args[i + 2], args[i + 3])
       i = i + 4
+    elseif op == 'E' then
+      redis.call('HDEL', keys[tonumber(args[i + 1])], args[i + 2])
+      i = i + 3
+    elseif op == 'T' then
+      redis.call('HSET', keys[tonumber(args[i + 1])], redis.sha1hex(args[i + 2]), args[i + 3])
+      forget_recent(keys[4], args[i + 2])
+      i = i + 4
     elseif op == 'P' then
       redis.call('ZREMRANGEBYSCORE', keys[tonumber(args[i + 1])], '-inf', args[i + 2])
       i = i + 3
@@ -103,29 +155,33 @@ end
 redis.register_function('hotlead_claim', claim)
 
 -- Reads contacts of one partition: KEYS[1] the partition's vocabularies,
--- KEYS[2] its contact states, KEYS[3..] the contacts' keys in the text
--- layout of earlier versions; ARGV[1] the reader's vocabulary id (4 bytes),
--- ARGV[2..] the contact ids. For each contact: nil; {'b', value} for the
--- binary state; {'b', value, vocabulary} when the value was written in
--- another vocabulary than the reader's (bytes 2 to 5 of a value); {'h',
--- field, value, ...} for the text layout.
+-- KEYS[2] its contact states, KEYS[3] its tombstones, KEYS[4..] the
+-- contacts' keys in the text layout of earlier versions; ARGV[1] the
+-- reader's vocabulary id (4 bytes), ARGV[2..] the contact ids. For each
+-- contact: nil; {'x'} for an erased one; {'b', value} for the binary state;
+-- {'b', value, vocabulary} when the value was written in another
+-- vocabulary than the reader's (bytes 2 to 5 of a value); {'h', field,
+-- value, ...} for the text layout.
 local function load(keys, args)
   local out = {}
-  for i = 3, #keys do
-    local v = redis.call('HGET', keys[2], args[i - 1])
-    if v then
+  for i = 4, #keys do
+    local contact = args[i - 2]
+    local v = redis.call('HGET', keys[2], contact)
+    if redis.call('HEXISTS', keys[3], redis.sha1hex(contact)) == 1 then
+      out[i - 3] = { 'x' }
+    elseif v then
       local id = string.sub(v, 2, 5)
       if id ~= args[1] then
-        out[i - 2] = { 'b', v, redis.call('HGET', keys[1], id) }
+        out[i - 3] = { 'b', v, redis.call('HGET', keys[1], id) }
       else
-        out[i - 2] = { 'b', v }
+        out[i - 3] = { 'b', v }
       end
     elseif redis.call('EXISTS', keys[i]) == 1 then
       local r = redis.call('HGETALL', keys[i])
       table.insert(r, 1, 'h')
-      out[i - 2] = r
+      out[i - 3] = r
     else
-      out[i - 2] = false
+      out[i - 3] = false
     end
   end
   return out

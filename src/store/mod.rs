@@ -13,6 +13,7 @@
 //! | `hl:{interactions:7}:recent` | stream | the latest ~200 alerts (capped), for the board |
 //! | `hl:{interactions:7}:wm` | string | offset of the last event applied |
 //! | `hl:{interactions:7}:epoch` | string | owner epoch; fences stale owners |
+//! | `hl:{interactions:7}:erased` | hash | tombstones of erased contacts: SHA-1 of the id -> offset of the erasure |
 //!
 //! One hash holds the partition's contacts: a contact costs its id and its
 //! value, not a key of its own.
@@ -28,7 +29,7 @@ use std::fmt::Write as _;
 
 use redis::aio::ConnectionManager;
 
-pub mod codec;
+pub use crate::codec;
 mod plan;
 
 pub use plan::{commit_for, dead_letter, index_fingerprint, prune_for, Entries, Outputs, Stored, Written};
@@ -119,6 +120,12 @@ impl PartitionKeys {
     pub fn recent_alerts(&self) -> String {
         format!("{}:recent", self.tag)
     }
+
+    /// The tombstones of erased contacts: SHA-1 of the id -> input offset
+    /// of the erasure.
+    pub fn erased(&self) -> String {
+        format!("{}:erased", self.tag)
+    }
     /// The outbox stream.
     pub fn outbox(&self) -> String {
         format!("{}:outbox", self.tag)
@@ -151,6 +158,8 @@ impl PartitionKeys {
 pub enum StoredValue {
     /// No key: a contact with no history.
     Absent,
+    /// Erased: a tombstone stands for it.
+    Erased,
     /// The binary state ([`codec`]), with the vocabulary it was written in
     /// when that is not the reader's.
     Binary(Vec<u8>, Option<Vec<String>>),
@@ -188,6 +197,7 @@ impl redis::FromRedisValue for StoredValue {
                     vocabulary.map(|v| String::from_utf8_lossy(&v).split('\0').map(str::to_string).collect());
                 Ok(Self::Binary(value, vocabulary))
             }
+            "x" => Ok(Self::Erased),
             "h" => {
                 let fields: HashMap<String, Vec<u8>> =
                     redis::FromRedisValue::from_redis_value(redis::Value::Array(items.collect()))?;
@@ -207,7 +217,7 @@ pub fn vocabulary_text(names: &[String]) -> String {
 /// A contact's account id and state from its stored value, binary or text.
 pub fn decode_stored(rules: &RuleSet, v: &StoredValue) -> Result<(Option<String>, ContactState), codec::CodecError> {
     match v {
-        StoredValue::Absent => Ok((None, ContactState::new(rules.models.len()))),
+        StoredValue::Absent | StoredValue::Erased => Ok((None, ContactState::new(rules.models.len()))),
         StoredValue::Binary(b, vocabulary) => codec::decode(rules, b, vocabulary.as_deref()),
         StoredValue::Text(fields) => Ok(decode_text(rules, fields)),
     }
@@ -342,7 +352,7 @@ pub fn decode_text(rules: &RuleSet, fields: &HashMap<String, Vec<u8>>) -> (Optio
             Some((u64::from_str_radix(h, 16).ok()? & crate::score::EVENT_HASH_MASK, t - t.rem_euclid(1000)))
         })
         .collect();
-    (account, ContactState { profile, models, seen })
+    (account, ContactState { profile, models, seen, links: Default::default() })
 }
 
 /// Encodes and decodes a contact state, as a commit and a later read do.
@@ -401,8 +411,8 @@ pub struct ContactWrite {
     /// The contact id.
     pub contact: String,
     /// The binary state ([`codec`]), shared with what the commit plan keeps
-    /// as written.
-    pub value: std::sync::Arc<[u8]>,
+    /// as written; `None` deletes it.
+    pub value: Option<std::sync::Arc<[u8]>>,
     /// Whether the contact also has a key in the text layout of earlier
     /// versions, deleted with this write.
     pub legacy: bool,
@@ -449,6 +459,9 @@ pub struct Commit {
     /// A vocabulary to record (fingerprint, names), before the values that
     /// use it.
     pub vocabulary: Option<(u32, Vec<String>)>,
+    /// Contacts erased: a tombstone of each id's hash is kept, and the
+    /// recent alerts naming them are dropped.
+    pub erased: Vec<String>,
 }
 
 /// A connection to a single Redis or to a Redis Cluster.
@@ -608,10 +621,19 @@ impl Store {
         }
         for ContactWrite { contact, value, legacy } in &c.contacts {
             let i = key_index(keys.states(), &mut key_list);
-            args.push(b"C".to_vec());
-            args.push(i.to_string().into_bytes());
-            args.push(contact.as_bytes().to_vec());
-            args.push(value.to_vec());
+            match value {
+                Some(value) => {
+                    args.push(b"C".to_vec());
+                    args.push(i.to_string().into_bytes());
+                    args.push(contact.as_bytes().to_vec());
+                    args.push(value.to_vec());
+                }
+                None => {
+                    args.push(b"E".to_vec());
+                    args.push(i.to_string().into_bytes());
+                    args.push(contact.as_bytes().to_vec());
+                }
+            }
             if *legacy {
                 let j = key_index(keys.contact(contact), &mut key_list);
                 args.push(b"D".to_vec());
@@ -653,6 +675,13 @@ impl Store {
         for payload in &c.recent_alerts {
             args.push(b"A".to_vec());
             args.push(payload.clone());
+        }
+        for contact in &c.erased {
+            let i = key_index(keys.erased(), &mut key_list);
+            args.push(b"T".to_vec());
+            args.push(i.to_string().into_bytes());
+            args.push(contact.as_bytes().to_vec());
+            args.push(c.new_watermark.to_string().into_bytes());
         }
         for (key, value) in &c.strings {
             let i = key_index(key.clone(), &mut key_list);
@@ -881,7 +910,7 @@ impl Store {
 /// of `rules`.
 pub fn load_command(keys: &PartitionKeys, rules: &RuleSet, contact_ids: &[&str]) -> redis::Cmd {
     let mut cmd = redis::cmd("FCALL_RO");
-    cmd.arg("hotlead_load").arg(contact_ids.len() + 2).arg(keys.vocabulary()).arg(keys.states());
+    cmd.arg("hotlead_load").arg(contact_ids.len() + 3).arg(keys.vocabulary()).arg(keys.states()).arg(keys.erased());
     for c in contact_ids {
         cmd.arg(keys.contact(c));
     }

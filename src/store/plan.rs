@@ -48,6 +48,8 @@ pub struct Outputs<'a> {
     pub dead_letter: &'a str,
     /// Largest dead-letter payload; a larger one is cut to this size.
     pub dead_letter_max_bytes: usize,
+    /// Erasure records' topic.
+    pub erasures: &'a str,
 }
 
 /// What a partition's leaderboard and cooling entries depend on in a
@@ -83,12 +85,20 @@ pub struct Written {
     pub value: Option<std::sync::Arc<[u8]>>,
     /// Each model's sorted-set entries as stored, when known exactly.
     pub entries: Option<Vec<Entries>>,
+    /// Erased: only its tombstone is stored.
+    pub erased: bool,
 }
 
 impl Written {
     /// Nothing stored: a contact with no history.
     pub fn nothing(rules: &RuleSet) -> Self {
-        Self { stored: false, legacy: false, value: None, entries: Some(vec![Entries::default(); rules.models.len()]) }
+        Self {
+            stored: false,
+            legacy: false,
+            value: None,
+            entries: Some(vec![Entries::default(); rules.models.len()]),
+            erased: false,
+        }
     }
 }
 
@@ -109,6 +119,10 @@ impl Stored {
         if value.is_absent() {
             return Ok(Self { contact: Contact::new(rules), written: Written::nothing(rules) });
         }
+        if matches!(value, StoredValue::Erased) {
+            let written = Written { erased: true, ..Written::nothing(rules) };
+            return Ok(Self { contact: Contact::erased(rules), written });
+        }
         let (account, state) = decode_stored(rules, value)
             .map_err(|e| StoreError::Corrupt { key: key.to_string(), message: e.to_string() })?;
         let legacy = matches!(value, StoredValue::Text(_));
@@ -118,8 +132,8 @@ impl Stored {
             _ => None,
         };
         Ok(Self {
-            contact: Contact { account, state },
-            written: Written { stored: true, legacy, value, entries: None },
+            contact: Contact { account, state, erased: false },
+            written: Written { stored: true, legacy, value, entries: None, erased: false },
         })
     }
 
@@ -132,7 +146,7 @@ impl Stored {
         };
         let (account, state) = codec::decode(rules, value, None)?;
         let entries = written.entries.is_some().then(|| entries(rules, &state));
-        Ok(Self { contact: Contact { account, state }, written: Written { entries, ..written } })
+        Ok(Self { contact: Contact { account, state, erased: false }, written: Written { entries, ..written } })
     }
 }
 
@@ -166,6 +180,20 @@ pub fn commit_for(
     let mut value = Vec::with_capacity(256);
     for (id, contact) in &effects.contacts {
         let mut w = written.remove(id).unwrap_or_else(|| Written::nothing(rules));
+        if contact.erased {
+            if !w.erased {
+                // Everything goes: the value, the old key, every entry; a
+                // tombstone of the id's hash stays.
+                let old = w.entries.clone().unwrap_or_else(|| {
+                    vec![Entries { leaderboard: Some(0.0), cooling_due: Some(0) }; rules.models.len()]
+                });
+                remove_entries(rules, id, &old, &mut commit);
+                commit.contacts.push(ContactWrite { contact: id.clone(), value: None, legacy: w.legacy });
+                commit.erased.push(id.clone());
+            }
+            after.push(Written { erased: true, ..Written::nothing(rules) });
+            continue;
+        }
         let blank = contact.state.is_blank() && contact.state.seen.is_empty();
         if blank && !w.stored {
             // Nothing to keep, and nothing kept: no key at all.
@@ -194,7 +222,7 @@ pub fn commit_for(
         if w.value.as_deref() != Some(&value[..]) {
             w.stored = true;
             let shared: std::sync::Arc<[u8]> = value.as_slice().into();
-            commit.contacts.push(ContactWrite { contact: id.clone(), value: shared.clone(), legacy: w.legacy });
+            commit.contacts.push(ContactWrite { contact: id.clone(), value: Some(shared.clone()), legacy: w.legacy });
             w.value = Some(shared);
             w.legacy = false;
         }
@@ -214,7 +242,36 @@ pub fn commit_for(
     for d in &effects.dead_letters {
         commit.outbox.push(dead_letter(source, outputs, d));
     }
+    for f in &effects.forwards {
+        commit.outbox.push(OutboxEntry {
+            topic: source.topic.to_string(),
+            key: f.contact_id.as_bytes().to_vec(),
+            payload: f.encode_to_vec(),
+            headers: vec![],
+        });
+    }
+    for e in &effects.erasures {
+        commit.outbox.push(OutboxEntry {
+            topic: outputs.erasures.to_string(),
+            key: e.contact_id.as_bytes().to_vec(),
+            payload: e.encode_to_vec(),
+            headers: vec![],
+        });
+    }
     (commit, after)
+}
+
+/// Removes an erased contact's sorted-set entries (those `old` says may be
+/// there).
+fn remove_entries(rules: &RuleSet, id: &str, old: &[Entries], commit: &mut Commit) {
+    for (model, o) in rules.models.iter().zip(old) {
+        if o.leaderboard.is_some() {
+            commit.leaderboard.push(EntryWrite { model: model.name.clone(), contact: id.to_string(), score: None });
+        }
+        if o.cooling_due.is_some() {
+            commit.cooling.push(EntryWrite { model: model.name.clone(), contact: id.to_string(), score: None });
+        }
+    }
 }
 
 /// The leaderboard prunes of a sweep at `now_ms`: per model whose scores
@@ -264,7 +321,7 @@ mod tests {
     use crate::proto::{InteractionEvent, PageView};
 
     const SOURCE: Source<'static> = Source { topic: "in", partition: 0 };
-    const OUT: Outputs<'static> = Outputs { alerts: "a", dead_letter: "d", dead_letter_max_bytes: 2048 };
+    const OUT: Outputs<'static> = Outputs { alerts: "a", dead_letter: "d", dead_letter_max_bytes: 2048, erasures: "e" };
 
     #[test]
     fn a_dead_letter_always_fits() {

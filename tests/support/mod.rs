@@ -520,7 +520,7 @@ pub fn stored_contact(
         return None;
     }
     let (account, state) = hotlead::store::decode_stored(rules, &v).unwrap_or_else(|e| panic!("{key}: {e}"));
-    Some(hotlead::engine::Contact { account, state })
+    Some(hotlead::engine::Contact { account, state, erased: false })
 }
 
 /// Whether a stored hash field agrees with the oracle's: scores to 1e-9

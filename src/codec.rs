@@ -41,6 +41,15 @@
 //!           (i - vocabulary length)-th of the value's own names
 //! ```
 //!
+//! Format 2 is format 1 followed by the contact's identity links, written
+//! only for a contact that has some (an identified visitor, a contact with
+//! visitors merged in), so every other value stays format 1:
+//!
+//! ```text
+//! into:     varint (0: none, else len + 1), bytes: the contact a visitor became
+//! from:     varint n, n × (6 bytes: visitor id hash, z input offset)
+//! ```
+//!
 //! A contact of ten events in one model takes about 100 bytes, where the
 //! text layout it replaces (a hash of `<model>:<field>` text fields, still
 //! read by [`crate::store::decode_stored`]) took well over a kilobyte.
@@ -50,8 +59,11 @@ use std::collections::{BTreeMap, HashMap};
 use crate::rules::RuleSet;
 use crate::score::{CapUse, ContactState, Millis, ModelState, LEADERBOARD_EPOCH_MS};
 
-/// The format this version writes.
+/// The format this version writes for a contact without identity links.
 pub const FORMAT: u8 = 1;
+
+/// The format this version writes for a contact with identity links.
+pub const FORMAT_LINKS: u8 = 2;
 
 /// Bytes of an event id hash kept for the repeat check.
 pub const SEEN_HASH_BYTES: usize = 6;
@@ -150,7 +162,22 @@ pub fn encode<'a>(rules: &'a RuleSet, account: Option<&str>, c: &'a ContactState
             put_zigzag(&mut body, t - base);
         }
     }
-    out.push(FORMAT);
+    let links = &c.links;
+    if !links.is_empty() {
+        match &links.into {
+            None => put_varint(&mut body, 0),
+            Some(a) => {
+                put_varint(&mut body, a.len() as u64 + 1);
+                body.extend_from_slice(a.as_bytes());
+            }
+        }
+        put_varint(&mut body, links.from.len() as u64);
+        for (h, o) in &links.from {
+            body.extend_from_slice(&h.to_le_bytes()[..SEEN_HASH_BYTES]);
+            put_zigzag(&mut body, *o);
+        }
+    }
+    out.push(if links.is_empty() { FORMAT } else { FORMAT_LINKS });
     out.extend_from_slice(&rules.vocabulary_id.to_le_bytes());
     put_varint(out, names.extra.len() as u64);
     for n in &names.extra {
@@ -161,7 +188,8 @@ pub fn encode<'a>(rules: &'a RuleSet, account: Option<&str>, c: &'a ContactState
 
 /// The vocabulary id of a binary value, if it has one.
 pub fn vocabulary_of(bytes: &[u8]) -> Option<u32> {
-    (bytes.first() == Some(&FORMAT)).then(|| bytes.get(1..5)?.try_into().ok().map(u32::from_le_bytes))?
+    matches!(bytes.first(), Some(&FORMAT | &FORMAT_LINKS))
+        .then(|| bytes.get(1..5)?.try_into().ok().map(u32::from_le_bytes))?
 }
 
 /// Names as a value refers to them: by position in the vocabulary, or in
@@ -212,7 +240,7 @@ pub fn decode(
 ) -> Result<(Option<String>, ContactState), CodecError> {
     let mut r = Reader { bytes, at: 0 };
     let format = *bytes.first().ok_or(CodecError::Empty)?;
-    if format != FORMAT {
+    if format != FORMAT && format != FORMAT_LINKS {
         return Err(CodecError::Version(format));
     }
     let id = vocabulary_of(bytes).ok_or(CodecError::Malformed(1))?;
@@ -285,6 +313,17 @@ pub fn decode(
         if let Some(i) = model {
             let tier = rules.models[i].tier_index(tier);
             c.models[i] = Some(ModelState { score, at_ms, tier, contributions, fit, caps, alerted, settled_ms });
+        }
+    }
+    if format == FORMAT_LINKS {
+        c.links.into = match r.varint()? {
+            0 => None,
+            n => Some(r.take(n as usize - 1).map(|b| String::from_utf8_lossy(b).into_owned())?),
+        };
+        for _ in 0..r.len()? {
+            let mut h = [0u8; 8];
+            h[..SEEN_HASH_BYTES].copy_from_slice(r.take(SEEN_HASH_BYTES)?);
+            c.links.from.push((u64::from_le_bytes(h), r.zigzag()?));
         }
     }
     if r.at != bytes.len() {
@@ -398,7 +437,26 @@ pub(crate) mod tests {
             profile: [("job_title".to_string(), ("VP; Sales = \"x\" é".to_string(), 5))].into_iter().collect(),
             models: vec![Some(st), None],
             seen: vec![(0xffff_ffff_ffff, 3000), (7, -5000), (1 << 40, 1_760_000_000_000)],
+            links: Default::default(),
         }
+    }
+
+    #[test]
+    fn identity_links_round_trip_in_format_2_and_only_then() {
+        let rules = rules();
+        let mut out = Vec::new();
+        encode(&rules, None, &state(), &mut out);
+        assert_eq!(out[0], FORMAT, "no links: format 1, as before");
+        let mut linked = state();
+        linked.links.from = vec![(0xffff_ffff_ffff, 0), (3, 1 << 40)];
+        encode(&rules, Some("acme"), &linked, &mut out);
+        assert_eq!(out[0], FORMAT_LINKS);
+        assert_eq!(decode(&rules, &out, None), Ok((Some("acme".into()), linked.clone())));
+        let mut visitor = ContactState::new(2);
+        visitor.links.into = Some("c-1 é".into());
+        encode(&rules, None, &visitor, &mut out);
+        assert_eq!(decode(&rules, &out, None), Ok((None, visitor)));
+        assert_eq!(vocabulary_of(&out), Some(rules.vocabulary_id));
     }
 
     #[test]
