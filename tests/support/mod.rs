@@ -181,13 +181,13 @@ impl Stack {
             input: format!("interactions-{tag}"),
             alerts: format!("sales-alerts-{tag}"),
             dead_letter: format!("interactions-{tag}.dlq"),
+            erasures: format!("erasures-{tag}"),
             partitions,
             group: format!("hotlead-{tag}"),
         };
         let client = hotlead::kafka::client_config(&self.brokers, &[]);
-        hotlead::kafka::create_topics(&client, &[(&t.input, partitions), (&t.alerts, 1), (&t.dead_letter, 1)], 1)
-            .await
-            .unwrap();
+        let all = [(&t.input[..], partitions), (&t.alerts, 1), (&t.dead_letter, 1), (&t.erasures, 1)];
+        hotlead::kafka::create_topics(&client, &all, 1).await.unwrap();
         t
     }
 
@@ -207,6 +207,7 @@ impl Stack {
             ("HOTLEAD_TOPICS__INPUT", topics.input.clone()),
             ("HOTLEAD_TOPICS__ALERTS", topics.alerts.clone()),
             ("HOTLEAD_TOPICS__DEAD_LETTER", topics.dead_letter.clone()),
+            ("HOTLEAD_TOPICS__ERASURES", topics.erasures.clone()),
             ("HOTLEAD_RULES__PATH", rules.display().to_string()),
             ("HOTLEAD_PIPELINE__BATCH_WAIT", "5ms".to_string()),
             ("HOTLEAD_HTTP__LISTEN", String::new()),
@@ -346,6 +347,8 @@ pub struct Topics {
     pub alerts: String,
     /// Dead-letter topic.
     pub dead_letter: String,
+    /// Erasure records' topic.
+    pub erasures: String,
     /// Partitions of the input topic.
     pub partitions: i32,
     /// Consumer group.
@@ -483,9 +486,10 @@ pub fn stored_value(
     let (tag, id) = key.split_once("}:c:").expect("a contact key");
     let v: Vec<hotlead::store::StoredValue> = redis::cmd("FCALL_RO")
         .arg("hotlead_load")
-        .arg(3)
+        .arg(4)
         .arg(format!("{tag}}}:vocab"))
         .arg(format!("{tag}}}:states"))
+        .arg(format!("{tag}}}:erased"))
         .arg(key)
         .arg(rules.vocabulary_id.to_le_bytes().as_slice())
         .arg(id)
