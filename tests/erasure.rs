@@ -1,0 +1,150 @@
+//! Erasure (GDPR Art. 17): `hotlead erase` removes every trace of a contact
+//! from Redis (state, leaderboard and cooling entries, event ids, recent
+//! alerts naming it), publishes an erasure record, scores none of its later
+//! events, and the contact stays gone after `run --rebuild` scores the
+//! topic again from its start. The logs never name it.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hotlead::proto::{ContactErased, InteractionEvent};
+use prost::Message as _;
+use support::{last_offsets, page, rules_file, Stack, Topics};
+
+const RULES: &str = r#"
+models:
+  - name: buying
+    half_life: 1d
+    tiers:
+      - { name: warm, enter: 30, exit: 20 }
+      - { name: hot, enter: 60, exit: 45 }
+    rules:
+      - { id: pricing, when: { kind: page_view, url: { prefix: /pricing } }, points: 25 }
+"#;
+
+const GONE: &str = "erin.gone@example.org";
+const KEPT: &str = "kai.kept@example.org";
+
+fn hotlead(stack: &Stack, topics: &Topics, rules: &std::path::Path, log: &std::path::Path, args: &[&str]) -> Child {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_hotlead"))
+        .args(args)
+        .envs(stack.env(topics, rules))
+        .env("RUST_LOG", "debug,rdkafka=info,librdkafka=info")
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Every place in Redis that holds `needle`: key names, hash fields and
+/// values, sorted-set members, stream entries, strings.
+fn traces(stack: &Stack, needle: &str) -> Vec<String> {
+    let mut r = stack.redis();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut r).unwrap();
+    let has = |b: &[u8]| b.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let mut found = vec![];
+    for key in keys {
+        if key.contains(needle) {
+            found.push(format!("key {key}"));
+            continue;
+        }
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut r).unwrap();
+        let values: Vec<Vec<u8>> = match kind.as_str() {
+            "hash" => redis::cmd("HGETALL").arg(&key).query(&mut r).unwrap(),
+            "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query(&mut r).unwrap(),
+            "string" => vec![redis::cmd("GET").arg(&key).query(&mut r).unwrap()],
+            "stream" => {
+                let entries: Vec<(String, Vec<Vec<u8>>)> =
+                    redis::cmd("XRANGE").arg(&key).arg("-").arg("+").query(&mut r).unwrap();
+                entries.into_iter().flat_map(|(_, f)| f).collect()
+            }
+            "set" => redis::cmd("SMEMBERS").arg(&key).query(&mut r).unwrap(),
+            "list" => redis::cmd("LRANGE").arg(&key).arg(0).arg(-1).query(&mut r).unwrap(),
+            other => panic!("{key}: a {other} this test does not read"),
+        };
+        if values.iter().any(|v| has(v)) {
+            found.push(format!("{kind} {key}"));
+        }
+    }
+    found
+}
+
+async fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Result<(), ()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        if Instant::now() > deadline {
+            eprintln!("{what}: not within 30 s");
+            return Err(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn stop(mut child: Child) {
+    let pid = child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_contact_leaves_no_trace_and_stays_gone_after_a_rebuild() {
+    let stack = Stack::start();
+    let topics = stack.topics(2).await;
+    let (dir, path) = rules_file(RULES);
+    let log = dir.path().join("hotlead.log");
+    let t0 = hotlead::decode::now_ms() / 1000 * 1000 - 3_600_000;
+    let mut events: Vec<InteractionEvent> = vec![];
+    for (i, who) in [GONE, KEPT, GONE, KEPT, GONE, KEPT].iter().enumerate() {
+        let mut e = page(&format!("e{i}"), who, t0 + i as i64 * 60_000, "/pricing");
+        e.account_id = "acme".into();
+        events.push(e);
+    }
+    let d = stack.produce_events(&topics.input, &events).await;
+    let run = hotlead(&stack, &topics, &path, &log, &["run"]);
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+    // Both hot: a state, leaderboard and cooling entries, recent alerts.
+    let before = traces(&stack, GONE);
+    // The outbox empties as the relay delivers: not part of what is kept.
+    let lasting = |who: &str| -> Vec<String> { traces(&stack, who).into_iter().filter(|t| !t.ends_with(":outbox")).collect() };
+    let kept = lasting(KEPT);
+    assert!(before.iter().any(|t| t.contains(":states")), "{before:?}");
+    assert!(before.iter().any(|t| t.contains(":lb:")) && before.iter().any(|t| t.contains(":cool:")), "{before:?}");
+    assert!(before.iter().any(|t| t.contains(":recent")), "{before:?}");
+
+    let erase = hotlead(&stack, &topics, &path, &log, &["erase", GONE, "--by", "dpo@acme", "--reason", "ticket 7"]);
+    assert!(erase.wait_with_output().unwrap().status.success());
+    wait_for("the erasure", || traces(&stack, GONE).is_empty()).await.unwrap_or_else(|()| panic!("{:?}", traces(&stack, GONE)));
+    assert_eq!(lasting(KEPT), kept, "the other contact keeps everything");
+
+    // The erasure record, for the systems downstream.
+    let records = stack.read_all(&topics.erasures, 1, Duration::from_secs(10)).await;
+    assert_eq!(records.len(), 1);
+    let record = ContactErased::decode(records[0].payload.as_slice()).unwrap();
+    assert_eq!((record.contact_id.as_str(), record.requested_by.as_str(), record.reason.as_str()), (GONE, "dpo@acme", "ticket 7"));
+
+    // Its later events are not scored.
+    let d = stack.produce_events(&topics.input, &[page("late", GONE, t0 + 600_000, "/pricing")]).await;
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+    assert_eq!(traces(&stack, GONE), Vec::<String>::new());
+    stop(run);
+
+    // Redis loses everything; a rebuild scores the topic again from its
+    // start: the erasure is replayed in its place, and the contact stays gone.
+    let _: () = redis::cmd("FLUSHALL").query(&mut stack.redis()).unwrap();
+    let rebuild = hotlead(&stack, &topics, &path, &log, &["run", "--rebuild"]);
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+    wait_for("the other contact's rebuild", || lasting(KEPT) == kept).await.unwrap_or_else(|()| panic!("{:?} vs {kept:?}", lasting(KEPT)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(traces(&stack, GONE), Vec::<String>::new(), "erased, and still erased after the rebuild");
+    stop(rebuild);
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("Erased a contact"), "the erasure is logged");
+    let naming: Vec<&str> = text.lines().filter(|l| l.contains(GONE)).collect();
+    assert!(naming.is_empty(), "logs name the erased contact: {naming:?}");
+}
