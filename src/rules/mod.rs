@@ -106,9 +106,11 @@ pub enum InteractionKind {
 }
 
 impl InteractionKind {
-    /// The kind of an event's interaction, if it has one.
+    /// The kind of an event's interaction, if it has one a rule can match
+    /// (no rule matches a manual adjustment).
     pub fn of(event: &InteractionEvent) -> Option<Self> {
         Some(match event.interaction.as_ref()? {
+            Interaction::Adjustment(_) => return None,
             Interaction::PageView(_) => Self::PageView,
             Interaction::FormSubmission(_) => Self::FormSubmission,
             Interaction::WebinarAttendance(_) => Self::WebinarAttendance,
@@ -259,6 +261,8 @@ pub fn event_field<'a>(event: &'a InteractionEvent, path: &str) -> Option<Value<
             "name" => s(&c.name),
             _ => map(&c.properties, path.strip_prefix("properties.")?),
         },
+        // No rule matches a manual adjustment.
+        Interaction::Adjustment(_) => None,
     }
 }
 
