@@ -12,9 +12,13 @@
 //! - `GET /v1/models`: the models in force;
 //! - `GET /v1/alerts/recent?limit=`: the latest alerts, newest first;
 //! - the rules workbench at `/board/rules` and its routes under `/v1/rules`
-//!   ([`crate::workbench`]).
+//!   ([`crate::workbench`]);
+//! - `POST /v1/contacts/{contact_id}/adjustments`: a manual adjustment,
+//!   produced to the input topic ([`crate::adjust`]).
 //!
 //! With `http.token` set, `/v1` requires `Authorization: Bearer <token>`.
+//! Writes that change scores ([`authorize_write`]) need it set: without a
+//! token they are refused (403), never served unauthenticated.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,6 +59,11 @@ pub struct ApiContext {
     /// Whether the workbench may save the rules file (`rules.editable`).
     pub rules_editable: bool,
     partitions: Arc<Mutex<Option<i32>>>,
+    /// The producer of events to the input topic ([`ApiContext::produce_event`]).
+    producer: Arc<rdkafka::producer::FutureProducer<crate::kafka::QuietContext>>,
+    /// The pipeline's decoding limits: an event the API produces is one the
+    /// pipeline accepts.
+    pub limits: crate::decode::Limits,
 }
 
 impl ApiContext {
@@ -77,7 +86,21 @@ impl ApiContext {
             kafka_config: kafka.clone(),
             rules_editable: false,
             partitions: Arc::new(Mutex::new(None)),
+            producer: Arc::new(crate::kafka::event_producer(kafka)?),
+            limits: crate::decode::Limits::default(),
         })
+    }
+
+    /// Produces `event` to the input topic, keyed by its contact id, and
+    /// waits for the broker's acknowledgement: the partition and offset it
+    /// landed at. The owner of that partition applies it like any event (a
+    /// write never goes to Redis directly: the owner's state cache would
+    /// overwrite it).
+    pub async fn produce_event(
+        &self,
+        event: &crate::proto::InteractionEvent,
+    ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
+        crate::kafka::send_event(&self.producer, &self.topic, event).await
     }
 
     /// The input topic's partition count from the broker, within `timeout`.
@@ -146,6 +169,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/alerts/recent", get(recent_alerts))
         .route("/board", get(board))
         .merge(crate::workbench::routes())
+        .merge(crate::adjust::routes())
         .with_state(ctx)
 }
 
@@ -190,6 +214,17 @@ pub(crate) fn authorize(s: &ApiContext, headers: &HeaderMap) -> Result<(), ApiEr
     } else {
         Err(ApiError { status: StatusCode::UNAUTHORIZED, message: "a valid bearer token is required".into() })
     }
+}
+
+/// Authorizes a write under `/v1`: a token must be configured (403 without
+/// one: writes never go unauthenticated) and given (401 otherwise).
+pub(crate) fn authorize_write(s: &ApiContext, headers: &HeaderMap) -> Result<(), ApiError> {
+    if s.token.is_none() {
+        return Err(ApiError::forbidden(
+            "writes need a bearer token and none is configured: set `http.token` (HOTLEAD_HTTP__TOKEN or `http.token_file`)",
+        ));
+    }
+    authorize(s, headers)
 }
 
 /// The `at` parameter: RFC 3339 text or milliseconds since the epoch;

@@ -8,6 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message};
 
@@ -86,6 +87,32 @@ pub fn partition_count_with(
         return Err(KafkaError::MetadataFetch(e.into()));
     }
     Ok(t.partitions().len() as i32)
+}
+
+/// A producer of events to the input topic (the write API, `hotlead
+/// adjust`): idempotent, acknowledged by every replica, and giving up on a
+/// message after 10 s, so a caller waiting on it hears soon; the `config`
+/// properties (`[kafka]`: brokers, security) apply over these.
+pub fn event_producer(config: &ClientConfig) -> Result<FutureProducer<QuietContext>, KafkaError> {
+    let mut c = ClientConfig::new();
+    c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "1").set("message.timeout.ms", "10000");
+    for (k, v) in config.config_map().iter() {
+        c.set(*k, *v);
+    }
+    c.create_with_context(QuietContext)
+}
+
+/// Produces one event to `topic`, keyed by its contact id (so the owner of
+/// the contact's partition applies it like any event), and waits for the
+/// broker's acknowledgement: the partition and offset it landed at.
+pub async fn send_event<C: rdkafka::ClientContext + 'static>(
+    producer: &FutureProducer<C>,
+    topic: &str,
+    event: &crate::proto::InteractionEvent,
+) -> Result<(i32, i64), KafkaError> {
+    let payload = event.encode_to_vec();
+    let record = FutureRecord::to(topic).key(&event.contact_id).payload(&payload);
+    producer.send(record, Duration::from_secs(10)).await.map(|d| (d.partition, d.offset)).map_err(|(e, _)| e)
 }
 
 /// One line describing an alert, for people watching a terminal.
