@@ -113,13 +113,14 @@ impl RequestError {
 impl Request {
     /// Reads a request from a JSON body.
     pub fn from_json(body: &[u8]) -> Result<Self, RequestError> {
-        let mut de = serde_json::Deserializer::from_slice(body);
-        let request = serde_path_to_error::deserialize(&mut de).map_err(|e| match e.path().to_string().as_str() {
+        let value: J = serde_json::from_slice(body).map_err(|e| RequestError::Body(e.to_string()))?;
+        if !value.is_object() {
+            return Err(RequestError::Body("it must be a JSON object".into()));
+        }
+        serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string().as_str() {
             "." => RequestError::Body(e.inner().to_string()),
             path => RequestError::Body(format!("{path}: {}", e.inner())),
-        })?;
-        de.end().map_err(|e| RequestError::Body(e.to_string()))?;
-        Ok(request)
+        })
     }
 
     /// The event for `contact_id`, as the pipeline will decode it (checked
@@ -283,6 +284,7 @@ mod tests {
     fn a_bad_request_names_its_reason() {
         let reason = |body: &str| request(body).unwrap_err().reason();
         assert_eq!(reason("nope"), "invalid_body");
+        assert_eq!(reason(r#"["m", 1, "r"]"#), "invalid_body", "an object, not a list");
         assert_eq!(reason(r#"{"points": 1, "reason": "r"}"#), "invalid_body", "no model");
         assert_eq!(reason(r#"{"model": "m", "points": 1, "reason": "r", "colour": "red"}"#), "invalid_body");
         assert_eq!(reason(r#"{"model": "m", "points": "ten", "reason": "r"}"#), "invalid_body");
