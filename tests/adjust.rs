@@ -2,7 +2,8 @@
 //! `hotlead adjust`), produced to the input topic, applied by the
 //! partition's owner like any event; shown in the breakdown decayed
 //! exactly; raising and lowering tiers with alerts; a reset to zero; the
-//! write path's refusals; and `rules test` agreeing with the service.
+//! write path's refusals; a bad adjustment dead-lettered with its reason;
+//! and `rules test` agreeing with the service.
 
 mod support;
 
@@ -322,5 +323,31 @@ async fn the_write_path_refuses_without_a_token_and_names_what_is_wrong() {
     let on_topic = stack.read_all(&topics.input, 10, Duration::from_secs(10)).await;
     assert_eq!(on_topic.len(), 1);
     assert_eq!(on_topic[0].key, b"dana");
+
+    // A bad adjustment from another producer is dead-lettered with its
+    // reason, and the partition goes on scoring.
+    let bad = InteractionEvent {
+        event_id: "bad-1".into(),
+        contact_id: "dana".into(),
+        occurred_at: Some(hotlead::decode::timestamp(hotlead::decode::now_ms())),
+        interaction: Some(Interaction::Adjustment(Adjustment {
+            model: "engagement".into(),
+            points: f64::NAN,
+            reason: "x".into(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    let after = support::page("v1", "dana", hotlead::decode::now_ms(), "/pricing");
+    let delivered = stack.produce_events(&topics.input, &[bad, after]).await;
+    stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(30)).await;
+    let dead = stack.read_all(&topics.dead_letter, 1, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].headers["hotlead.reason"], "invalid_adjustment");
+    assert!(dead[0].headers["hotlead.error"].contains("not a finite number"), "{:?}", dead[0].headers);
+    let (_, body) = call(&locked, "GET", "/v1/contacts/dana", Value::Null, Some("s3cret")).await;
+    let parts: Vec<&str> =
+        body["models"][0]["breakdown"].as_array().unwrap().iter().map(|p| p[0].as_str().unwrap()).collect();
+    assert_eq!(parts, ["adjustment:met at trade show", "pricing"], "{body}");
     running.finish().await;
 }
