@@ -12,9 +12,15 @@
 //! - `GET /v1/models`: the models in force;
 //! - `GET /v1/alerts/recent?limit=`: the latest alerts, newest first;
 //! - the rules workbench at `/board/rules` and its routes under `/v1/rules`
-//!   ([`crate::workbench`]).
+//!   ([`crate::workbench`]);
+//! - `DELETE /v1/contacts/{contact_id}`: erase the contact (GDPR Art. 17),
+//!   through the input topic like any write (token required);
+//! - `POST /v1/contacts/{contact_id}/adjustments`: a manual adjustment,
+//!   produced to the input topic ([`crate::adjust`]).
 //!
 //! With `http.token` set, `/v1` requires `Authorization: Bearer <token>`.
+//! Writes that change scores ([`authorize_write`]) need it set: without a
+//! token they are refused (403), never served unauthenticated.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,6 +61,11 @@ pub struct ApiContext {
     /// Whether the workbench may save the rules file (`rules.editable`).
     pub rules_editable: bool,
     partitions: Arc<Mutex<Option<i32>>>,
+    /// The producer of events to the input topic ([`ApiContext::produce_event`]).
+    producer: Arc<rdkafka::producer::FutureProducer<crate::kafka::QuietContext>>,
+    /// The pipeline's decoding limits: an event the API produces is one the
+    /// pipeline accepts.
+    pub limits: crate::decode::Limits,
 }
 
 impl ApiContext {
@@ -77,7 +88,21 @@ impl ApiContext {
             kafka_config: kafka.clone(),
             rules_editable: false,
             partitions: Arc::new(Mutex::new(None)),
+            producer: Arc::new(crate::kafka::event_producer(kafka)?),
+            limits: crate::decode::Limits::default(),
         })
+    }
+
+    /// Produces `event` to the input topic, keyed by its contact id, and
+    /// waits for the broker's acknowledgement: the partition and offset it
+    /// landed at. The owner of that partition applies it like any event (a
+    /// write never goes to Redis directly: the owner's state cache would
+    /// overwrite it).
+    pub async fn produce_event(
+        &self,
+        event: &crate::proto::InteractionEvent,
+    ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
+        crate::kafka::send_event(&self.producer, &self.topic, event).await
     }
 
     /// The input topic's partition count from the broker, within `timeout`.
@@ -142,10 +167,11 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/models", get(models))
         .route("/v1/models/{model}/leaderboard", get(leaderboard))
-        .route("/v1/contacts/{contact_id}", get(contact))
+        .route("/v1/contacts/{contact_id}", get(contact).delete(erase))
         .route("/v1/alerts/recent", get(recent_alerts))
         .route("/board", get(board))
         .merge(crate::workbench::routes())
+        .merge(crate::adjust::routes())
         .with_state(ctx)
 }
 
@@ -190,6 +216,40 @@ pub(crate) fn authorize(s: &ApiContext, headers: &HeaderMap) -> Result<(), ApiEr
     } else {
         Err(ApiError { status: StatusCode::UNAUTHORIZED, message: "a valid bearer token is required".into() })
     }
+}
+
+/// Authorizes a write under `/v1`: a token must be configured (403 without
+/// one: writes never go unauthenticated) and given (401 otherwise).
+pub(crate) fn authorize_write(s: &ApiContext, headers: &HeaderMap) -> Result<(), ApiError> {
+    if s.token.is_none() {
+        return Err(ApiError::forbidden(
+            "writes need a bearer token and none is configured: set `http.token` (HOTLEAD_HTTP__TOKEN or `http.token_file`)",
+        ));
+    }
+    authorize(s, headers)
+}
+
+/// Erases a contact: produces its erasure request to the input topic, for
+/// the owner of its partition to apply in order (202 with the request id
+/// and where it landed). `by` and `reason` query parameters go into the
+/// erasure record.
+async fn erase(
+    State(s): State<ApiContext>,
+    headers: HeaderMap,
+    Path(contact_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    authorize_write(&s, &headers)?;
+    if contact_id.is_empty() || contact_id.len() > s.limits.max_contact_id_bytes {
+        return Err(ApiError::bad_request("a contact id is 1 to `limits.max_contact_id_bytes` bytes".to_string()));
+    }
+    let by = q.get("by").map_or("", String::as_str);
+    let reason = q.get("reason").map_or("", String::as_str);
+    let event = crate::kafka::erasure_request(&contact_id, by, reason, crate::decode::now_ms());
+    let (partition, offset) =
+        s.produce_event(&event).await.map_err(|e| ApiError::unavailable(format!("the broker did not take it: {e}")))?;
+    let body = json!({ "request_id": event.event_id, "partition": partition, "offset": offset });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
 /// The `at` parameter: RFC 3339 text or milliseconds since the epoch;

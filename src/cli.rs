@@ -57,6 +57,9 @@ pub enum Command {
     /// entries, event ids and recent alerts go, an erasure record is
     /// published, and its later events are not scored.
     Erase(EraseArgs),
+    /// Adjust a contact's score in one model by hand (a sales rep's call):
+    /// produces an adjustment event that the scorer applies like any event.
+    Adjust(AdjustArgs),
 }
 
 /// `hotlead erase`.
@@ -73,6 +76,43 @@ pub struct EraseArgs {
     /// Bootstrap servers; overrides the configuration's `bootstrap.servers`.
     #[arg(long)]
     pub brokers: Option<String>,
+}
+
+/// `hotlead adjust`.
+#[derive(Debug, Args)]
+pub struct AdjustArgs {
+    /// The contact id.
+    pub contact_id: String,
+    /// The model whose score to adjust.
+    #[arg(long)]
+    pub model: String,
+    /// Points to add (negative lowers the score); with `--reset`, the
+    /// behaviour score the model starts again from (default 0).
+    #[arg(long, allow_hyphen_values = true)]
+    pub points: Option<f64>,
+    /// Why, in words; the breakdown shows it as `adjustment:<reason>`.
+    #[arg(long)]
+    pub reason: String,
+    /// Who made it (kept on the event).
+    #[arg(long, default_value = "")]
+    pub by: String,
+    /// Set the model's behaviour score to zero first; the fit part stays.
+    #[arg(long)]
+    pub reset: bool,
+    /// When: RFC 3339 time or milliseconds since 1970; default now.
+    #[arg(long)]
+    pub at: Option<String>,
+    /// The event id; default a fresh one. Give the id of an earlier try to
+    /// count it once.
+    #[arg(long)]
+    pub event_id: Option<String>,
+    /// Bootstrap servers; overrides the configuration's `bootstrap.servers`.
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Rules file (to check the model); overrides `rules.path` of the
+    /// configuration.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
 }
 
 /// `hotlead top`.
@@ -219,6 +259,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             run_scorer(config).await
         }
         Command::Notify(args) => crate::notify::command(args, load_config).await,
+        Command::Adjust(args) => adjust(&load_config()?, args).await,
         Command::Simulate(args) => {
             let config = load_config()?;
             simulate(&config, args).await?;
@@ -284,8 +325,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Erase(args) => {
             let config = load_config()?;
             let client = kafka_client(&config, args.brokers.as_deref());
-            let event = erasure_request(&args.contact, &args.by, &args.reason, crate::decode::now_ms());
-            let (partition, offset) = crate::kafka::produce_event(&client, &config.topics.input, &event).await?;
+            let event = crate::kafka::erasure_request(&args.contact, &args.by, &args.reason, crate::decode::now_ms());
+            let producer = crate::kafka::event_producer(&client)?;
+            let (partition, offset) = crate::kafka::send_event(&producer, &config.topics.input, &event).await?;
             println!(
                 "Erasure requested ({}, partition {partition} offset {offset} of {}): the partition's owner erases the contact when it reads it; the record goes to {}.",
                 event.event_id, config.topics.input, config.topics.erasures
@@ -310,20 +352,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
-    }
-}
-
-/// The event that asks the owner of a contact's partition to erase it.
-pub fn erasure_request(contact: &str, by: &str, reason: &str, now_ms: i64) -> crate::proto::InteractionEvent {
-    crate::proto::InteractionEvent {
-        event_id: crate::kafka::request_id("erase"),
-        contact_id: contact.to_string(),
-        occurred_at: Some(crate::decode::timestamp(now_ms)),
-        interaction: Some(crate::proto::interaction_event::Interaction::Erasure(crate::proto::Erasure {
-            requested_by: by.to_string(),
-            reason: reason.to_string(),
-        })),
-        ..Default::default()
     }
 }
 
@@ -567,6 +595,37 @@ async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failed} events were not delivered");
     }
     Ok(())
+}
+
+/// `hotlead adjust`: the same event the write API produces, checked the
+/// same way, produced to the input topic.
+async fn adjust(config: &Config, args: AdjustArgs) -> anyhow::Result<std::process::ExitCode> {
+    let rules = load_rules(args.rules.as_deref().unwrap_or(&config.rules.path))?;
+    let request = crate::adjust::Request {
+        model: args.model,
+        points: args.points,
+        reason: args.reason,
+        by: args.by,
+        reset: args.reset,
+        occurred_at: args.at.map(serde_json::Value::String),
+        event_id: args.event_id,
+    };
+    let event = crate::adjust::check_model(&rules, &request.model)
+        .and_then(|()| request.event(&args.contact_id, &config.limits(), crate::decode::now_ms()));
+    let event = match event {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(std::process::ExitCode::from(2));
+        }
+    };
+    let producer = crate::kafka::event_producer(&kafka_client(config, args.brokers.as_deref()))?;
+    let topic = &config.topics.input;
+    let (partition, offset) = crate::kafka::send_event(&producer, topic, &event).await.with_context(|| {
+        format!("cannot produce to {topic}; run again with --event-id {} to count it once", event.event_id)
+    })?;
+    println!("{} for {}: {topic} partition {partition} offset {offset}", event.event_id, event.contact_id);
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// Turns an event into one of several kinds of unscorable input.

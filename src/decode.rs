@@ -3,10 +3,15 @@
 //! Anything that cannot be scored becomes a [`DecodeError`] whose
 //! [`reason`](DecodeError::reason) is written to the dead-letter headers and
 //! used as a metric label.
+//!
+//! A manual adjustment ([`crate::proto::Adjustment`]) is checked here too
+//! ([`check_adjustment`]): a model and a reason, finite points of at most
+//! [`MAX_ADJUSTMENT_POINTS`] either way. The HTTP write path and `hotlead
+//! adjust` run the same check before they produce one.
 
 use prost::Message;
 
-use crate::proto::InteractionEvent;
+use crate::proto::{Adjustment, InteractionEvent};
 use crate::score::Millis;
 
 /// Limits applied while decoding.
@@ -81,6 +86,9 @@ pub enum DecodeError {
     /// A `visitor_merge` carries no state.
     #[error("visitor_merge carries no state")]
     InvalidMerge,
+    /// A manual adjustment that cannot be applied.
+    #[error("invalid adjustment: {0}")]
+    InvalidAdjustment(#[from] AdjustmentError),
     /// An enum field holds a value the schema does not define.
     #[error("{field} holds {value}, which is not a defined value")]
     UnknownEnumValue {
@@ -108,11 +116,12 @@ impl DecodeError {
             Self::KeyMismatch => "key_mismatch",
             Self::InvalidIdentify => "invalid_identify",
             Self::InvalidMerge => "invalid_merge",
+            Self::InvalidAdjustment(_) => "invalid_adjustment",
         }
     }
 
     /// Every reason code, for pre-registering metrics.
-    pub const REASONS: [&'static str; 13] = [
+    pub const REASONS: [&'static str; 14] = [
         "oversized",
         "empty",
         "undecodable",
@@ -126,7 +135,59 @@ impl DecodeError {
         "key_mismatch",
         "invalid_identify",
         "invalid_merge",
+        "invalid_adjustment",
     ];
+}
+
+/// The most points one adjustment may add or take away.
+pub const MAX_ADJUSTMENT_POINTS: f64 = 1e6;
+
+/// The longest reason an adjustment may give, in bytes (it is kept in the
+/// contact's breakdown).
+pub const MAX_ADJUSTMENT_REASON_BYTES: usize = 200;
+
+/// Why a manual adjustment cannot be applied; the dead letter's reason is
+/// `invalid_adjustment`, its error text this.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdjustmentError {
+    /// `model` is empty.
+    #[error("model is missing")]
+    MissingModel,
+    /// `reason` is empty or blank.
+    #[error("reason is missing")]
+    MissingReason,
+    /// `reason` is longer than [`MAX_ADJUSTMENT_REASON_BYTES`].
+    #[error("reason of {0} bytes exceeds the limit of {MAX_ADJUSTMENT_REASON_BYTES} bytes")]
+    ReasonTooLong(usize),
+    /// `points` is NaN or infinite.
+    #[error("points {0} is not a finite number")]
+    PointsNotFinite(f64),
+    /// `points` is beyond [`MAX_ADJUSTMENT_POINTS`] either way.
+    #[error("points {0} exceed the limit of 1000000 either way")]
+    PointsTooLarge(f64),
+}
+
+/// Checks a manual adjustment: a model, a reason (not blank, at most
+/// [`MAX_ADJUSTMENT_REASON_BYTES`]), finite points of at most
+/// [`MAX_ADJUSTMENT_POINTS`] either way. Whether the model exists is not
+/// checked here: the rules may change between producing and scoring.
+pub fn check_adjustment(a: &Adjustment) -> Result<(), AdjustmentError> {
+    if a.model.is_empty() {
+        return Err(AdjustmentError::MissingModel);
+    }
+    if a.reason.trim().is_empty() {
+        return Err(AdjustmentError::MissingReason);
+    }
+    if a.reason.len() > MAX_ADJUSTMENT_REASON_BYTES {
+        return Err(AdjustmentError::ReasonTooLong(a.reason.len()));
+    }
+    if !a.points.is_finite() {
+        return Err(AdjustmentError::PointsNotFinite(a.points));
+    }
+    if a.points.abs() > MAX_ADJUSTMENT_POINTS {
+        return Err(AdjustmentError::PointsTooLarge(a.points));
+    }
+    Ok(())
 }
 
 /// A decoded event that passed validation, with its time in milliseconds.
@@ -179,6 +240,7 @@ pub fn decode(payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Result
         Some(crate::proto::interaction_event::Interaction::VisitorMerge(m)) if m.state.is_empty() => {
             return Err(DecodeError::InvalidMerge);
         }
+        Some(crate::proto::interaction_event::Interaction::Adjustment(a)) => check_adjustment(a)?,
         _ => {}
     }
     Ok(ValidEvent { event, at_ms })
@@ -263,5 +325,37 @@ mod tests {
             ..Default::default()
         };
         assert!(decode(Some(&alert.encode_to_vec()), &Limits::default(), NOW).is_err());
+    }
+
+    #[test]
+    fn a_bad_adjustment_is_rejected_with_its_reason() {
+        let adjust = |model: &str, points: f64, reason: &str| {
+            let mut e = event();
+            e.interaction = Some(Interaction::Adjustment(Adjustment {
+                model: model.into(),
+                points,
+                reason: reason.into(),
+                ..Default::default()
+            }));
+            decode(Some(&e.encode_to_vec()), &Limits::default(), NOW).map(|_| ())
+        };
+        assert_eq!(adjust("engagement", 15.0, "met at trade show"), Ok(()));
+        assert_eq!(adjust("engagement", -1e6, "not a buyer"), Ok(()), "the limit itself is allowed");
+        let cases = [
+            ("", 15.0, "met", AdjustmentError::MissingModel),
+            ("engagement", 15.0, "", AdjustmentError::MissingReason),
+            ("engagement", 15.0, "  ", AdjustmentError::MissingReason),
+            ("engagement", 15.0, &"x".repeat(201), AdjustmentError::ReasonTooLong(201)),
+            ("engagement", 1e6 + 1.0, "met", AdjustmentError::PointsTooLarge(1e6 + 1.0)),
+            ("engagement", f64::INFINITY, "met", AdjustmentError::PointsNotFinite(f64::INFINITY)),
+        ];
+        for (model, points, reason, want) in cases {
+            let got = adjust(model, points, reason).unwrap_err();
+            assert_eq!(got.reason(), "invalid_adjustment");
+            assert_eq!(got, DecodeError::InvalidAdjustment(want));
+        }
+        let nan = adjust("engagement", f64::NAN, "met").unwrap_err();
+        assert!(nan.to_string().contains("not a finite number"), "{nan}");
+        assert!(DecodeError::REASONS.contains(&nan.reason()));
     }
 }

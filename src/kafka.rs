@@ -8,6 +8,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Message};
 
@@ -42,29 +43,24 @@ pub fn client_config(brokers: &str, extra: &[(String, String)]) -> ClientConfig 
     c
 }
 
-/// Produces one event to `topic`, keyed by its contact id (so it reaches
-/// the contact's partition), and waits for the broker to take it; returns
-/// its partition and offset. The requests hotlead itself sends (erasure,
-/// adjustments) go this way, through the owner of the contact's partition.
-pub async fn produce_event(
-    config: &ClientConfig,
-    topic: &str,
-    event: &crate::proto::InteractionEvent,
-) -> Result<(i32, i64), KafkaError> {
-    use rdkafka::producer::{FutureProducer, FutureRecord};
-    let mut config = config.clone();
-    config.set("enable.idempotence", "true");
-    let producer: FutureProducer = config.create()?;
-    let payload = event.encode_to_vec();
-    let record = FutureRecord::to(topic).key(event.contact_id.as_bytes()).payload(&payload);
-    let d = producer.send(record, Duration::from_secs(30)).await.map_err(|(e, _)| e)?;
-    Ok((d.partition, d.offset))
+/// A fresh, unique event id for a request hotlead sends itself:
+/// `<prefix>-<ms since 1970>-<16 random hex digits>`.
+pub fn request_id(prefix: &str, now_ms: i64) -> String {
+    format!("{prefix}-{now_ms}-{:016x}", rand::random::<u64>())
 }
 
-/// A fresh, unique event id for a request hotlead sends itself
-/// (`<prefix>-<ms>-<random>`).
-pub fn request_id(prefix: &str) -> String {
-    format!("{prefix}-{}-{:08x}", crate::decode::now_ms(), rand::random::<u32>())
+/// The event that asks the owner of a contact's partition to erase it.
+pub fn erasure_request(contact: &str, by: &str, reason: &str, now_ms: i64) -> crate::proto::InteractionEvent {
+    crate::proto::InteractionEvent {
+        event_id: request_id("erase", now_ms),
+        contact_id: contact.to_string(),
+        occurred_at: Some(crate::decode::timestamp(now_ms)),
+        interaction: Some(crate::proto::interaction_event::Interaction::Erasure(crate::proto::Erasure {
+            requested_by: by.to_string(),
+            reason: reason.to_string(),
+        })),
+        ..Default::default()
+    }
 }
 
 /// Creates topics (name, partitions) with replication factor `replication`;
@@ -111,6 +107,32 @@ pub fn partition_count_with(
         return Err(KafkaError::MetadataFetch(e.into()));
     }
     Ok(t.partitions().len() as i32)
+}
+
+/// A producer of events to the input topic (the write API, `hotlead
+/// adjust`): idempotent, acknowledged by every replica, and giving up on a
+/// message after 10 s, so a caller waiting on it hears soon; the `config`
+/// properties (`[kafka]`: brokers, security) apply over these.
+pub fn event_producer(config: &ClientConfig) -> Result<FutureProducer<QuietContext>, KafkaError> {
+    let mut c = ClientConfig::new();
+    c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "1").set("message.timeout.ms", "10000");
+    for (k, v) in config.config_map().iter() {
+        c.set(*k, *v);
+    }
+    c.create_with_context(QuietContext)
+}
+
+/// Produces one event to `topic`, keyed by its contact id (so the owner of
+/// the contact's partition applies it like any event), and waits for the
+/// broker's acknowledgement: the partition and offset it landed at.
+pub async fn send_event<C: rdkafka::ClientContext + 'static>(
+    producer: &FutureProducer<C>,
+    topic: &str,
+    event: &crate::proto::InteractionEvent,
+) -> Result<(i32, i64), KafkaError> {
+    let payload = event.encode_to_vec();
+    let record = FutureRecord::to(topic).key(&event.contact_id).payload(&payload);
+    producer.send(record, Duration::from_secs(10)).await.map(|d| (d.partition, d.offset)).map_err(|(e, _)| e)
 }
 
 /// One line describing an alert, for people watching a terminal.

@@ -27,6 +27,8 @@
 //! - [`query`]: a contact's scores and explanations, decayed to now.
 //! - [`api`]: the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`workbench`]: the rules workbench on the board: check, preview, save.
+//! - [`adjust`]: manual adjustments of a score (the write route and
+//!   `hotlead adjust`), produced to the input topic like any event.
 //! - [`telemetry`]: metric names, logging, one function per notable event.
 //! - [`kafka`]: topic administration and the alert reader.
 //! - [`notify`]: `hotlead notify`: alerts delivered to webhooks, chat and email.
@@ -34,6 +36,7 @@
 //! - [`replay`]: `hotlead rules test`: events from JSON lines, scored offline.
 //! - [`cli`]: the `hotlead` command line.
 
+pub mod adjust;
 pub mod api;
 pub mod cli;
 pub mod codec;

@@ -13,6 +13,14 @@
 //! `webinar_attendance`, `email_engagement` (`action`: `open`, `click`,
 //! `unsubscribe` or `bounce`), `content_download`, `profile_update` or
 //! `custom`, with that kind's fields by their protobuf names.
+//!
+//! A manual adjustment is a line with `adjustment` (`model`, `points`,
+//! `reason`, `by`, `reset`), scored as the service scores one:
+//!
+//! ```json
+//! {"event_id": "adj-1", "contact_id": "c1", "occurred_at": "2026-11-02T10:00:00Z",
+//!  "adjustment": {"model": "engagement", "points": 15, "reason": "met at trade show", "by": "jane@sales"}}
+//! ```
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -73,6 +81,7 @@ pub fn parse_event(line: &str) -> Result<InteractionEvent, String> {
         "custom",
         "identify",
         "erasure",
+        "adjustment",
     ];
     let present: Vec<&str> = kinds.iter().copied().filter(|k| o.contains_key(*k)).collect();
     let interaction = match present.as_slice() {
@@ -120,6 +129,7 @@ pub fn parse_event(line: &str) -> Result<InteractionEvent, String> {
                     requested_by: text(b, "requested_by")?,
                     reason: text(b, "reason")?,
                 }),
+                "adjustment" => Interaction::Adjustment(parse_adjustment(b)?),
                 _ => Interaction::Custom(proto::CustomInteraction {
                     name: text(b, "name")?,
                     properties: map(b, "properties")?,
@@ -138,6 +148,26 @@ pub fn parse_event(line: &str) -> Result<InteractionEvent, String> {
         context: map(o, "context")?,
         origin: None,
     })
+}
+
+/// The body of an `adjustment` line: `model`, `points` (a number),
+/// `reason`, `by` (text) and `reset` (true or false). Whether they make a
+/// valid adjustment is the decoder's to say, as in the service.
+fn parse_adjustment(b: &serde_json::Map<String, J>) -> Result<proto::Adjustment, String> {
+    let text = |k: &str| match b.get(k) {
+        None | Some(J::Null) => Ok(String::new()),
+        Some(J::String(s)) => Ok(s.clone()),
+        Some(_) => Err(format!("adjustment `{k}` must be text")),
+    };
+    let points = match b.get("points") {
+        None | Some(J::Null) => 0.0,
+        Some(v) => v.as_f64().ok_or("adjustment `points` must be a number")?,
+    };
+    let reset = match b.get("reset") {
+        None | Some(J::Null) => false,
+        Some(v) => v.as_bool().ok_or("adjustment `reset` must be true or false")?,
+    };
+    Ok(proto::Adjustment { model: text("model")?, points, reason: text("reason")?, by: text("by")?, reset })
 }
 
 /// One event as a JSON line, the inverse of [`parse_event`].
@@ -175,6 +205,10 @@ pub fn to_json(e: &InteractionEvent) -> String {
         Some(Interaction::Erasure(e)) => ("erasure", json!({"requested_by": e.requested_by, "reason": e.reason})),
         // hotlead's own record, never in a file of events.
         Some(Interaction::VisitorMerge(_)) | None => ("", J::Null),
+        Some(Interaction::Adjustment(a)) => (
+            "adjustment",
+            json!({"model": a.model, "points": a.points, "reason": a.reason, "by": a.by, "reset": a.reset}),
+        ),
     };
     if !kind.is_empty() {
         o.insert(kind.into(), body);
@@ -295,6 +329,42 @@ mod tests {
             let e = sim.next_event(1_760_000_000_000 + i * 1000);
             assert_eq!(parse_event(&to_json(&e)).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn adjustments_parse_round_trip_and_score_as_in_the_service() {
+        let line = r#"{"event_id":"adj-1","contact_id":"c","occurred_at":"2026-11-02T00:00:00Z","adjustment":{"model":"m","points":12.5,"reason":"met at trade show","by":"jane@sales","reset":true}}"#;
+        let e = parse_event(line).unwrap();
+        let Some(Interaction::Adjustment(a)) = &e.interaction else { panic!("{e:?}") };
+        assert_eq!(
+            (a.model.as_str(), a.points, a.reason.as_str(), a.by.as_str(), a.reset),
+            ("m", 12.5, "met at trade show", "jane@sales", true)
+        );
+        assert_eq!(parse_event(&to_json(&e)).unwrap(), e);
+        assert!(parse_event(r#"{"contact_id":"c","adjustment":{"model":"m","points":"ten"}}"#)
+            .unwrap_err()
+            .contains("points"));
+
+        let rules = RuleSet::parse(
+            "models: [{name: m, half_life: 1d, tiers: [{name: warm, enter: 20, exit: 10}], rules: [{id: p, when: {kind: page_view}, points: 10}]}]",
+            "t",
+        )
+        .unwrap();
+        let lines = [
+            r#"{"event_id":"1","contact_id":"c","occurred_at":"2026-11-01T00:00:00Z","page_view":{"url":"/pricing"}}"#,
+            r#"{"event_id":"2","contact_id":"c","occurred_at":"2026-11-01T00:00:00Z","adjustment":{"model":"m","points":15,"reason":"met at trade show"}}"#,
+            r#"{"event_id":"3","contact_id":"c","occurred_at":"2026-11-02T00:00:00Z","adjustment":{"model":"nope","points":15,"reason":"x"}}"#,
+            r#"{"event_id":"4","contact_id":"c","occurred_at":"2026-11-02T00:00:00Z","adjustment":{"model":"m","points":15}}"#,
+        ];
+        let events: Vec<_> = lines.iter().map(|l| parse_event(l).unwrap()).collect();
+        let r = replay(&rules, &events);
+        let m = &r.contacts["c"][0];
+        assert_eq!(m.score, 12.5, "25 a day ago, halved; the unknown model changes nothing");
+        assert_eq!(m.breakdown[0], ("adjustment:met at trade show".to_string(), 7.5));
+        assert_eq!(r.alerts.len(), 1);
+        assert_eq!(r.alerts[0].trigger_event_id, "2");
+        assert_eq!(r.rejected, [(4, "invalid adjustment: reason is missing".to_string())]);
+        assert!(render(&r).contains("adjustment:met at trade show 7.50"));
     }
 
     #[test]

@@ -11,11 +11,33 @@
 //! score whatever their order or batching. Fit points score the contact's
 //! current profile attributes and do not decay; a model's score is its
 //! decayed behaviour part plus its fit part.
+//!
+//! # Manual adjustments
+//!
+//! An [`Adjustment`] event at `τ` naming model `M` adds its points to `M`'s
+//! behaviour score at `τ` exactly as a rule's points would (decayed the
+//! same way, a late one added decayed to the state's time), under the
+//! contribution id `adjustment:<reason>` ([`adjustment_id`]); rules, caps
+//! and `once` do not apply to it. So the order-independence above holds for
+//! adjustments too. One naming a model not in the rules changes no score
+//! (it is scored like an event no rule matches).
+//!
+//! A reset (`reset: true`) sets `M`'s behaviour score and every contribution
+//! to zero, then adds the adjustment's points, if any. The fit part (from
+//! profile attributes) stays, and so do cap and `once` use and cooldowns: a
+//! reset is not a new contact. A reset applies at `max(τ, t)`: at its own
+//! time when it is the latest event, and at the state's time `t` when it
+//! arrives late, zeroing the points of events dated after it too (the state
+//! keeps shares per rule, not per event, so it cannot tell them apart). A
+//! reset is therefore the one event whose effect depends on the order of
+//! arrival: the engine applies a partition in offset order, so the service,
+//! `rules test` and the oracle still agree. Tiers are judged after an
+//! adjustment as after any event: it can raise HEATED or COOLED alerts.
 
 use std::collections::BTreeMap;
 
 use crate::proto::interaction_event::Interaction;
-use crate::proto::InteractionEvent;
+use crate::proto::{Adjustment, InteractionEvent};
 use crate::rules::{CapLimit, Model, Rule, RuleSet};
 
 /// Milliseconds since the Unix epoch.
@@ -300,8 +322,9 @@ pub struct Crossing {
 }
 
 /// Applies one event at `at_ms` to a contact: updates the profile, adds the
-/// points of every model's matching rules (within their caps), re-scores fit,
-/// and returns the tier crossings, in time order.
+/// points of every model's matching rules (within their caps) or of a
+/// manual adjustment (see the module docs), re-scores fit, and returns the
+/// tier crossings, in time order.
 ///
 /// Cooling that happened by decay since the contact's previous event is
 /// reported at the exact time the score fell below the exit threshold.
@@ -319,6 +342,10 @@ pub fn apply_event(
     }
     let attributes =
         if rules.models.iter().any(|m| !m.fit.is_empty()) { contact.attributes() } else { BTreeMap::new() };
+    let adjustment = match &event.interaction {
+        Some(Interaction::Adjustment(a)) => Some(a),
+        _ => None,
+    };
     let mut crossings = Vec::new();
     // Phase 1: every model's score moves to the event time and takes its points.
     for (i, model) in rules.models.iter().enumerate() {
@@ -328,13 +355,17 @@ pub fn apply_event(
             model.fit_parts(&attributes).into_iter().map(|(k, p)| (k.to_string(), p)).collect()
         };
         let mut matched = model.matches(event).peekable();
+        let adjustment = adjustment.filter(|a| a.model == model.name);
         let slot = &mut contact.models[i];
-        if slot.is_none() && matched.peek().is_none() && fit.is_empty() {
+        if slot.is_none() && matched.peek().is_none() && fit.is_empty() && adjustment.is_none_or(|a| a.points == 0.0) {
             continue;
         }
         let st = slot.get_or_insert_with(|| ModelState::new(at_ms));
         crossings.extend(advance(i, model, st, at_ms));
         let factor = if at_ms >= st.at_ms { 1.0 } else { decay_factor(st.at_ms - at_ms, model.half_life_secs) };
+        if let Some(a) = adjustment {
+            adjust(st, a, factor);
+        }
         for rule in matched {
             let p = capped_points(rule, st, at_ms);
             if p != 0.0 {
@@ -511,6 +542,29 @@ pub fn merge_visitor(
     }
     judge(rules, into, at_ms, &mut crossings);
     crossings
+}
+
+/// The contribution id under which an adjustment with this reason shows
+/// in the breakdown: `adjustment:<reason>` (no rule id has a `:`).
+pub fn adjustment_id(reason: &str) -> String {
+    format!("adjustment:{reason}")
+}
+
+/// Applies a manual adjustment to a model's state already moved to the
+/// event's time (see the module docs): a reset zeroes the behaviour score
+/// and every contribution at the state's time, then the points are added,
+/// times `factor` (the decay from the event's time to the state's, 1 unless
+/// the event is late).
+fn adjust(st: &mut ModelState, a: &Adjustment, factor: f64) {
+    if a.reset {
+        st.score = 0.0;
+        st.contributions.clear();
+    }
+    if a.points != 0.0 {
+        let p = a.points * factor;
+        st.score += p;
+        *st.contributions.entry(adjustment_id(&a.reason)).or_insert(0.0) += p;
+    }
 }
 
 /// When decay alone takes the score below the current tier's exit: the
@@ -976,6 +1030,119 @@ models:
         assert!(close(value, b.score_at(now, m.half_life_secs)));
     }
 
+    fn adjustment(model: &str, points: f64, reason: &str, reset: bool) -> InteractionEvent {
+        InteractionEvent {
+            interaction: Some(Interaction::Adjustment(Adjustment {
+                model: model.into(),
+                points,
+                reason: reason.into(),
+                by: "jane@sales".into(),
+                reset,
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_adjustment_adds_points_that_decay_like_a_rules() {
+        let rs = rules(ONE);
+        let mut c = ContactState::new(1);
+        apply_event(&rs, &mut c, &page("/a"), T0);
+        apply_event(&rs, &mut c, &adjustment("m", 15.0, "met at trade show", false), T0 + DAY_MS);
+        assert!(close(score(&rs, &c, 0, T0 + DAY_MS), 5.0 + 15.0));
+        assert!(close(score(&rs, &c, 0, T0 + 2 * DAY_MS), 10.0));
+        let st = c.models[0].as_ref().unwrap();
+        let parts = st.explain(T0 + 2 * DAY_MS, 86_400.0);
+        assert_eq!(parts[0].0, "adjustment:met at trade show");
+        assert!(close(parts[0].1, 7.5));
+        // A late one is added decayed to the state's time, like a late rule.
+        apply_event(&rs, &mut c, &adjustment("m", 8.0, "met at trade show", false), T0);
+        assert!(close(score(&rs, &c, 0, T0 + DAY_MS), 5.0 + 15.0 + 4.0));
+        let st = c.models[0].as_ref().unwrap();
+        assert!(close(st.contributions["adjustment:met at trade show"], 19.0), "one reason, one share");
+        assert_eq!(st.at_ms, T0 + DAY_MS);
+    }
+
+    #[test]
+    fn an_adjustment_ignores_caps_and_once_and_counts_no_rule() {
+        let rs = rules(CAPS);
+        let mut c = ContactState::new(1);
+        for _ in 0..5 {
+            apply_event(&rs, &mut c, &adjustment("m", 25.0, "call", false), T0);
+        }
+        let st = c.models[0].as_ref().unwrap();
+        assert!(close(st.score, 125.0));
+        assert!(st.caps.is_empty(), "no cap or once use");
+        assert_eq!(st.contributions.keys().collect::<Vec<_>>(), ["adjustment:call"]);
+    }
+
+    #[test]
+    fn an_adjustment_of_a_model_not_in_the_rules_changes_nothing() {
+        let rs = rules(ONE);
+        let mut c = ContactState::new(1);
+        assert!(apply_event(&rs, &mut c, &adjustment("gone", 50.0, "x", false), T0).is_empty());
+        assert!(c.is_blank(), "no state made for it");
+        apply_event(&rs, &mut c, &page("/a"), T0);
+        let before = c.clone();
+        apply_event(&rs, &mut c, &adjustment("gone", 50.0, "x", true), T0);
+        assert_eq!(c, before);
+        // A reset with nothing to reset and no points makes no state either.
+        let mut c = ContactState::new(1);
+        apply_event(&rs, &mut c, &adjustment("m", 0.0, "x", true), T0);
+        assert!(c.is_blank());
+    }
+
+    #[test]
+    fn an_adjustment_heats_and_a_reset_cools_at_once() {
+        let rs = rules(ONE);
+        let mut c = ContactState::new(1);
+        apply_event(&rs, &mut c, &page("/a"), T0);
+        let x = apply_event(&rs, &mut c, &adjustment("m", 55.0, "met at trade show", false), T0);
+        assert_eq!(x.len(), 1);
+        assert_eq!((x[0].direction, x[0].from, x[0].to, x[0].by_event), (Direction::Heated, 0, 2, true));
+        assert_eq!(x[0].top_contributions[0], ("adjustment:met at trade show".to_string(), 55.0));
+        let x = apply_event(&rs, &mut c, &adjustment("m", 0.0, "wrong contact", true), T0 + 1000);
+        assert_eq!(x.len(), 1);
+        assert_eq!((x[0].direction, x[0].from, x[0].to, x[0].by_event), (Direction::Cooled, 2, 0, true));
+        assert_eq!((x[0].score, x[0].at_ms), (0.0, T0 + 1000));
+        let st = c.models[0].as_ref().unwrap();
+        assert_eq!((st.score, st.tier), (0.0, 0));
+        assert!(st.contributions.is_empty());
+        assert!(st.explain(T0 + DAY_MS, 86_400.0).is_empty());
+    }
+
+    #[test]
+    fn a_reset_keeps_fit_and_sets_the_behaviour_part_to_its_points() {
+        let rs = rules(FIT);
+        let mut c = ContactState::new(2);
+        apply_event(&rs, &mut c, &profile(&[("job_title", "Founder"), ("industry", "software")]), T0);
+        apply_event(&rs, &mut c, &page("/x"), T0);
+        // The fit model has fit parts; a reset of it leaves them.
+        apply_event(&rs, &mut c, &adjustment("fit", 10.0, "x", false), T0);
+        apply_event(&rs, &mut c, &adjustment("fit", 0.0, "back to the profile", true), T0 + DAY_MS);
+        assert!(close(score(&rs, &c, 1, T0 + DAY_MS), 35.0));
+        assert_eq!(c.models[1].as_ref().unwrap().tier, 1, "good fit stays");
+        // Reset with points: the behaviour part is those points from then on.
+        apply_event(&rs, &mut c, &adjustment("engagement", 20.0, "rep's estimate", true), T0 + DAY_MS);
+        let st = c.models[0].as_ref().unwrap();
+        assert_eq!((st.score, st.at_ms), (20.0, T0 + DAY_MS));
+        assert_eq!(st.contributions.keys().collect::<Vec<_>>(), ["adjustment:rep's estimate"]);
+    }
+
+    #[test]
+    fn a_late_reset_applies_at_the_states_time() {
+        let rs = rules(ONE);
+        let mut c = ContactState::new(1);
+        apply_event(&rs, &mut c, &page("/big"), T0);
+        apply_event(&rs, &mut c, &page("/a"), T0 + 2 * DAY_MS);
+        // Dated a day before the latest event: it zeroes that event's points too.
+        apply_event(&rs, &mut c, &adjustment("m", 8.0, "reset", true), T0 + DAY_MS);
+        let st = c.models[0].as_ref().unwrap();
+        assert_eq!(st.at_ms, T0 + 2 * DAY_MS, "the state keeps its time");
+        assert!(close(st.score, 4.0), "its points dated at its own time: 8 a day before");
+        assert_eq!(st.contributions.len(), 1);
+    }
+
     proptest! {
         /// Any permutation and any batching (state round-tripped through its
         /// stored form between batches) gives the same score.
@@ -1037,10 +1204,97 @@ models:
             }
         }
 
+        /// Adjustments mixed with rule events (any reasons, signs, times):
+        /// any permutation and batching gives the same score, exactly as
+        /// for rule points.
+        #[test]
+        fn adjustments_are_independent_of_order_and_batching(
+            events in prop::collection::vec((0i64..30 * DAY_MS, 0usize..6, -500i32..500), 1..40),
+            seed in any::<u64>(),
+            cuts in prop::collection::vec(any::<bool>(), 40),
+        ) {
+            let rs = rules(ONE);
+            let event = |k: usize, p: i32| match k {
+                0 => page("/a"),
+                1 => page("/big"),
+                2 => page("/neg"),
+                3 => adjustment("m", f64::from(p) / 10.0, "met at trade show", false),
+                4 => adjustment("m", f64::from(p), "call", false),
+                _ => adjustment("other", f64::from(p), "x", false),
+            };
+            let run = |order: &[(i64, usize, i32)], cut: &[bool]| {
+                let mut c = ContactState::new(1);
+                for (i, (t, k, p)) in order.iter().enumerate() {
+                    apply_event(&rs, &mut c, &event(*k, *p), T0 + t);
+                    if cut[i % cut.len()] {
+                        c = crate::store::round_trip(&rs, &c);
+                    }
+                }
+                c.models[0].clone()
+            };
+            let base = run(&events, &[false]);
+            let mut shuffled = events.clone();
+            let mut x = seed;
+            for i in (1..shuffled.len()).rev() {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                shuffled.swap(i, (x >> 33) as usize % (i + 1));
+            }
+            let other = run(&shuffled, &cuts);
+            prop_assert_eq!(base.is_some(), other.is_some());
+            if let (Some(base), Some(other)) = (base, other) {
+                // Compared at one moment after every event: an event that
+                // matches nothing (here, of a model not in the rules) moves
+                // an existing state's time, as any such event does.
+                let now = T0 + 30 * DAY_MS;
+                let scale = 500.0 * events.len() as f64;
+                let (b, o) = (base.score_at(now, 86_400.0), other.score_at(now, 86_400.0));
+                prop_assert!((b - o).abs() <= 1e-9 * scale, "{} vs {}", b, o);
+                let parts = |st: &ModelState| -> BTreeMap<String, f64> { st.explain(now, 86_400.0).into_iter().collect() };
+                let (bp, op) = (parts(&base), parts(&other));
+                for (k, v) in &bp {
+                    let o = op.get(k).copied().unwrap_or(0.0);
+                    prop_assert!((v - o).abs() <= 1e-9 * scale, "{}: {} vs {}", k, v, o);
+                }
+            }
+        }
+
+        /// A reset forgets the behaviour points of every event that arrived
+        /// before it, whatever their times; the events that arrive after it
+        /// count as they would on a fresh contact.
+        #[test]
+        fn after_a_reset_only_later_arrivals_count(
+            before in prop::collection::vec((0i64..30 * DAY_MS, 0usize..4), 0..20),
+            reset_at in 0i64..30 * DAY_MS,
+            after in prop::collection::vec((0i64..30 * DAY_MS, 0usize..4), 0..20),
+            later in 0i64..10 * DAY_MS,
+        ) {
+            let rs = rules(ONE);
+            let event = |k: usize| match k {
+                0 => page("/a"),
+                1 => page("/big"),
+                2 => page("/neg"),
+                _ => adjustment("m", 12.5, "call", false),
+            };
+            let mut c = ContactState::new(1);
+            for (t, k) in &before {
+                apply_event(&rs, &mut c, &event(*k), T0 + t);
+            }
+            apply_event(&rs, &mut c, &adjustment("m", 0.0, "start over", true), T0 + reset_at);
+            let mut fresh = ContactState::new(1);
+            for (t, k) in &after {
+                apply_event(&rs, &mut c, &event(*k), T0 + t);
+                apply_event(&rs, &mut fresh, &event(*k), T0 + t);
+            }
+            let now = T0 + 30 * DAY_MS + later;
+            let got = c.models[0].as_ref().map_or(0.0, |st| st.score_at(now, 86_400.0));
+            let want = fresh.models[0].as_ref().map_or(0.0, |st| st.score_at(now, 86_400.0));
+            prop_assert!((got - want).abs() <= 1e-9 * 50.0 * (after.len() + 1) as f64, "{} vs {}", got, want);
+        }
+
         /// The explanation's parts sum to the score at any time.
         #[test]
         fn explanation_parts_sum_to_the_score(
-            events in prop::collection::vec((0i64..30 * DAY_MS, 0usize..5), 1..40),
+            events in prop::collection::vec((0i64..30 * DAY_MS, 0usize..9), 1..40),
             later in 0i64..60 * DAY_MS,
         ) {
             let rs = rules(FIT);
@@ -1051,7 +1305,11 @@ models:
                     1 => profile(&[("job_title", "Founder")]),
                     2 => profile(&[("job_title", "IT Manager")]),
                     3 => profile(&[("industry", "software")]),
-                    _ => profile(&[("industry", "retail")]),
+                    4 => profile(&[("industry", "retail")]),
+                    5 => adjustment("engagement", 17.5, "met at trade show", false),
+                    6 => adjustment("fit", -4.0, "wrong title", false),
+                    7 => adjustment("engagement", 3.0, "start over", true),
+                    _ => adjustment("fit", 0.0, "start over", true),
                 };
                 apply_event(&rs, &mut c, &e, T0 + t);
             }

@@ -80,6 +80,7 @@ impl Service {
             ctx.metrics = crate::telemetry::metrics_handle();
             ctx.token = config.http.token.clone();
             ctx.rules_editable = config.rules.editable;
+            ctx.limits = config.limits();
             tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), "Serving /metrics, /healthz, /readyz, /v1 and the board.");
             let s = stopped();
             listener = Some(tokio::spawn(async move {

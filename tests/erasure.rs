@@ -110,7 +110,8 @@ async fn an_erased_contact_leaves_no_trace_and_stays_gone_after_a_rebuild() {
     // Both hot: a state, leaderboard and cooling entries, recent alerts.
     let before = traces(&stack, GONE);
     // The outbox empties as the relay delivers: not part of what is kept.
-    let lasting = |who: &str| -> Vec<String> { traces(&stack, who).into_iter().filter(|t| !t.ends_with(":outbox")).collect() };
+    let lasting =
+        |who: &str| -> Vec<String> { traces(&stack, who).into_iter().filter(|t| !t.ends_with(":outbox")).collect() };
     let kept = lasting(KEPT);
     assert!(before.iter().any(|t| t.contains(":states")), "{before:?}");
     assert!(before.iter().any(|t| t.contains(":lb:")) && before.iter().any(|t| t.contains(":cool:")), "{before:?}");
@@ -118,14 +119,19 @@ async fn an_erased_contact_leaves_no_trace_and_stays_gone_after_a_rebuild() {
 
     let erase = hotlead(&stack, &topics, &path, &log, &["erase", GONE, "--by", "dpo@acme", "--reason", "ticket 7"]);
     assert!(erase.wait_with_output().unwrap().status.success());
-    wait_for("the erasure", || traces(&stack, GONE).is_empty()).await.unwrap_or_else(|()| panic!("{:?}", traces(&stack, GONE)));
+    wait_for("the erasure", || traces(&stack, GONE).is_empty())
+        .await
+        .unwrap_or_else(|()| panic!("{:?}", traces(&stack, GONE)));
     assert_eq!(lasting(KEPT), kept, "the other contact keeps everything");
 
     // The erasure record, for the systems downstream.
     let records = stack.read_all(&topics.erasures, 1, Duration::from_secs(10)).await;
     assert_eq!(records.len(), 1);
     let record = ContactErased::decode(records[0].payload.as_slice()).unwrap();
-    assert_eq!((record.contact_id.as_str(), record.requested_by.as_str(), record.reason.as_str()), (GONE, "dpo@acme", "ticket 7"));
+    assert_eq!(
+        (record.contact_id.as_str(), record.requested_by.as_str(), record.reason.as_str()),
+        (GONE, "dpo@acme", "ticket 7")
+    );
 
     // Its later events are not scored.
     let d = stack.produce_events(&topics.input, &[page("late", GONE, t0 + 600_000, "/pricing")]).await;
@@ -138,7 +144,9 @@ async fn an_erased_contact_leaves_no_trace_and_stays_gone_after_a_rebuild() {
     let _: () = redis::cmd("FLUSHALL").query(&mut stack.redis()).unwrap();
     let rebuild = hotlead(&stack, &topics, &path, &log, &["run", "--rebuild"]);
     stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
-    wait_for("the other contact's rebuild", || lasting(KEPT) == kept).await.unwrap_or_else(|()| panic!("{:?} vs {kept:?}", lasting(KEPT)));
+    wait_for("the other contact's rebuild", || lasting(KEPT) == kept)
+        .await
+        .unwrap_or_else(|()| panic!("{:?} vs {kept:?}", lasting(KEPT)));
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(traces(&stack, GONE), Vec::<String>::new(), "erased, and still erased after the rebuild");
     stop(rebuild);
@@ -147,4 +155,65 @@ async fn an_erased_contact_leaves_no_trace_and_stays_gone_after_a_rebuild() {
     assert!(text.contains("Erased a contact"), "the erasure is logged");
     let naming: Vec<&str> = text.lines().filter(|l| l.contains(GONE)).collect();
     assert!(naming.is_empty(), "logs name the erased contact: {naming:?}");
+}
+
+/// Calls the API's router as the listener would; returns the status and
+/// the JSON body.
+async fn call(router: &axum::Router, method: &str, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    use tower::ServiceExt as _;
+    let mut req = axum::http::Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let res = router.clone().oneshot(req.body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    let status = res.status().as_u16();
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_erases_through_the_api_and_needs_the_token() {
+    let stack = Stack::start();
+    let topics = stack.topics(2).await;
+    let (_dir, path) = rules_file(RULES);
+    let t0 = hotlead::decode::now_ms() / 1000 * 1000 - 3_600_000;
+    let events = vec![page("e1", GONE, t0, "/pricing"), page("e2", GONE, t0 + 1000, "/pricing")];
+    let d = stack.produce_events(&topics.input, &events).await;
+    let running = support::spawn_pipeline(stack.config(&topics, &path), &path);
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+    let router = |token: Option<&str>| {
+        let token = token.map(str::to_string);
+        let (rules, status, input, brokers, url) = (
+            running.rules.clone(),
+            running.status.clone(),
+            topics.input.clone(),
+            stack.brokers.clone(),
+            stack.redis_url.clone(),
+        );
+        async move {
+            let store = hotlead::store::Store::connect(&url).await.unwrap();
+            let client = hotlead::kafka::client_config(&brokers, &[]);
+            let mut ctx = hotlead::api::ApiContext::new(store, rules, status, input, &client).unwrap();
+            ctx.token = token;
+            hotlead::api::router(ctx)
+        }
+    };
+    let path = format!("/v1/contacts/{GONE}");
+    let (status, body) = call(&router(None).await, "DELETE", &path, None).await;
+    assert_eq!(status, 403, "no token configured: no erasure ({body})");
+    let api = router(Some("s3cret")).await;
+    assert_eq!(call(&api, "DELETE", &path, Some("wrong")).await.0, 401);
+    assert_eq!(call(&api, "GET", &path, Some("s3cret")).await.0, 200);
+    let (status, body) = call(&api, "DELETE", &format!("{path}?by=dpo&reason=ticket%209"), Some("s3cret")).await;
+    assert_eq!(status, 202, "{body}");
+    assert!(body["request_id"].as_str().unwrap().starts_with("erase-"));
+    wait_for("the erasure", || traces(&stack, GONE).is_empty())
+        .await
+        .unwrap_or_else(|()| panic!("{:?}", traces(&stack, GONE)));
+    let (status, _) = call(&api, "GET", &path, Some("s3cret")).await;
+    assert_eq!(status, 404, "an erased contact is not found");
+    let records = stack.read_all(&topics.erasures, 1, Duration::from_secs(10)).await;
+    let record = ContactErased::decode(records[0].payload.as_slice()).unwrap();
+    assert_eq!((record.requested_by.as_str(), record.reason.as_str()), ("dpo", "ticket 9"));
+    running.finish().await;
 }

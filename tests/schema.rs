@@ -63,6 +63,7 @@ fn interaction_event_matches_the_contract() {
             ("email_engagement", 13, "hotlead.v1.EmailEngagement"),
             ("content_download", 14, "hotlead.v1.ContentDownload"),
             ("profile_update", 15, "hotlead.v1.ProfileUpdate"),
+            ("adjustment", 17, "hotlead.v1.Adjustment"),
             ("custom", 20, "hotlead.v1.CustomInteraction"),
             ("context", 30, "hotlead.v1.InteractionEvent.ContextEntry"),
         ],
@@ -76,6 +77,7 @@ fn interaction_event_matches_the_contract() {
         "email_engagement",
         "content_download",
         "profile_update",
+        "adjustment",
         "custom",
     ] {
         assert_eq!(ev[kind].3.as_deref(), Some("interaction"), "{kind} is in the oneof");
@@ -103,6 +105,16 @@ fn interaction_kinds_match_the_contract() {
     check(
         "CustomInteraction",
         &[("name", 1, "string"), ("properties", 2, "hotlead.v1.CustomInteraction.PropertiesEntry")],
+    );
+    check(
+        "Adjustment",
+        &[
+            ("model", 1, "string"),
+            ("points", 2, "double"),
+            ("reason", 3, "string"),
+            ("by", 4, "string"),
+            ("reset", 5, "bool"),
+        ],
     );
     use hotlead::proto::email_engagement::Action;
     assert_eq!(

@@ -106,9 +106,11 @@ pub enum InteractionKind {
 }
 
 impl InteractionKind {
-    /// The kind of an event's interaction, if it has one.
+    /// The kind of an event's interaction, if it has one a rule can match
+    /// (no rule matches a manual adjustment).
     pub fn of(event: &InteractionEvent) -> Option<Self> {
         Some(match event.interaction.as_ref()? {
+            Interaction::Adjustment(_) => return None,
             Interaction::PageView(_) => Self::PageView,
             Interaction::FormSubmission(_) => Self::FormSubmission,
             Interaction::WebinarAttendance(_) => Self::WebinarAttendance,
@@ -262,6 +264,8 @@ pub fn event_field<'a>(event: &'a InteractionEvent, path: &str) -> Option<Value<
             _ => map(&c.properties, path.strip_prefix("properties.")?),
         },
         Interaction::Identify(_) | Interaction::VisitorMerge(_) | Interaction::Erasure(_) => None,
+        // No rule matches a manual adjustment.
+        Interaction::Adjustment(_) => None,
     }
 }
 

@@ -739,7 +739,7 @@ impl Store {
     }
 
     /// Finds a contact's stored value among the input topic's `partitions`
-    /// partitions (the reads travel pipelined); `None` if it is unknown.
+    /// partitions (the reads travel pipelined); `None` if it is unknown or erased.
     pub async fn find_contact(
         &self,
         topic: &str,
@@ -750,7 +750,9 @@ impl Store {
         let all: Vec<Vec<StoredValue>> = self
             .per_partition(partitions, |p| load_command(&PartitionKeys::new(topic, p), rules, &[contact_id]))
             .await?;
-        Ok(all.into_iter().flatten().enumerate().find(|(_, v)| !v.is_absent()).map(|(p, v)| (p as i32, v)))
+        let found = all.into_iter().flatten().enumerate().find(|(_, v)| !v.is_absent());
+        // An erased contact is not found, like one never seen.
+        Ok(found.filter(|(_, v)| !matches!(v, StoredValue::Erased)).map(|(p, v)| (p as i32, v)))
     }
 
     /// The top `limit` entries at or above `floor` of a model's leaderboard,
