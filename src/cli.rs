@@ -203,6 +203,10 @@ pub struct SimulateArgs {
     /// Random seed; the same seed gives the same stream.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Share of contacts who first browse as anonymous visitors and then
+    /// identify (an `identify` event), in [0, 1].
+    #[arg(long, default_value_t = 0.2)]
+    pub anonymous_share: f64,
     /// Make every Nth event unscorable (to exercise the dead-letter topic); 0 never.
     #[arg(long, default_value_t = 0)]
     pub poison_every: u64,
@@ -491,14 +495,21 @@ async fn run_scorer(config: Config) -> anyhow::Result<std::process::ExitCode> {
 }
 
 async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.anonymous_share),
+        "--anonymous-share is a share of contacts, from 0 to 1, not {}",
+        args.anonymous_share
+    );
+    let sim_config = SimConfig {
+        contacts: args.contacts,
+        zipf_exponent: args.zipf,
+        seed: args.seed,
+        anonymous_share: args.anonymous_share,
+        ..SimConfig::default()
+    };
     if let Some(path) = &args.jsonl {
         anyhow::ensure!(args.total > 0, "--jsonl needs --total: how many events to write");
-        let mut sim = Simulator::new(&SimConfig {
-            contacts: args.contacts,
-            zipf_exponent: args.zipf,
-            seed: args.seed,
-            ..SimConfig::default()
-        });
+        let mut sim = Simulator::new(&sim_config);
         let end = crate::decode::now_ms() / 1000 * 1000;
         let start = end - (args.total as i64 - 1) * 60_000;
         let mut out = String::new();
@@ -514,12 +525,7 @@ async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
     client.set("linger.ms", "20").set("enable.idempotence", "true");
     let producer: FutureProducer = client.create()?;
     let topic = args.topic.unwrap_or(config.topics.input.clone());
-    let mut sim = Simulator::new(&SimConfig {
-        contacts: args.contacts,
-        zipf_exponent: args.zipf,
-        seed: args.seed,
-        ..SimConfig::default()
-    });
+    let mut sim = Simulator::new(&sim_config);
     eprintln!(
         "Simulating {} contacts into {topic} at {} events/s{} (seed {}) ...",
         args.contacts,

@@ -9,8 +9,12 @@
 //! - **buyers** escalate: blog -> pricing -> email click -> webinar -> demo
 //!   request form -> contact sales.
 //!
-//! Each contact's first event is a profile update with fit facts. The same
-//! seed gives the same contacts, personas and sequence of events.
+//! Each contact's first event is a profile update with fit facts. With
+//! [`SimConfig::anonymous_share`], that share of contacts first browse as
+//! anonymous visitors (`anon-…` ids, no account, no profile): a few page
+//! views, then an `identify` naming the contact, after which they are known
+//! (profile first, as any contact). The same seed gives the same contacts,
+//! personas and sequence of events.
 
 use std::collections::BTreeMap;
 
@@ -48,13 +52,27 @@ pub struct SimConfig {
     pub buyer_share: f64,
     /// Share of researchers, in [0, 1].
     pub researcher_share: f64,
+    /// Share of contacts who first browse anonymously and then identify,
+    /// in [0, 1].
+    pub anonymous_share: f64,
 }
 
 impl Default for SimConfig {
     fn default() -> Self {
-        Self { contacts: 2000, zipf_exponent: 1.05, seed: 42, buyer_share: 0.15, researcher_share: 0.30 }
+        Self {
+            contacts: 2000,
+            zipf_exponent: 1.05,
+            seed: 42,
+            buyer_share: 0.15,
+            researcher_share: 0.30,
+            anonymous_share: 0.0,
+        }
     }
 }
+
+/// Anonymous page views before an anonymous visitor identifies.
+const ANONYMOUS_VISITS: [u32; 4] = [2, 3, 5, 8];
+const ANONYMOUS_PAGES: &[&str] = &["/", "/blog/intent-signals", "/pricing", "/docs/api", "/blog/decay-explained"];
 
 /// A generator of events; call [`Simulator::next_event`] for each one.
 pub struct Simulator {
@@ -62,6 +80,9 @@ pub struct Simulator {
     cdf: Vec<f64>,
     personas: Vec<Persona>,
     steps: Vec<u32>,
+    /// Per contact, the anonymous page views before it identifies (0: known
+    /// from the start).
+    anonymous: Vec<u32>,
     accounts: usize,
     counter: u64,
     seed: u64,
@@ -104,7 +125,29 @@ impl Simulator {
                 }
             })
             .collect();
-        Self { rng, cdf, personas, steps: vec![0; n], accounts: (n / 4).max(1), counter: 0, seed: config.seed }
+        // A generator of its own, so a stream without anonymous visitors is
+        // the same as before they existed.
+        let mut visitors = ChaCha8Rng::seed_from_u64(config.seed ^ 0x616e_6f6e);
+        let anonymous = (0..n)
+            .map(|_| {
+                let r: f64 = visitors.random();
+                if r < config.anonymous_share {
+                    ANONYMOUS_VISITS[visitors.random_range(0..ANONYMOUS_VISITS.len())]
+                } else {
+                    0
+                }
+            })
+            .collect();
+        Self {
+            rng,
+            cdf,
+            personas,
+            steps: vec![0; n],
+            anonymous,
+            accounts: (n / 4).max(1),
+            counter: 0,
+            seed: config.seed,
+        }
     }
 
     /// The persona of contact `index`.
@@ -117,14 +160,34 @@ impl Simulator {
         format!("c-{index:06}")
     }
 
+    /// The anonymous id contact `index` browses under before it identifies
+    /// (a cookie id: nothing in it names the contact).
+    pub fn anonymous_id(&self, index: usize) -> String {
+        let h = crate::score::event_hash(&format!("{}/{index}", self.seed));
+        format!("anon-{h:012x}")
+    }
+
     /// The next event, stamped `at_ms`.
     pub fn next_event(&mut self, at_ms: Millis) -> InteractionEvent {
         let u: f64 = self.rng.random();
         let i = self.cdf.partition_point(|&c| c < u).min(self.cdf.len() - 1);
-        let step = self.steps[i];
+        let mut step = self.steps[i];
         self.steps[i] += 1;
         self.counter += 1;
-        let interaction = if step == 0 { self.profile(i) } else { self.interaction(self.personas[i], step) };
+        let hidden = self.anonymous[i];
+        let (contact_id, account_id, interaction) = if step < hidden {
+            let url = ANONYMOUS_PAGES[self.rng.random_range(0..ANONYMOUS_PAGES.len())];
+            (self.anonymous_id(i), String::new(), self.page(url))
+        } else if hidden > 0 && step == hidden {
+            let identify = crate::proto::Identify { contact_id: Self::contact_id(i) };
+            (self.anonymous_id(i), String::new(), Interaction::Identify(identify))
+        } else {
+            if hidden > 0 {
+                step -= hidden + 1;
+            }
+            let interaction = if step == 0 { self.profile(i) } else { self.interaction(self.personas[i], step) };
+            (Self::contact_id(i), format!("acct-{:05}", i % self.accounts), interaction)
+        };
         let mut context = BTreeMap::new();
         context.insert(
             "channel".to_string(),
@@ -133,8 +196,8 @@ impl Simulator {
         context.insert("source".to_string(), "hotlead-simulate".to_string());
         InteractionEvent {
             event_id: format!("sim-{}-{}", self.seed, self.counter),
-            contact_id: Self::contact_id(i),
-            account_id: format!("acct-{:05}", i % self.accounts),
+            contact_id,
+            account_id,
             occurred_at: Some(crate::decode::timestamp(at_ms)),
             interaction: Some(interaction),
             context,
@@ -279,5 +342,26 @@ mod tests {
         assert!(!buyer_forms.is_empty(), "some buyers reach the demo request");
         // A buyer's demo request comes after their pricing visits (step 8).
         assert!(buyer_forms.iter().all(|&i| per_contact[i] >= 9));
+    }
+
+    #[test]
+    fn anonymous_visitors_browse_then_identify_once() {
+        let cfg = SimConfig { contacts: 200, anonymous_share: 0.3, ..SimConfig::default() };
+        let mut s = Simulator::new(&cfg);
+        let events: Vec<InteractionEvent> = (0..20_000).map(|i| s.next_event(i)).collect();
+        let identifies: Vec<&InteractionEvent> =
+            events.iter().filter(|e| matches!(e.interaction, Some(Interaction::Identify(_)))).collect();
+        assert!((30..=90).contains(&identifies.len()), "about 30 % of 200 identify: {}", identifies.len());
+        for id in &identifies {
+            let Some(Interaction::Identify(i)) = &id.interaction else { unreachable!() };
+            let before: Vec<&InteractionEvent> = events.iter().filter(|e| e.contact_id == id.contact_id).collect();
+            assert!(before.len() >= 3 && before.iter().all(|e| e.account_id.is_empty()), "anonymous: no account");
+            assert!(std::ptr::eq(*before.last().unwrap(), *id), "the identify is the visitor's last event");
+            let known = events.iter().find(|e| e.contact_id == i.contact_id).unwrap();
+            assert!(matches!(known.interaction, Some(Interaction::ProfileUpdate(_))), "known: profile first");
+        }
+        // Without anonymous visitors the stream is the one it always was.
+        let mut plain = Simulator::new(&SimConfig { contacts: 200, ..SimConfig::default() });
+        assert!((0..2000).all(|i| plain.next_event(i).contact_id.starts_with("c-")));
     }
 }

@@ -41,6 +41,7 @@ async fn the_demo_alerts_sales_only_on_the_crossings_its_models_mark() {
     let mut sim = hotlead::simulate::Simulator::new(&hotlead::simulate::SimConfig {
         contacts: 150,
         seed: 42,
+        anonymous_share: 0.2,
         ..Default::default()
     });
     let start = hotlead::decode::now_ms() - 2 * 86_400_000;
