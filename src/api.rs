@@ -14,7 +14,11 @@
 //! - the rules workbench at `/board/rules` and its routes under `/v1/rules`
 //!   ([`crate::workbench`]).
 //!
-//! With `http.token` set, `/v1` requires `Authorization: Bearer <token>`.
+//! With `http.token` set, `/v1` requires `Authorization: Bearer <token>`;
+//! `/metrics`, `/healthz`, `/readyz` and the board's pages (which hold no
+//! data: they read it from `/v1` with the token) stay open, for Prometheus
+//! and the kubelet. Without a token the service listens on loopback only,
+//! unless told otherwise ([`crate::config::Config::check_serving`]).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -6,6 +6,10 @@
 //! The read side stands apart from the writer: the listener starts first,
 //! keeps serving while the pipeline rebalances, and stops only with the
 //! service.
+//!
+//! Private by default: a service whose listener reaches beyond loopback
+//! with no token is refused before anything starts
+//! ([`Config::check_serving`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,8 +36,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// Loads the rules the configuration names.
+    /// Checks that the configuration may serve the read API
+    /// ([`Config::check_serving`]) and loads the rules it names.
     pub fn new(config: Config) -> anyhow::Result<Self> {
+        config.check_serving().context("invalid configuration")?;
         let rules = Arc::new(LiveRules::load(&config.rules.path).map_err(crate::cli::rules_hint)?);
         Ok(Self { config, rules, status: Arc::default(), clock: Arc::new(crate::decode::now_ms) })
     }
