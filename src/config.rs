@@ -18,8 +18,12 @@
 //!   check it, so they run with the service's configuration as it is.
 //! - An empty token is refused everywhere: it would let through anyone who
 //!   sends `Authorization: Bearer `.
+//! - `privacy.hidden_attributes` ([`PrivacyConfig`]) names profile
+//!   attributes that are scored with but never served: the contact view is
+//!   the one place a profile leaves hotlead ([`crate::query::view`]), and it
+//!   leaves them out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -89,6 +93,9 @@ pub struct Config {
     /// and the board.
     #[serde(default)]
     pub http: HttpConfig,
+    /// What is never served: profile attributes kept out of every answer.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
     /// `hotlead notify`: routes file, consumer group, dead-letter topic.
     #[serde(default)]
     pub notify: crate::notify::NotifyConfig,
@@ -131,6 +138,7 @@ impl std::fmt::Debug for Config {
             .field("rules", &self.rules)
             .field("pipeline", &self.pipeline)
             .field("http", &self.http)
+            .field("privacy", &self.privacy)
             .field("notify", &self.notify)
             .finish()
     }
@@ -358,6 +366,54 @@ impl std::fmt::Debug for HttpConfig {
             .field("allow_anonymous", &self.allow_anonymous)
             .finish()
     }
+}
+
+/// What hotlead keeps to itself.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Profile attributes never served: left out of the contact answer
+    /// (`GET /v1/contacts/{id}`, the board, `hotlead score`); no other
+    /// answer or alert carries profile attributes. They are still kept and
+    /// scored when a fit rule reads them (or `keep_attributes:` names them).
+    /// A list (`["job_title"]`), or names separated by commas
+    /// (`HOTLEAD_PRIVACY__HIDDEN_ATTRIBUTES=job_title,country`).
+    #[serde(deserialize_with = "attribute_names")]
+    pub hidden_attributes: BTreeSet<String>,
+}
+
+impl PrivacyConfig {
+    /// Whether the attribute `name` may be served.
+    pub fn serves(&self, name: &str) -> bool {
+        !self.hidden_attributes.contains(name)
+    }
+}
+
+/// Attribute names: a list, or one string of names separated by commas;
+/// each trimmed, none empty.
+fn attribute_names<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeSet<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        List(Vec<String>),
+        Text(String),
+    }
+    let names: Vec<String> = match Names::deserialize(d)? {
+        Names::List(list) => list,
+        Names::Text(text) if text.trim().is_empty() => Vec::new(),
+        Names::Text(text) => text.split(',').map(str::to_string).collect(),
+    };
+    names
+        .into_iter()
+        .map(|n| {
+            let n = n.trim().to_string();
+            if n.is_empty() {
+                Err(serde::de::Error::custom("an attribute name is empty; write e.g. `[\"job_title\", \"country\"]`"))
+            } else {
+                Ok(n)
+            }
+        })
+        .collect()
 }
 
 fn default_kafka() -> BTreeMap<String, String> {
@@ -748,6 +804,18 @@ batch_wait = "5ms"
         let file = dir.path().join("token").display().to_string();
         let e = Config::from_parts(&format!("[http]\ntoken_file = \"{file}\""), env(&[])).unwrap_err();
         assert!(e.to_string().contains("http.token_file"), "{e}");
+    }
+
+    #[test]
+    fn hidden_attributes_from_a_list_or_the_environment() {
+        let c = Config::from_parts("[privacy]\nhidden_attributes = [\"job_title\", \" country \"]", env(&[])).unwrap();
+        assert_eq!(c.privacy.hidden_attributes, BTreeSet::from(["country".to_string(), "job_title".to_string()]));
+        assert!(!c.privacy.serves("job_title") && c.privacy.serves("industry"));
+        let c = Config::from_parts("", env(&[("HOTLEAD_PRIVACY__HIDDEN_ATTRIBUTES", "job_title,country")])).unwrap();
+        assert_eq!(c.privacy.hidden_attributes.len(), 2);
+        assert!(Config::from_parts("", env(&[])).unwrap().privacy.hidden_attributes.is_empty());
+        let e = Config::from_parts("[privacy]\nhidden_attributes = [\"a\", \"\"]", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("privacy.hidden_attributes"), "{e}");
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!
 //! Private by default: a service whose listener reaches beyond loopback
 //! with no token is refused before anything starts
-//! ([`Config::check_serving`]).
+//! ([`Config::check_serving`]), and its answers leave out
+//! `privacy.hidden_attributes`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -85,8 +86,9 @@ impl Service {
             )?;
             ctx.metrics = crate::telemetry::metrics_handle();
             ctx.token = config.http.token.clone();
+            ctx.privacy = Arc::new(config.privacy.clone());
             ctx.rules_editable = config.rules.editable;
-            tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), "Serving /metrics, /healthz, /readyz, /v1 and the board.");
+            tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), hidden_attributes = ctx.privacy.hidden_attributes.len(), "Serving /metrics, /healthz, /readyz, /v1 and the board.");
             let s = stopped();
             listener = Some(tokio::spawn(async move {
                 if let Err(e) = crate::api::serve(socket, ctx, s).await {
