@@ -13,6 +13,8 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /src/target/release/hotlead /usr/local/bin/hotlead
 COPY examples /etc/hotlead/examples
 USER hotlead
+# Listening beyond loopback, `hotlead run` needs the read API's token
+# (HOTLEAD_HTTP__TOKEN or http.token_file), or HOTLEAD_HTTP__ALLOW_ANONYMOUS=true.
 ENV HOTLEAD_RULES__PATH=/etc/hotlead/examples/rules.yaml \
     HOTLEAD_HTTP__LISTEN=0.0.0.0:9464
 EXPOSE 9464

@@ -12,7 +12,9 @@
 #   - the Kubernetes kustomization, rendered (`kubectl kustomize`, else
 #     `kustomize build`, else a small renderer below) and each resource
 #     validated against the Kubernetes schemas, the ServiceMonitor against
-#     deploy/kubernetes/schemas/.
+#     deploy/kubernetes/schemas/;
+#   - that neither Compose nor Kubernetes serves the read API beyond loopback
+#     without a token (what `hotlead run` refuses), unless told to.
 # Its Python tools are installed into target/tools-venv, once per version set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -218,6 +220,34 @@ if not any(t.split(":")[0] in compose and t.split(":")[1] in ports for t in targ
     fail("deploy/prometheus/prometheus.yml: job hotlead must scrape the compose service hotlead on its port")
 ok("deploy/grafana provisioning and docker-compose.yml: Prometheus and Grafana mount the files they load")
 
+# --- The read API is never open beyond loopback by accident -------------------
+import ipaddress
+
+def open_beyond_loopback(listen, env, config=None):
+    """Whether hotlead would serve the read API beyond loopback with no token
+    and no http.allow_anonymous: what `hotlead run` refuses to start with."""
+    http = (config or {}).get("http", {})
+    listen = env.get("HOTLEAD_HTTP__LISTEN", http.get("listen", listen))
+    if not listen:
+        return False
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if ipaddress.ip_address(host).is_loopback:
+        return False
+    anonymous = str(env.get("HOTLEAD_HTTP__ALLOW_ANONYMOUS", http.get("allow_anonymous", False))).lower() == "true"
+    token = "HOTLEAD_HTTP__TOKEN" in env or "HOTLEAD_HTTP__TOKEN_FILE" in env or "token" in http or "token_file" in http
+    return not (anonymous or token)
+
+dockerfile = open("Dockerfile").read()
+image_listen = re.search(r"HOTLEAD_HTTP__LISTEN=(\S+)", dockerfile)
+image_listen = image_listen.group(1) if image_listen else "127.0.0.1:9464"
+compose_env = compose["hotlead"].get("environment", {})
+if isinstance(compose_env, list):
+    compose_env = dict(e.split("=", 1) for e in compose_env)
+if open_beyond_loopback(image_listen, compose_env):
+    fail(f"docker-compose.yml: hotlead listens on {image_listen} (Dockerfile) with no HOTLEAD_HTTP__TOKEN "
+         "and no HOTLEAD_HTTP__ALLOW_ANONYMOUS: it would refuse to start")
+ok("docker-compose.yml: hotlead's read API has a token or is served open on purpose")
+
 # --- Kubernetes ----------------------------------------------------------------
 import hashlib
 import jsonschema
@@ -351,8 +381,19 @@ else:
             problems.append("the rules ConfigMap has a hash suffix: a rules change would restart the pods")
         if not isinstance(yaml.safe_load(rules_cm["data"][rules_key]).get("models"), list):
             problems.append("the rules ConfigMap holds no `models` list")
+    # The read API beyond loopback: its token from a Secret the pod cannot
+    # start without, unless the configuration serves it open on purpose.
+    config = tomllib.loads(cm["data"][key])
+    env = {e["name"]: e for e in container.get("env", [])}
+    plain = {n: e.get("value", "") for n, e in env.items() if "value" in e}
+    token = env.get("HOTLEAD_HTTP__TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+    without_token = {**plain, **({"HOTLEAD_HTTP__TOKEN": "from a Secret"} if token and not token.get("optional") else {})}
+    if open_beyond_loopback("127.0.0.1:9464", without_token, config):
+        problems.append("hotlead listens beyond loopback: HOTLEAD_HTTP__TOKEN must come from a Secret "
+                        "(secretKeyRef, not optional), or hotlead.toml must set http.allow_anonymous = true")
 if problems:
     fail(f"{base}: " + "; ".join(problems))
 ok(f"{base}: selectors, probes, security context, resources, config and rules mounts fit together; "
-   "the rules ConfigMap is reloaded in place")
+   "the rules ConfigMap is reloaded in place; the read API has its token from a required Secret "
+   "or is served open on purpose")
 PY

@@ -21,6 +21,15 @@
 //! With `http.token` set, `/v1` requires `Authorization: Bearer <token>`.
 //! Writes that change scores ([`authorize_write`]) need it set: without a
 //! token they are refused (403), never served unauthenticated.
+//!
+//! `/metrics`, `/healthz`, `/readyz` and the board's pages (which hold no
+//! data: they read it from `/v1` with the token) stay open, for Prometheus
+//! and the kubelet. Without a token the service listens on loopback only,
+//! unless told otherwise ([`crate::config::Config::check_serving`]).
+//!
+//! No answer carries a profile attribute named in
+//! `privacy.hidden_attributes`: the contact answer is the only one with a
+//! profile, built by [`crate::query::contact_view`], which leaves them out.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -56,6 +65,8 @@ pub struct ApiContext {
     kafka: Arc<rdkafka::consumer::BaseConsumer<crate::kafka::QuietContext>>,
     /// Bearer token required by `/v1`, if any.
     pub token: Option<String>,
+    /// Profile attributes never served (`privacy.hidden_attributes`).
+    pub privacy: Arc<crate::config::PrivacyConfig>,
     /// The Kafka client configuration, for the workbench's own consumer.
     pub kafka_config: rdkafka::ClientConfig,
     /// Whether the workbench may save the rules file (`rules.editable`).
@@ -85,6 +96,7 @@ impl ApiContext {
             topic,
             kafka: Arc::new(kafka.create_with_context(crate::kafka::QuietContext)?),
             token: None,
+            privacy: Arc::default(),
             kafka_config: kafka.clone(),
             rules_editable: false,
             partitions: Arc::new(Mutex::new(None)),
@@ -286,7 +298,7 @@ async fn contact(
     let rules = s.rules.current();
     match read(|| s.store.find_contact(&s.topic, partitions, &contact_id, &rules)).await? {
         Some((p, value)) => {
-            crate::query::contact_view(&rules, &contact_id, p, &value, at).map(Json).map_err(|e| ApiError {
+            crate::query::contact_view(&rules, &contact_id, p, &value, at, &s.privacy).map(Json).map_err(|e| ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 message: format!("the stored state of `{contact_id}` cannot be read: {e}"),
             })

@@ -291,7 +291,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     Ok(std::process::ExitCode::from(1))
                 }
                 Some((p, value)) => {
-                    let view = crate::query::contact_view(&rules, &args.contact_id, p, &value, crate::decode::now_ms())
+                    let now = crate::decode::now_ms();
+                    let view = crate::query::contact_view(&rules, &args.contact_id, p, &value, now, &config.privacy)
                         .with_context(|| format!("the stored state of {} cannot be read", args.contact_id))?;
                     if args.json {
                         println!("{}", serde_json::to_string_pretty(&view)?);

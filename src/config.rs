@@ -4,8 +4,26 @@
 //! Every librdkafka property can be set under `[kafka]` (or as
 //! `HOTLEAD_KAFKA__SASL_MECHANISM=...`, where `_` stands for `.`), so SASL,
 //! TLS and tuning need no code.
+//!
+//! # Private by default
+//!
+//! The read API and the board serve contact ids and profile attributes, so:
+//!
+//! - [`Config::check_serving`], run by every command that opens the read
+//!   API's listener (`hotlead run`), refuses an `http.listen` beyond
+//!   loopback (`0.0.0.0`, `::`, a LAN address) with no token, unless
+//!   `http.allow_anonymous = true` says so. Loopback without a token stays
+//!   allowed. Commands that serve no contact data (`hotlead score`, `top`,
+//!   `notify`, whose own listener has only `/metrics` and `/healthz`) do not
+//!   check it, so they run with the service's configuration as it is.
+//! - An empty token is refused everywhere: it would let through anyone who
+//!   sends `Authorization: Bearer `.
+//! - `privacy.hidden_attributes` ([`PrivacyConfig`]) names profile
+//!   attributes that are scored with but never served: the contact view is
+//!   the one place a profile leaves hotlead ([`crate::query::view`]), and it
+//!   leaves them out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -40,6 +58,15 @@ pub enum ConfigError {
         /// What is wrong and how to fix it.
         message: String,
     },
+    /// The read API would serve contact data beyond this machine to anyone.
+    #[error(
+        "http.listen = {listen} serves contact data beyond this machine without a token: set http.token (or \
+         http.token_file, HOTLEAD_HTTP__TOKEN), or http.allow_anonymous = true to serve it open"
+    )]
+    OpenBeyondLoopback {
+        /// The address configured in `http.listen`.
+        listen: String,
+    },
 }
 
 /// The whole configuration.
@@ -62,9 +89,13 @@ pub struct Config {
     /// Batching and input limits.
     #[serde(default)]
     pub pipeline: PipelineConfig,
-    /// HTTP listener for `/metrics`, `/healthz` and `/readyz`.
+    /// HTTP listener for `/metrics`, `/healthz`, `/readyz`, the read API
+    /// and the board.
     #[serde(default)]
     pub http: HttpConfig,
+    /// What is never served: profile attributes kept out of every answer.
+    #[serde(default)]
+    pub privacy: PrivacyConfig,
     /// `hotlead notify`: routes file, consumer group, dead-letter topic.
     #[serde(default)]
     pub notify: crate::notify::NotifyConfig,
@@ -115,6 +146,7 @@ impl std::fmt::Debug for Config {
             .field("rules", &self.rules)
             .field("pipeline", &self.pipeline)
             .field("http", &self.http)
+            .field("privacy", &self.privacy)
             .field("notify", &self.notify)
             .finish()
     }
@@ -305,16 +337,31 @@ pub struct HttpConfig {
     /// Address to listen on, e.g. `0.0.0.0:9464`; empty disables the
     /// listener.
     pub listen: String,
-    /// Bearer token the read API (`/v1`) requires; unset leaves it open.
-    /// Prefer `HOTLEAD_HTTP__TOKEN` or `token_file` to writing it here.
+    /// Bearer token the read API (`/v1`) requires; unset leaves it open,
+    /// which [`Config::check_serving`] allows on loopback only (or with
+    /// `allow_anonymous`). Prefer `HOTLEAD_HTTP__TOKEN` or `token_file` to
+    /// writing it here.
     pub token: Option<String>,
     /// A file holding the bearer token; read once at start.
     pub token_file: Option<PathBuf>,
+    /// Serve the read API without a token on an address beyond loopback
+    /// (`0.0.0.0`, a LAN address): anyone who reaches it reads contact
+    /// data. Off by default; the service then refuses to start that way.
+    pub allow_anonymous: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9464".into(), token: None, token_file: None }
+        Self { listen: "127.0.0.1:9464".into(), token: None, token_file: None, allow_anonymous: false }
+    }
+}
+
+impl HttpConfig {
+    /// Whether the listener is reachable from this machine only: off (empty)
+    /// or bound to a loopback address (`127.0.0.0/8`, `::1`,
+    /// `::ffff:127.0.0.1`).
+    pub fn is_loopback_only(&self) -> bool {
+        self.listen.is_empty() || self.listen.parse::<SocketAddr>().is_ok_and(|a| a.ip().to_canonical().is_loopback())
     }
 }
 
@@ -324,8 +371,57 @@ impl std::fmt::Debug for HttpConfig {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("token_file", &self.token_file)
+            .field("allow_anonymous", &self.allow_anonymous)
             .finish()
     }
+}
+
+/// What hotlead keeps to itself.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrivacyConfig {
+    /// Profile attributes never served: left out of the contact answer
+    /// (`GET /v1/contacts/{id}`, the board, `hotlead score`); no other
+    /// answer or alert carries profile attributes. They are still kept and
+    /// scored when a fit rule reads them (or `keep_attributes:` names them).
+    /// A list (`["job_title"]`), or names separated by commas
+    /// (`HOTLEAD_PRIVACY__HIDDEN_ATTRIBUTES=job_title,country`).
+    #[serde(deserialize_with = "attribute_names")]
+    pub hidden_attributes: BTreeSet<String>,
+}
+
+impl PrivacyConfig {
+    /// Whether the attribute `name` may be served.
+    pub fn serves(&self, name: &str) -> bool {
+        !self.hidden_attributes.contains(name)
+    }
+}
+
+/// Attribute names: a list, or one string of names separated by commas;
+/// each trimmed, none empty.
+fn attribute_names<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeSet<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Names {
+        List(Vec<String>),
+        Text(String),
+    }
+    let names: Vec<String> = match Names::deserialize(d)? {
+        Names::List(list) => list,
+        Names::Text(text) if text.trim().is_empty() => Vec::new(),
+        Names::Text(text) => text.split(',').map(str::to_string).collect(),
+    };
+    names
+        .into_iter()
+        .map(|n| {
+            let n = n.trim().to_string();
+            if n.is_empty() {
+                Err(serde::de::Error::custom("an attribute name is empty; write e.g. `[\"job_title\", \"country\"]`"))
+            } else {
+                Ok(n)
+            }
+        })
+        .collect()
 }
 
 fn default_kafka() -> BTreeMap<String, String> {
@@ -493,6 +589,15 @@ impl Config {
                 ),
             ));
         }
+        if self.http.token.as_ref().is_some_and(|t| t.trim().is_empty()) {
+            let field = if self.http.token_file.is_some() { "http.token_file" } else { "http.token" };
+            return Err(invalid(
+                field,
+                "the token is empty, which any `Authorization: Bearer ` would match; set a long random token \
+                 (e.g. `openssl rand -hex 32`) or leave it unset"
+                    .into(),
+            ));
+        }
         if self.rules.editable && self.http.token.is_none() && self.http.token_file.is_none() {
             return Err(invalid(
                 "rules.editable",
@@ -524,6 +629,18 @@ impl Config {
             ));
         }
         self.notify.validate()
+    }
+
+    /// Checks what serving the read API needs, for the commands that open
+    /// its listener (`hotlead run`): beyond loopback, a token or
+    /// `http.allow_anonymous = true`. Other commands serve no contact data
+    /// and do not call it.
+    pub fn check_serving(&self) -> Result<(), ConfigError> {
+        if self.http.is_loopback_only() || self.http.token.is_some() || self.http.allow_anonymous {
+            Ok(())
+        } else {
+            Err(ConfigError::OpenBeyondLoopback { listen: self.http.listen.clone() })
+        }
     }
 
     /// The consumer group id (`kafka."group.id"`, default `hotlead`).
@@ -651,6 +768,63 @@ batch_wait = "5ms"
         assert!(e.to_string().contains("rules.editable") && e.to_string().contains("http.token"), "{e}");
         let c = Config::from_parts("[rules]\neditable = true\n[http]\ntoken = \"t\"", env(&[])).unwrap();
         assert!(c.rules.editable);
+    }
+
+    #[test]
+    fn an_open_listener_beyond_loopback_needs_a_token_or_consent() {
+        let serving = |listen: &str, extra: &str, env_pairs: &[(&str, &str)]| {
+            Config::from_parts(&format!("[http]\nlisten = \"{listen}\"\n{extra}"), env(env_pairs))
+                .and_then(|c| c.check_serving())
+        };
+        // Beyond loopback, no token: refused, naming the settings and the fix.
+        for listen in ["0.0.0.0:9464", "[::]:9464", "192.168.1.20:9464", "10.0.0.7:80", "[fe80::1]:9464"] {
+            let e = serving(listen, "", &[]).unwrap_err();
+            assert!(matches!(e, ConfigError::OpenBeyondLoopback { .. }), "{listen}: {e}");
+            let text = e.to_string();
+            for name in
+                [listen, "http.listen", "http.token", "http.token_file", "HOTLEAD_HTTP__TOKEN", "http.allow_anonymous"]
+            {
+                assert!(text.contains(name), "{listen}: `{name}` missing from: {text}");
+            }
+        }
+        // Loopback (or off) needs nothing.
+        for listen in ["127.0.0.1:9464", "127.8.9.10:1", "[::1]:9464", "[::ffff:127.0.0.1]:9464", ""] {
+            serving(listen, "", &[]).unwrap_or_else(|e| panic!("{listen}: {e}"));
+        }
+        // A token, from any of its sources, or consent to serve it open.
+        serving("0.0.0.0:9464", "token = \"t0k\"", &[]).unwrap();
+        serving("0.0.0.0:9464", "", &[("HOTLEAD_HTTP__TOKEN", "t0k")]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "t0k\n").unwrap();
+        let file = dir.path().join("token").display().to_string();
+        serving("0.0.0.0:9464", &format!("token_file = \"{file}\""), &[]).unwrap();
+        serving("0.0.0.0:9464", "allow_anonymous = true", &[]).unwrap();
+        serving("[::]:9464", "", &[("HOTLEAD_HTTP__ALLOW_ANONYMOUS", "true")]).unwrap();
+        // The default configuration serves on loopback.
+        Config::from_parts("", env(&[])).unwrap().check_serving().unwrap();
+    }
+
+    #[test]
+    fn an_empty_token_is_refused() {
+        let e = Config::from_parts("", env(&[("HOTLEAD_HTTP__TOKEN", "")])).unwrap_err();
+        assert!(e.to_string().contains("http.token") && e.to_string().contains("empty"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "\n").unwrap();
+        let file = dir.path().join("token").display().to_string();
+        let e = Config::from_parts(&format!("[http]\ntoken_file = \"{file}\""), env(&[])).unwrap_err();
+        assert!(e.to_string().contains("http.token_file"), "{e}");
+    }
+
+    #[test]
+    fn hidden_attributes_from_a_list_or_the_environment() {
+        let c = Config::from_parts("[privacy]\nhidden_attributes = [\"job_title\", \" country \"]", env(&[])).unwrap();
+        assert_eq!(c.privacy.hidden_attributes, BTreeSet::from(["country".to_string(), "job_title".to_string()]));
+        assert!(!c.privacy.serves("job_title") && c.privacy.serves("industry"));
+        let c = Config::from_parts("", env(&[("HOTLEAD_PRIVACY__HIDDEN_ATTRIBUTES", "job_title,country")])).unwrap();
+        assert_eq!(c.privacy.hidden_attributes.len(), 2);
+        assert!(Config::from_parts("", env(&[])).unwrap().privacy.hidden_attributes.is_empty());
+        let e = Config::from_parts("[privacy]\nhidden_attributes = [\"a\", \"\"]", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("privacy.hidden_attributes"), "{e}");
     }
 
     #[test]

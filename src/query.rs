@@ -1,10 +1,18 @@
 //! The read side: a contact's scores, tiers and explanations, decayed to a
 //! given moment, from its stored state.
+//!
+//! Invariant: [`view`] is where a contact's profile leaves hotlead (the read
+//! API's contact answer, the board's lead panel, `hotlead score`), and it
+//! never carries an attribute named in `privacy.hidden_attributes`. No other
+//! answer here carries profile attributes: leaderboard entries, alerts and
+//! model views hold contact ids, scores, tiers and rule ids only. Hidden
+//! attributes still score: fit rules read the stored state, not a view.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::config::PrivacyConfig;
 use crate::rules::RuleSet;
 use crate::score::Millis;
 
@@ -34,25 +42,28 @@ pub struct ContactView {
     pub account_id: Option<String>,
     /// Input partition that owns the contact.
     pub partition: i32,
-    /// Current profile attributes.
+    /// Current profile attributes, less `privacy.hidden_attributes`.
     pub profile: BTreeMap<String, String>,
     /// One entry per model the contact has a score in.
     pub models: Vec<ModelView>,
 }
 
-/// A contact's view at `now_ms` from its stored value.
+/// A contact's view at `now_ms` from its stored value, without the
+/// attributes `privacy` hides.
 pub fn contact_view(
     rules: &RuleSet,
     contact_id: &str,
     partition: i32,
     value: &crate::store::StoredValue,
     now_ms: Millis,
+    privacy: &PrivacyConfig,
 ) -> Result<ContactView, crate::store::codec::CodecError> {
     let (account_id, state) = crate::store::decode_stored(rules, value)?;
-    Ok(view(rules, contact_id, partition, account_id, &state, now_ms))
+    Ok(view(rules, contact_id, partition, account_id, &state, now_ms, privacy))
 }
 
-/// A contact's view at `now_ms` from its state.
+/// A contact's view at `now_ms` from its state, without the attributes
+/// `privacy` hides.
 pub fn view(
     rules: &RuleSet,
     contact_id: &str,
@@ -60,8 +71,24 @@ pub fn view(
     account_id: Option<String>,
     state: &crate::score::ContactState,
     now_ms: Millis,
+    privacy: &PrivacyConfig,
 ) -> ContactView {
-    let models = rules
+    let mut profile = state.attributes();
+    profile.retain(|name, _| privacy.serves(name));
+    ContactView {
+        contact_id: contact_id.to_string(),
+        account_id,
+        partition,
+        profile,
+        models: model_views(rules, state, now_ms),
+    }
+}
+
+/// Each model's view of a contact's state at `now_ms` (at `Millis::MIN`,
+/// each model at its own latest event): scores, tiers and breakdowns by
+/// rule id; no profile.
+pub fn model_views(rules: &RuleSet, state: &crate::score::ContactState, now_ms: Millis) -> Vec<ModelView> {
+    rules
         .models
         .iter()
         .zip(&state.models)
@@ -77,8 +104,7 @@ pub fn view(
                 breakdown: st.explain(at, m.half_life_secs),
             })
         })
-        .collect();
-    ContactView { contact_id: contact_id.to_string(), account_id, partition, profile: state.attributes(), models }
+        .collect()
 }
 
 /// A contact view as a readable table.
@@ -278,4 +304,46 @@ pub fn models_info(rules: &RuleSet) -> Vec<ModelInfo> {
                 .collect(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::interaction_event::Interaction;
+    use crate::proto::{InteractionEvent, ProfileUpdate};
+
+    const RULES: &str = "
+keep_attributes: [country, industry]
+models:
+  - name: fit
+    half_life: 365d
+    fit:
+      - { id: chief, when: { job_title: { regex: '(?i)chief' } }, points: 20 }
+";
+
+    #[test]
+    fn hidden_attributes_score_but_never_reach_the_view() {
+        let rules = RuleSet::parse(RULES, "rules").unwrap();
+        let mut state = crate::score::ContactState::new(rules.models.len());
+        let attributes = [("job_title", "Chief Secret Officer"), ("country", "NZ"), ("industry", "software")];
+        let event = InteractionEvent {
+            interaction: Some(Interaction::ProfileUpdate(ProfileUpdate {
+                attributes: attributes.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect(),
+            })),
+            ..Default::default()
+        };
+        crate::score::apply_event(&rules, &mut state, &event, 1_000);
+
+        let open = view(&rules, "c", 0, None, &state, 2_000, &PrivacyConfig::default());
+        assert_eq!(open.profile.len(), 3, "{:?}", open.profile);
+        assert_eq!(open.profile["job_title"], "Chief Secret Officer");
+
+        let privacy = PrivacyConfig { hidden_attributes: ["job_title".into(), "country".into()].into() };
+        let hidden = view(&rules, "c", 0, None, &state, 2_000, &privacy);
+        assert_eq!(hidden.profile, BTreeMap::from([("industry".to_string(), "software".to_string())]));
+        assert_eq!(hidden.models, open.models, "the hidden attribute still scores");
+        assert_eq!(hidden.models[0].breakdown, vec![("chief".to_string(), 20.0)]);
+        let shown = serde_json::to_string(&hidden).unwrap() + &render(&hidden);
+        assert!(!shown.contains("Secret") && !shown.contains("NZ"), "{shown}");
+    }
 }

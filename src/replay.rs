@@ -268,8 +268,7 @@ pub fn replay(rules: &RuleSet, events: &[InteractionEvent]) -> Report {
             continue;
         }
         // At `Millis::MIN`, each model is seen at its own latest event.
-        let view = crate::query::view(rules, &id, 0, contact.account, &contact.state, Millis::MIN);
-        report.contacts.insert(id, view.models);
+        report.contacts.insert(id, crate::query::model_views(rules, &contact.state, Millis::MIN));
     }
     report
 }

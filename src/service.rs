@@ -6,6 +6,11 @@
 //! The read side stands apart from the writer: the listener starts first,
 //! keeps serving while the pipeline rebalances, and stops only with the
 //! service.
+//!
+//! Private by default: a service whose listener reaches beyond loopback
+//! with no token is refused before anything starts
+//! ([`Config::check_serving`]), and its answers leave out
+//! `privacy.hidden_attributes`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,8 +37,10 @@ pub struct Service {
 }
 
 impl Service {
-    /// Loads the rules the configuration names.
+    /// Checks that the configuration may serve the read API
+    /// ([`Config::check_serving`]) and loads the rules it names.
     pub fn new(config: Config) -> anyhow::Result<Self> {
+        config.check_serving().context("invalid configuration")?;
         let rules = Arc::new(LiveRules::load(&config.rules.path).map_err(crate::cli::rules_hint)?);
         Ok(Self { config, rules, status: Arc::default(), clock: Arc::new(crate::decode::now_ms) })
     }
@@ -79,9 +86,10 @@ impl Service {
             )?;
             ctx.metrics = crate::telemetry::metrics_handle();
             ctx.token = config.http.token.clone();
+            ctx.privacy = Arc::new(config.privacy.clone());
             ctx.rules_editable = config.rules.editable;
             ctx.limits = config.limits();
-            tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), "Serving /metrics, /healthz, /readyz, /v1 and the board.");
+            tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), hidden_attributes = ctx.privacy.hidden_attributes.len(), "Serving /metrics, /healthz, /readyz, /v1 and the board.");
             let s = stopped();
             listener = Some(tokio::spawn(async move {
                 if let Err(e) = crate::api::serve(socket, ctx, s).await {

@@ -89,6 +89,23 @@ fn shipped_configuration_files_load() {
     }
 }
 
+#[test]
+fn shipped_configurations_serve_privately() {
+    use hotlead::config::Config;
+    let load = |f: &str, env: &[(&str, &str)]| {
+        let text = std::fs::read_to_string(root().join(f)).unwrap();
+        Config::from_parts(&text, env.iter().map(|(k, v)| (k.to_string(), v.to_string()))).unwrap()
+    };
+    // The demo serves on loopback: no token needed.
+    load("examples/demo.toml", &[]).check_serving().unwrap();
+    // Kubernetes listens on 0.0.0.0: it serves with the token the Deployment
+    // takes from the Secret, and refuses without it.
+    let k8s = "deploy/kubernetes/hotlead.toml";
+    load(k8s, &[("HOTLEAD_HTTP__TOKEN", "from-the-secret")]).check_serving().unwrap();
+    let e = load(k8s, &[]).check_serving().unwrap_err().to_string();
+    assert!(e.contains("http.listen = 0.0.0.0:9464") && e.contains("http.token"), "{e}");
+}
+
 fn check_blocks(doc: &str) -> usize {
     let text = std::fs::read_to_string(root().join(doc)).unwrap();
     let mut checked = 0;

@@ -205,8 +205,8 @@ async fn a_visitor_on_another_partition_merges_exactly_and_once() {
         hotlead::replay::replay(&rules, &before.iter().chain([&id]).chain(&after).cloned().collect::<Vec<_>>());
     let offline = &report.contacts[&contact][0];
     let stored_now = stored(&stack, &topics, &rules, &contact, cp).unwrap();
-    let view = hotlead::query::view(&rules, &contact, 0, None, &stored_now.state, Millis::MIN);
-    assert!((offline.score - view.models[0].score).abs() <= 1e-9 * offline.score);
+    let view = hotlead::query::model_views(&rules, &stored_now.state, Millis::MIN);
+    assert!((offline.score - view[0].score).abs() <= 1e-9 * offline.score);
     assert!(!report.contacts.contains_key(&visitor), "the visitor is the contact now");
 }
 
