@@ -57,13 +57,17 @@ fn interaction_event_matches_the_contract() {
             ("contact_id", 2, "string"),
             ("account_id", 3, "string"),
             ("occurred_at", 4, "google.protobuf.Timestamp"),
+            ("origin", 5, "hotlead.v1.Origin"),
             ("page_view", 10, "hotlead.v1.PageView"),
             ("form_submission", 11, "hotlead.v1.FormSubmission"),
             ("webinar_attendance", 12, "hotlead.v1.WebinarAttendance"),
             ("email_engagement", 13, "hotlead.v1.EmailEngagement"),
             ("content_download", 14, "hotlead.v1.ContentDownload"),
             ("profile_update", 15, "hotlead.v1.ProfileUpdate"),
+            ("identify", 16, "hotlead.v1.Identify"),
             ("adjustment", 17, "hotlead.v1.Adjustment"),
+            ("visitor_merge", 18, "hotlead.v1.VisitorMerge"),
+            ("erasure", 19, "hotlead.v1.Erasure"),
             ("custom", 20, "hotlead.v1.CustomInteraction"),
             ("context", 30, "hotlead.v1.InteractionEvent.ContextEntry"),
         ],
@@ -77,12 +81,16 @@ fn interaction_event_matches_the_contract() {
         "email_engagement",
         "content_download",
         "profile_update",
+        "identify",
         "adjustment",
+        "visitor_merge",
+        "erasure",
         "custom",
     ] {
         assert_eq!(ev[kind].3.as_deref(), Some("interaction"), "{kind} is in the oneof");
     }
     assert_eq!(ev["contact_id"].3, None);
+    assert_eq!(ev["origin"].3, None);
 }
 
 #[test]
@@ -114,6 +122,23 @@ fn interaction_kinds_match_the_contract() {
             ("reason", 3, "string"),
             ("by", 4, "string"),
             ("reset", 5, "bool"),
+        ],
+    );
+    check("Identify", &[("contact_id", 1, "string")]);
+    check("VisitorMerge", &[("state", 1, "bytes"), ("vocabulary", 2, "string")]);
+    check("Erasure", &[("requested_by", 1, "string"), ("reason", 2, "string")]);
+    check("Origin", &[("anonymous_id", 1, "string"), ("partition", 2, "int32"), ("offset", 3, "int64")]);
+    check(
+        "ContactErased",
+        &[
+            ("contact_id", 1, "string"),
+            ("erased_at", 2, "google.protobuf.Timestamp"),
+            ("requested_at", 3, "google.protobuf.Timestamp"),
+            ("requested_by", 4, "string"),
+            ("reason", 5, "string"),
+            ("request_id", 6, "string"),
+            ("topic", 7, "string"),
+            ("partition", 8, "int32"),
         ],
     );
     use hotlead::proto::email_engagement::Action;

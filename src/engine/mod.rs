@@ -251,6 +251,8 @@ pub fn score_batch(
                 requested_by: e.requested_by.clone(),
                 reason: e.reason.clone(),
                 request_id: ev.event_id.clone(),
+                topic: source.topic.to_string(),
+                partition: source.partition,
             });
             continue;
         }

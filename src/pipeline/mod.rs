@@ -110,6 +110,7 @@ pub async fn run(
         alerts_topic: config.topics.alerts.clone(),
         dead_letter_topic: config.topics.dead_letter.clone(),
         erasures_topic: config.topics.erasures.clone(),
+        kafka: config.client_config(),
         store,
         producer,
         rules: rules.clone(),

@@ -122,6 +122,8 @@ pub struct Shared {
     pub dead_letter_topic: String,
     /// Erasure records' topic.
     pub erasures_topic: String,
+    /// The Kafka client configuration (a rebuild reads the erasure topic).
+    pub kafka: rdkafka::ClientConfig,
     /// Redis.
     pub store: Store,
     /// The alert and dead-letter producer.
@@ -397,10 +399,17 @@ impl Worker {
                         committed,
                         "State of the partition is gone from Redis; rebuilding it from the start of the topic."
                     );
+                    self.restore_tombstones().await?;
                     Some(rdkafka::Offset::Beginning)
                 }
                 Some(committed) => return Err(Ended::StateLost(committed)),
-                None => None,
+                None => {
+                    // A partition scored from its first event (a new
+                    // deployment over a topic with history): erased contacts
+                    // stay erased there too.
+                    self.restore_tombstones().await?;
+                    None
+                }
             },
         };
         telemetry::partition_claimed(self.partition, epoch, watermark);
@@ -408,6 +417,42 @@ impl Worker {
         // Anything an earlier owner committed but did not relay.
         self.dirty = true;
         self.pump();
+        Ok(())
+    }
+
+    /// Before a rebuild: the tombstones of the partition's erased contacts,
+    /// read back from the erasure topic, so the rebuild never brings one
+    /// back (not for a moment, not in an alert).
+    async fn restore_tombstones(&self) -> Result<(), Ended> {
+        use prost::Message as _;
+        let (config, topic) = (self.shared.kafka.clone(), self.shared.erasures_topic.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            crate::kafka::read_tail(&config, &topic, i64::MAX, Duration::from_secs(60))
+        })
+        .await
+        .map_err(|e| Ended::Failed(PipelineError::Task(format!("reading the erasure topic: {e}"))))?;
+        let records = match read {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(partition = self.partition, topic = %self.shared.erasures_topic, error = %e, "Cannot read the erasure topic before the rebuild; erasures come back as the topic replays them.");
+                return Ok(());
+            }
+        };
+        let ids: Vec<String> = records
+            .iter()
+            .filter_map(|t| crate::proto::ContactErased::decode(t.payload.as_slice()).ok())
+            .filter(|r| r.topic == self.shared.topic && r.partition == self.partition)
+            .map(|r| r.contact_id)
+            .collect();
+        let (store, keys) = (self.shared.store.clone(), self.keys.clone());
+        retry::always("restore_tombstones", || store.tombstones(&keys, &ids))
+            .await
+            .map_err(|e| Ended::Failed(e.into()))?;
+        tracing::info!(
+            partition = self.partition,
+            erased = ids.len(),
+            "Restored the tombstones of erased contacts before the rebuild."
+        );
         Ok(())
     }
 

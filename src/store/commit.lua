@@ -154,6 +154,17 @@ end
 
 redis.register_function('hotlead_claim', claim)
 
+-- Sets tombstones of erased contacts: KEYS[1] the partition's tombstones,
+-- ARGV the contact ids (stored as their SHA-1, never as they are).
+local function tombstone(keys, args)
+  for _, contact in ipairs(args) do
+    redis.call('HSETNX', keys[1], redis.sha1hex(contact), 'rebuild')
+  end
+  return #args
+end
+
+redis.register_function('hotlead_tombstone', tombstone)
+
 -- Reads contacts of one partition: KEYS[1] the partition's vocabularies,
 -- KEYS[2] its contact states, KEYS[3] its tombstones, KEYS[4..] the
 -- contacts' keys in the text layout of earlier versions; ARGV[1] the

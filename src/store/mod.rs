@@ -719,6 +719,18 @@ impl Store {
         Ok((epoch, entries))
     }
 
+    /// Sets the tombstones of these erased contacts of one partition (the
+    /// `hotlead_tombstone` function: each id is kept as its SHA-1 only).
+    pub async fn tombstones(&self, keys: &PartitionKeys, contact_ids: &[String]) -> Result<(), StoreError> {
+        if contact_ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("hotlead_tombstone").arg(1).arg(keys.erased()).arg(contact_ids);
+        cmd.query_async::<i64>(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
     /// Claims a partition for a new owner: increments its epoch (fencing
     /// every earlier owner) and reads its watermark, atomically (the
     /// `hotlead_claim` function).
