@@ -244,6 +244,14 @@ fn alerts_raised(partition: i32, alerts: &[crate::proto::ScoreAlert]) {
     }
 }
 
+/// The instance owned no partition for `waited` and rejoins its group.
+pub fn rejoining_group(waited: std::time::Duration) {
+    info!(
+        waited_seconds = waited.as_secs(),
+        "Owning no partition; rejoining the consumer group in case the broker handed out an empty assignment."
+    );
+}
+
 /// A batch looked up its contacts' states: `hits` from the state cache,
 /// `misses` read from Redis.
 pub fn state_cache_lookups(hits: usize, misses: usize) {

@@ -374,6 +374,48 @@ impl ConsumerContext for Loop {
     }
 }
 
+/// When an instance that owns no partition rejoins its group. A broker
+/// may hand a new member an empty assignment and keep it so (Tansu 0.6
+/// does when the member that led the group left just before: the new
+/// member waits for a leader that never syncs). An instance owning nothing
+/// therefore rejoins now and then: after 15 s, then after twice as long
+/// each time, up to 10 minutes. In a group with more instances than
+/// partitions the idle ones rejoin that rarely, and the cooperative
+/// assignor leaves the others' partitions where they are.
+struct Idle {
+    since: Option<Instant>,
+    wait: Duration,
+}
+
+impl Idle {
+    const FIRST: Duration = Duration::from_secs(15);
+    const MOST: Duration = Duration::from_secs(600);
+
+    fn new() -> Self {
+        Self { since: None, wait: Self::FIRST }
+    }
+
+    /// Whether to rejoin now, given whether the instance owns nothing.
+    fn rejoin_due(&mut self, owns_nothing: bool) -> bool {
+        if !owns_nothing {
+            *self = Self::new();
+            return false;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.wait {
+            return false;
+        }
+        self.since = Some(Instant::now());
+        self.wait = (self.wait * 2).min(Self::MOST);
+        true
+    }
+
+    /// How long the instance had owned nothing when it rejoined.
+    fn waited(&self) -> Duration {
+        self.wait / 2
+    }
+}
+
 /// Runs the consumer loop on the calling thread until `stop` is set or a
 /// worker fails; then ends every worker (relaying what they committed) and
 /// leaves the group.
@@ -384,7 +426,15 @@ pub fn run(consumer: &BaseConsumer<Loop>, stop: &AtomicBool) -> Result<(), Pipel
     ctx.status.set_consuming(true);
     let mut groups: HashMap<i32, Vec<Raw>> = HashMap::new();
     let mut last_positions = Instant::now();
+    let mut idle = Idle::new();
     while !stop.load(Ordering::Acquire) {
+        if idle.rejoin_due(ctx.workers.lock().expect("workers lock").is_empty()) {
+            telemetry::rejoining_group(idle.waited());
+            consumer.unsubscribe();
+            if let Err(e) = consumer.subscribe(&[&ctx.topic]) {
+                telemetry::kafka_error(&e, "subscribe");
+            }
+        }
         let fatal = ctx.fatal.lock().expect("fatal lock").take();
         if let Some(e) = fatal {
             tracing::debug!(error = %e, "Stopping the consumer loop on a fatal error.");
@@ -430,4 +480,27 @@ pub fn run(consumer: &BaseConsumer<Loop>, stop: &AtomicBool) -> Result<(), Pipel
     }
     consumer.unsubscribe();
     Ok(())
+}
+
+#[cfg(test)]
+mod idle_tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_instance_rejoins_after_a_wait_that_doubles_and_owning_resets_it() {
+        let mut idle = Idle::new();
+        assert!(!idle.rejoin_due(true), "not at once");
+        idle.since = Some(Instant::now() - Idle::FIRST);
+        assert!(idle.rejoin_due(true), "after the first wait");
+        assert_eq!(idle.waited(), Idle::FIRST);
+        idle.since = Some(Instant::now() - Idle::FIRST);
+        assert!(!idle.rejoin_due(true), "the next wait is twice as long");
+        assert!(!idle.rejoin_due(false));
+        assert_eq!((idle.since, idle.wait), (None, Idle::FIRST), "owning a partition starts it over");
+        for _ in 0..20 {
+            idle.since = Some(Instant::now() - Idle::MOST);
+            idle.rejoin_due(true);
+        }
+        assert_eq!(idle.wait, Idle::MOST);
+    }
 }
