@@ -47,7 +47,7 @@
 //!
 //! ```text
 //! into:     varint (0: none, else len + 1), bytes: the contact a visitor became
-//! from:     varint n, n × (6 bytes: visitor id hash, z input offset)
+//! from:     varint n, n × (varint len, visitor id bytes, z input offset)
 //! ```
 //!
 //! A contact of ten events in one model takes about 100 bytes, where the
@@ -172,8 +172,8 @@ pub fn encode<'a>(rules: &'a RuleSet, account: Option<&str>, c: &'a ContactState
             }
         }
         put_varint(&mut body, links.from.len() as u64);
-        for (h, o) in &links.from {
-            body.extend_from_slice(&h.to_le_bytes()[..SEEN_HASH_BYTES]);
+        for (id, o) in &links.from {
+            put_bytes(&mut body, id.as_bytes());
             put_zigzag(&mut body, *o);
         }
     }
@@ -321,9 +321,8 @@ pub fn decode(
             n => Some(r.take(n as usize - 1).map(|b| String::from_utf8_lossy(b).into_owned())?),
         };
         for _ in 0..r.len()? {
-            let mut h = [0u8; 8];
-            h[..SEEN_HASH_BYTES].copy_from_slice(r.take(SEEN_HASH_BYTES)?);
-            c.links.from.push((u64::from_le_bytes(h), r.zigzag()?));
+            let id = r.str()?.to_string();
+            c.links.from.push((id, r.zigzag()?));
         }
     }
     if r.at != bytes.len() {
@@ -448,7 +447,7 @@ pub(crate) mod tests {
         encode(&rules, None, &state(), &mut out);
         assert_eq!(out[0], FORMAT, "no links: format 1, as before");
         let mut linked = state();
-        linked.links.from = vec![(0xffff_ffff_ffff, 0), (3, 1 << 40)];
+        linked.links.from = vec![("anon-1".into(), 0), ("é".into(), 1 << 40)];
         encode(&rules, Some("acme"), &linked, &mut out);
         assert_eq!(out[0], FORMAT_LINKS);
         assert_eq!(decode(&rules, &out, None), Ok((Some("acme".into()), linked.clone())));

@@ -191,11 +191,11 @@ pub struct Links {
     /// The contact this anonymous visitor identified as: its later events
     /// count there (a visitor with `into` set holds nothing else).
     pub into: Option<String>,
-    /// Each visitor merged into this contact (the [`event_hash`] of its id)
-    /// with the input offset of the latest record applied from it: records
-    /// from one visitor arrive in its partition's offset order, so one at or
-    /// below it is a repeat.
-    pub from: Vec<(u64, i64)>,
+    /// Each visitor merged into this contact (its id) with the input offset
+    /// of the latest record applied from it: records from one visitor arrive
+    /// in its partition's offset order, so one at or below it is a repeat.
+    /// An erasure of the contact erases these visitors too.
+    pub from: Vec<(String, i64)>,
 }
 
 impl Links {
@@ -207,15 +207,14 @@ impl Links {
     /// Records a record read at `offset` under the visitor `anonymous_id`
     /// and says whether it was applied already.
     pub fn seen_before(&mut self, anonymous_id: &str, offset: i64) -> bool {
-        let h = event_hash(anonymous_id);
-        match self.from.iter_mut().find(|(x, _)| *x == h) {
+        match self.from.iter_mut().find(|(x, _)| x == anonymous_id) {
             Some((_, o)) if *o >= offset => true,
             Some((_, o)) => {
                 *o = offset;
                 false
             }
             None => {
-                self.from.push((h, offset));
+                self.from.push((anonymous_id.to_string(), offset));
                 false
             }
         }

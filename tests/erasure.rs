@@ -235,3 +235,48 @@ async fn delete_erases_through_the_api_and_needs_the_token() {
     assert_eq!((record.requested_by.as_str(), record.reason.as_str()), ("dpo", "ticket 9"));
     running.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasing_a_contact_erases_the_visitors_merged_into_it() {
+    let stack = Stack::start();
+    let topics = stack.topics(4).await;
+    let (visitor, contact) = support::apart(&stack, 4, GONE).await;
+    let (_dir, path) = rules_file(RULES);
+    let t0 = hotlead::decode::now_ms() / 1000 * 1000 - 3_600_000;
+    let identify = InteractionEvent {
+        interaction: Some(hotlead::proto::interaction_event::Interaction::Identify(hotlead::proto::Identify {
+            contact_id: contact.clone(),
+        })),
+        ..page("v-id", &visitor, t0 + 2000, "/")
+    };
+    let events = vec![page("v-1", &visitor, t0, "/pricing"), page("c-1", &contact, t0 + 1000, "/pricing"), identify];
+    let running = support::spawn_pipeline(stack.config(&topics, &path), &path);
+    stack.produce_events(&topics.input, &events).await;
+    // The merge reached the contact: both pricing visits count there.
+    wait_for("the merge", || {
+        traces(&stack, &visitor).iter().any(|t| t.contains(":states")) && traces(&stack, &contact).len() >= 3
+    })
+    .await
+    .unwrap();
+    let config = stack.config(&topics, &path);
+    let client = config.client_config();
+    let producer = hotlead::kafka::event_producer(&client).unwrap();
+    let erase = hotlead::kafka::erasure_request(&contact, "dpo", "", hotlead::decode::now_ms());
+    hotlead::kafka::send_event(&producer, &topics.input, &erase).await.unwrap();
+    wait_for("both erased", || traces(&stack, &contact).is_empty() && traces(&stack, &visitor).is_empty())
+        .await
+        .unwrap_or_else(|()| panic!("{:?} / {:?}", traces(&stack, &contact), traces(&stack, &visitor)));
+    let records = stack.read_all(&topics.erasures, 2, Duration::from_secs(10)).await;
+    let mut erased: Vec<String> =
+        records.iter().map(|r| ContactErased::decode(r.payload.as_slice()).unwrap().contact_id).collect();
+    erased.sort();
+    let mut want = vec![contact.clone(), visitor.clone()];
+    want.sort();
+    assert_eq!(erased, want, "one erasure record for the contact, one for the visitor it was");
+    // The visitor's cookie comes back: its events are not scored.
+    let d = stack.produce_events(&topics.input, &[page("v-2", &visitor, t0 + 9000, "/pricing")]).await;
+    stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(traces(&stack, &visitor).is_empty() && traces(&stack, &contact).is_empty());
+    running.finish().await;
+}

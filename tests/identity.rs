@@ -60,20 +60,6 @@ fn oracle(events: &[&InteractionEvent]) -> (f64, Millis) {
     (s, latest)
 }
 
-/// Ids whose events land on different partitions of an input topic with
-/// `topics.partitions` partitions: a visitor and a contact (probed on a
-/// topic of their own with as many partitions).
-async fn apart(stack: &Stack, partitions: i32) -> (String, String) {
-    let probe = stack.topics(partitions).await;
-    let contact = "c-ada".to_string();
-    let candidates: Vec<String> = (0..16).map(|i| format!("anon-{i:02x}7f3")).collect();
-    let mut events = vec![page("p", &contact, 1, "/")];
-    events.extend(candidates.iter().map(|v| page("p", v, 1, "/")));
-    let landed = stack.produce_events(&probe.input, &events).await;
-    let visitor = candidates.iter().zip(&landed[1..]).find(|(_, (p, _))| *p != landed[0].0).unwrap().0;
-    (visitor.clone(), contact)
-}
-
 /// The scenario: the contact reads once; the visitor browses ten times
 /// (six pricing pages), then identifies as the contact, then reads twice
 /// more under its anonymous id.
@@ -160,7 +146,7 @@ async fn check(
 async fn a_visitor_on_another_partition_merges_exactly_and_once() {
     let stack = Stack::start();
     let topics = stack.topics(4).await;
-    let (visitor, contact) = apart(&stack, 4).await;
+    let (visitor, contact) = support::apart(&stack, 4, "c-ada").await;
     let (_dir, path) = rules_file(RULES);
     let rules = RuleSet::parse(RULES, "t").unwrap();
     let t0 = hotlead::decode::now_ms() / 1000 * 1000 - 3_600_000;
@@ -227,7 +213,7 @@ fn start_binary(stack: &Stack, topics: &Topics, rules: &std::path::Path, log: &s
 async fn a_kill_during_the_merge_neither_loses_nor_doubles_it() {
     let stack = Stack::start();
     let topics = stack.topics(4).await;
-    let (visitor, contact) = apart(&stack, 4).await;
+    let (visitor, contact) = support::apart(&stack, 4, "c-ada").await;
     let (dir, path) = rules_file(RULES);
     let log = dir.path().join("hotlead.log");
     let rules = RuleSet::parse(RULES, "t").unwrap();

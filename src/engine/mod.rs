@@ -242,6 +242,10 @@ pub fn score_batch(
             continue;
         }
         if let Some(Interaction::Erasure(e)) = &ev.interaction {
+            // The visitors merged into it were the same person: erased too.
+            for (visitor, _) in &contact.state.links.from {
+                out.forwards.push(InteractionEvent { contact_id: visitor.clone(), origin: None, ..ev.clone() });
+            }
             *contact = Contact::erased(rules);
             out.counts.scored += 1;
             out.erasures.push(ContactErased {

@@ -648,3 +648,17 @@ pub async fn serve_api(stack: &Stack, running: &Running, topics: &Topics, token:
     port
 }
 pub mod notify;
+
+/// A visitor id whose events land on another partition than `contact`'s,
+/// on an input topic of `partitions` partitions (probed on a topic of its
+/// own with as many partitions); returns (visitor, contact).
+pub async fn apart(stack: &Stack, partitions: i32, contact: &str) -> (String, String) {
+    let probe = stack.topics(partitions).await;
+    let contact = contact.to_string();
+    let candidates: Vec<String> = (0..16).map(|i| format!("anon-{i:02x}7f3")).collect();
+    let mut events = vec![page("p", &contact, 1, "/")];
+    events.extend(candidates.iter().map(|v| page("p", v, 1, "/")));
+    let landed = stack.produce_events(&probe.input, &events).await;
+    let visitor = candidates.iter().zip(&landed[1..]).find(|(_, (p, _))| *p != landed[0].0).unwrap().0;
+    (visitor.clone(), contact)
+}
