@@ -239,6 +239,20 @@ pub fn score_batch(
         let contact = &mut out.contacts[i].1;
         if contact.erased {
             out.counts.suppressed += 1;
+            if let (Some(o), Some(Interaction::VisitorMerge(_))) = (&ev.origin, &ev.interaction) {
+                // A visitor identified as a contact erased before its merge
+                // arrived: it was the same person, and is erased too.
+                out.forwards.push(InteractionEvent {
+                    event_id: format!("{}/erased", ev.event_id),
+                    contact_id: o.anonymous_id.clone(),
+                    occurred_at: ev.occurred_at,
+                    interaction: Some(Interaction::Erasure(crate::proto::Erasure {
+                        requested_by: "hotlead".into(),
+                        reason: format!("identified as an erased contact (merge {})", ev.event_id),
+                    })),
+                    ..Default::default()
+                });
+            }
             continue;
         }
         if let Some(Interaction::Erasure(e)) = &ev.interaction {
@@ -537,6 +551,30 @@ mod tests {
         );
         assert!(again.forwards.is_empty());
         assert_eq!(again.counts.deduplicated, 1);
+    }
+
+    #[test]
+    fn a_visitor_whose_contact_was_erased_before_the_merge_is_erased_too() {
+        let r = rules();
+        let visitor = score_partition(&r, SOURCE, decoded(&[page("v", "1", T0), identify("v", "c", "2", T0 + 1)], 0));
+        let merge = visitor.forwards[0].clone();
+        let erased = HashMap::from([("c".to_string(), Contact::erased(&r))]);
+        let fx = score_batch(&r, SOURCE, decoded(&[merge], 7), erased, Dedup::default());
+        assert_eq!(fx.counts.suppressed, 1);
+        assert_eq!(fx.forwards.len(), 1);
+        let back = &fx.forwards[0];
+        assert_eq!(back.contact_id, "v");
+        assert!(matches!(back.interaction, Some(Interaction::Erasure(_))));
+        // On the visitor's partition it erases the visitor, link and all.
+        let fx = score_batch(
+            &r,
+            SOURCE,
+            decoded(std::slice::from_ref(back), 2),
+            visitor.contacts.into_iter().collect(),
+            Dedup::default(),
+        );
+        assert_eq!(fx.contacts[0].1, Contact::erased(&r));
+        assert_eq!(fx.erasures[0].contact_id, "v");
     }
 
     #[test]
