@@ -72,9 +72,25 @@ async fn the_demo_alerts_sales_only_on_the_crossings_its_models_mark() {
     };
     assert!(in_tier("fit", "good-fit") > 0 && in_tier("engagement", "warm") > 0, "nothing was suppressed");
     assert!(alerts.iter().all(|a| a.model == "engagement"), "no fit alert reaches sales");
-    // (Cooling by the clock is the service's alone: compare what events raised.)
+    // (Cooling by the clock is the service's alone: compare what events
+    // raised. A contact a visitor merged into is left out: the whole stream
+    // was in the topic before the service started, so the visitor's state
+    // reached it after the contact's own later events, where `rules test`
+    // applies it right after the identify; its score is the same either way,
+    // its path through the tiers need not be.)
+    let merged: std::collections::BTreeSet<&str> = events
+        .iter()
+        .filter_map(|e| match &e.interaction {
+            Some(hotlead::proto::interaction_event::Interaction::Identify(i)) => Some(i.contact_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(!merged.is_empty(), "the demo's stream has visitors who identify");
     let heated = |all: &[hotlead::proto::ScoreAlert]| {
-        all.iter().filter(|a| a.direction == hotlead::proto::score_alert::Direction::Heated as i32).count()
+        all.iter()
+            .filter(|a| a.direction == hotlead::proto::score_alert::Direction::Heated as i32)
+            .filter(|a| !merged.contains(a.contact_id.as_str()))
+            .count()
     };
     assert_eq!(heated(&alerts), heated(&report.alerts), "the service alerts as `rules test` does");
 }
