@@ -128,6 +128,7 @@ pub async fn run(
         requests,
         limits: config.limits(),
         abandoned: std::sync::Mutex::default(),
+        erased: tokio::sync::Mutex::new(None),
     });
     let context = consumer::Loop::new(
         shared,

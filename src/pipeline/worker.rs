@@ -152,6 +152,38 @@ pub struct Shared {
     pub limits: crate::decode::Limits,
     /// Relays of workers given up on, still delivering their last chunk.
     pub abandoned: std::sync::Mutex<HashMap<i32, JoinHandle<Result<Relayed, RelayError>>>>,
+    /// The erasure topic as last read, and when: the partitions claimed
+    /// together at start share one read.
+    pub erased: tokio::sync::Mutex<Option<(Instant, Arc<Vec<crate::proto::ContactErased>>)>>,
+}
+
+impl Shared {
+    /// How long a read of the erasure topic serves later claims.
+    const ERASURES_FRESH: Duration = Duration::from_secs(5);
+
+    /// Every erasure record (`None` when the topic cannot be read), read at
+    /// most once per [`Self::ERASURES_FRESH`], one reader at a time.
+    pub async fn erasures(&self) -> Result<Option<Arc<Vec<crate::proto::ContactErased>>>, Ended> {
+        use prost::Message as _;
+        let mut cached = self.erased.lock().await;
+        if let Some((at, records)) = cached.as_ref() {
+            if at.elapsed() < Self::ERASURES_FRESH {
+                return Ok(Some(records.clone()));
+            }
+        }
+        let (config, topic) = (self.kafka.clone(), self.erasures_topic.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            crate::kafka::read_tail(&config, &topic, i64::MAX, Duration::from_secs(60))
+        })
+        .await
+        .map_err(|e| Ended::Failed(PipelineError::Task(format!("reading the erasure topic: {e}"))))?;
+        let Ok(read) = read else { return Ok(None) };
+        let records: Arc<Vec<_>> = Arc::new(
+            read.iter().filter_map(|t| crate::proto::ContactErased::decode(t.payload.as_slice()).ok()).collect(),
+        );
+        *cached = Some((Instant::now(), records.clone()));
+        Ok(Some(records))
+    }
 }
 
 /// The consumer loop's handle on a running worker.
@@ -424,35 +456,26 @@ impl Worker {
     /// read back from the erasure topic, so the rebuild never brings one
     /// back (not for a moment, not in an alert).
     async fn restore_tombstones(&self) -> Result<(), Ended> {
-        use prost::Message as _;
-        let (config, topic) = (self.shared.kafka.clone(), self.shared.erasures_topic.clone());
-        let read = tokio::task::spawn_blocking(move || {
-            crate::kafka::read_tail(&config, &topic, i64::MAX, Duration::from_secs(60))
-        })
-        .await
-        .map_err(|e| Ended::Failed(PipelineError::Task(format!("reading the erasure topic: {e}"))))?;
-        let records = match read {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(partition = self.partition, topic = %self.shared.erasures_topic, error = %e, "Cannot read the erasure topic before the rebuild; erasures come back as the topic replays them.");
-                return Ok(());
-            }
+        let Some(erased) = self.shared.erasures().await? else {
+            tracing::warn!(partition = self.partition, topic = %self.shared.erasures_topic, "Cannot read the erasure topic before scoring the partition from its start; erasures come back as the topic replays them.");
+            return Ok(());
         };
-        let ids: Vec<String> = records
+        let ids: Vec<String> = erased
             .iter()
-            .filter_map(|t| crate::proto::ContactErased::decode(t.payload.as_slice()).ok())
             .filter(|r| r.topic == self.shared.topic && r.partition == self.partition)
-            .map(|r| r.contact_id)
+            .map(|r| r.contact_id.clone())
             .collect();
         let (store, keys) = (self.shared.store.clone(), self.keys.clone());
         retry::always("restore_tombstones", || store.tombstones(&keys, &ids))
             .await
             .map_err(|e| Ended::Failed(e.into()))?;
-        tracing::info!(
-            partition = self.partition,
-            erased = ids.len(),
-            "Restored the tombstones of erased contacts before the rebuild."
-        );
+        if !ids.is_empty() {
+            tracing::info!(
+                partition = self.partition,
+                erased = ids.len(),
+                "Restored the tombstones of erased contacts before scoring the partition from its start."
+            );
+        }
         Ok(())
     }
 
