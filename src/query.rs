@@ -46,6 +46,10 @@ pub struct ContactView {
     pub profile: BTreeMap<String, String>,
     /// One entry per model the contact has a score in.
     pub models: Vec<ModelView>,
+    /// For an anonymous visitor who identified: the contact it became (its
+    /// scores are that contact's now).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identified_as: Option<String>,
 }
 
 /// A contact's view at `now_ms` from its stored value, without the
@@ -81,6 +85,7 @@ pub fn view(
         partition,
         profile,
         models: model_views(rules, state, now_ms),
+        identified_as: state.links.into.clone(),
     }
 }
 
@@ -114,6 +119,9 @@ pub fn render(v: &ContactView) -> String {
         out.push_str(&format!(" (account {a})"));
     }
     out.push_str(&format!(", partition {}\n", v.partition));
+    if let Some(c) = &v.identified_as {
+        out.push_str(&format!("an anonymous visitor who identified as {c}: its history is scored there\n"));
+    }
     if !v.profile.is_empty() {
         let p: Vec<String> = v.profile.iter().map(|(k, v)| format!("{k}={v}")).collect();
         out.push_str(&format!("profile: {}\n", p.join(", ")));

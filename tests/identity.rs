@@ -133,6 +133,9 @@ async fn check(
     // no leaderboard or cooling entry.
     let v = stored(stack, topics, rules, visitor, vp).expect("the visitor's link");
     assert_eq!(v.state.links.into.as_deref(), Some(contact));
+    let privacy = hotlead::config::PrivacyConfig::default();
+    let view = hotlead::query::view(rules, visitor, vp, None, &v.state, latest, &privacy);
+    assert_eq!(view.identified_as.as_deref(), Some(contact), "the read API names the contact it became");
     assert!(v.state.models.iter().all(Option::is_none) && v.state.profile.is_empty() && v.state.seen.is_empty());
     let mut r = stack.redis();
     let keys = hotlead::store::PartitionKeys::new(&topics.input, vp);
