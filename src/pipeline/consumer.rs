@@ -379,7 +379,8 @@ impl ConsumerContext for Loop {
 /// does when the member that led the group left just before: the new
 /// member waits for a leader that never syncs). An instance owning nothing
 /// therefore rejoins now and then: after 15 s, then after twice as long
-/// each time, up to 10 minutes. In a group with more instances than
+/// each time, up to 10 minutes (counted while the broker is reachable: an
+/// outage is waited out as before). In a group with more instances than
 /// partitions the idle ones rejoin that rarely, and the cooperative
 /// assignor leaves the others' partitions where they are.
 struct Idle {
@@ -428,7 +429,10 @@ pub fn run(consumer: &BaseConsumer<Loop>, stop: &AtomicBool) -> Result<(), Pipel
     let mut last_positions = Instant::now();
     let mut idle = Idle::new();
     while !stop.load(Ordering::Acquire) {
-        if idle.rejoin_due(ctx.workers.lock().expect("workers lock").is_empty()) {
+        // While the broker is unreachable there is no group to rejoin.
+        let owns_nothing =
+            ctx.workers.lock().expect("workers lock").is_empty() && !ctx.broker_down.load(Ordering::Relaxed);
+        if idle.rejoin_due(owns_nothing) {
             telemetry::rejoining_group(idle.waited());
             consumer.unsubscribe();
             if let Err(e) = consumer.subscribe(&[&ctx.topic]) {
