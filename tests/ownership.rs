@@ -23,7 +23,8 @@ models:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_partition_is_relayed_by_one_owner_at_a_time() {
-    const PER_PARTITION: usize = 3000;
+    // Enough that relaying them outlasts a rebalance (a few seconds on Tansu).
+    const PER_PARTITION: usize = 6000;
     let stack = Stack::start();
     let topics = stack.topics(2).await;
     let (_dir, path) = rules_file(RULES);
