@@ -6,12 +6,12 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use hotlead::proto::{ContactErased, InteractionEvent};
 use prost::Message as _;
-use support::{last_offsets, page, rules_file, Stack, Topics};
+use support::{last_offsets, page, rules_file, Stack};
 
 const RULES: &str = r#"
 models:
@@ -27,18 +27,8 @@ models:
 const GONE: &str = "erin.gone@example.org";
 const KEPT: &str = "kai.kept@example.org";
 
-fn hotlead(stack: &Stack, topics: &Topics, rules: &std::path::Path, log: &std::path::Path, args: &[&str]) -> Child {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_hotlead"))
-        .args(args)
-        .envs(stack.env(topics, rules))
-        .env("RUST_LOG", "debug,rdkafka=info,librdkafka=info")
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
-}
+/// Debug logs, to show they never name an erased contact.
+const LOGS: &[(&str, &str)] = &[("RUST_LOG", "debug,rdkafka=info,librdkafka=info")];
 
 /// Every place in Redis that holds `needle`: key names, hash fields and
 /// values, sorted-set members, stream entries, strings.
@@ -108,7 +98,7 @@ async fn an_erased_contact_leaves_no_trace_and_stays_gone_after_a_rebuild() {
         events.push(e);
     }
     let d = stack.produce_events(&topics.input, &events).await;
-    let run = hotlead(&stack, &topics, &path, &log, &["run"]);
+    let run = stack.spawn_hotlead(&topics, &path, &log, &["run"], LOGS);
     stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
     // Both hot: a state, leaderboard and cooling entries, recent alerts.
     let before = traces(&stack, GONE);
@@ -120,7 +110,8 @@ async fn an_erased_contact_leaves_no_trace_and_stays_gone_after_a_rebuild() {
     assert!(before.iter().any(|t| t.contains(":lb:")) && before.iter().any(|t| t.contains(":cool:")), "{before:?}");
     assert!(before.iter().any(|t| t.contains(":recent")), "{before:?}");
 
-    let erase = hotlead(&stack, &topics, &path, &log, &["erase", GONE, "--by", "dpo@acme", "--reason", "ticket 7"]);
+    let erase =
+        stack.spawn_hotlead(&topics, &path, &log, &["erase", GONE, "--by", "dpo@acme", "--reason", "ticket 7"], LOGS);
     let status = erase.wait_with_output().unwrap().status;
     assert!(status.success(), "hotlead erase: {status}: {}", std::fs::read_to_string(&log).unwrap());
     wait_for("the erasure", || traces(&stack, GONE).is_empty())
@@ -151,7 +142,7 @@ async fn an_erased_contact_leaves_no_trace_and_stays_gone_after_a_rebuild() {
     // erased contact is never scored again, not even for a moment, and no
     // alert names it again.
     let _: () = redis::cmd("FLUSHALL").query(&mut stack.redis()).unwrap();
-    let rebuild = hotlead(&stack, &topics, &path, &log, &["run", "--rebuild"]);
+    let rebuild = stack.spawn_hotlead(&topics, &path, &log, &["run", "--rebuild"], LOGS);
     let last = last_offsets(&d);
     wait_for("the rebuild", || last.iter().all(|(p, o)| stack.watermarks(&topics).get(p).is_some_and(|w| w >= o)))
         .await

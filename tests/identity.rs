@@ -9,7 +9,6 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hotlead::proto::interaction_event::Interaction;
@@ -199,19 +198,6 @@ async fn a_visitor_on_another_partition_merges_exactly_and_once() {
     assert!(!report.contacts.contains_key(&visitor), "the visitor is the contact now");
 }
 
-fn start_binary(stack: &Stack, topics: &Topics, rules: &std::path::Path, log: &std::path::Path) -> Child {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_hotlead"))
-        .arg("run")
-        .envs(stack.env(topics, rules))
-        .env("RUST_LOG", "info")
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_during_the_merge_neither_loses_nor_doubles_it() {
     let stack = Stack::start();
@@ -224,7 +210,7 @@ async fn a_kill_during_the_merge_neither_loses_nor_doubles_it() {
     let (before, id, after) = scenario(&visitor, &contact, t0);
     let d = stack.produce_events(&topics.input, &before).await;
     let (vp, cp) = (d[1].0, d[0].0);
-    let mut first = start_binary(&stack, &topics, &path, &log);
+    let mut first = stack.spawn_hotlead(&topics, &path, &log, &["run"], &[("RUST_LOG", "info")]);
     stack.wait_applied(&topics, &last_offsets(&d), Duration::from_secs(60)).await;
     // The identify and the visitor's next events in one go; the process
     // dies the moment the visitor's side of the merge is committed.
@@ -240,7 +226,7 @@ async fn a_kill_during_the_merge_neither_loses_nor_doubles_it() {
     let merged_at_kill = stored(&stack, &topics, &rules, &contact, cp).is_some_and(|c| tier_of(&c) == 2);
     eprintln!("at the kill, the contact had the merge: {merged_at_kill}");
 
-    let mut second = start_binary(&stack, &topics, &path, &log);
+    let mut second = stack.spawn_hotlead(&topics, &path, &log, &["run"], &[("RUST_LOG", "info")]);
     let (want, latest) = oracle(&before.iter().chain(&after).collect::<Vec<_>>());
     wait_until("the merge after the restart", || {
         stored(&stack, &topics, &rules, &contact, cp).is_some_and(|c| (score_of(&c, latest) - want).abs() < 1e-6)

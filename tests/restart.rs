@@ -6,7 +6,7 @@
 mod support;
 
 use std::collections::{BTreeSet, HashMap};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use hotlead::proto::ScoreAlert;
@@ -17,19 +17,8 @@ use support::{close, last_offsets, Stack, Topics};
 
 const EVENTS: usize = 6000;
 
-fn start_hotlead(stack: &Stack, topics: &Topics, rules: &std::path::Path, log: &std::path::Path) -> Child {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_hotlead"))
-        .arg("run")
-        .envs(stack.env(topics, rules))
-        .env("HOTLEAD_PIPELINE__BATCH_MAX_EVENTS", "10")
-        .env("RUST_LOG", "info")
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap()
-}
+/// Small batches, so a stop lands between commits.
+const RUN_ENV: &[(&str, &str)] = &[("HOTLEAD_PIPELINE__BATCH_MAX_EVENTS", "10"), ("RUST_LOG", "info")];
 
 fn applied(stack: &Stack, topics: &Topics) -> i64 {
     stack.watermarks(topics).values().map(|w| w + 1).sum()
@@ -64,7 +53,7 @@ async fn every_event_counts_once_across_kill_and_restart() {
     let total = EVENTS as i64;
 
     // Crash mid-stream.
-    let mut first = start_hotlead(&stack, &topics, &rules_path, &log);
+    let mut first = stack.spawn_hotlead(&topics, &rules_path, &log, &["run"], RUN_ENV);
     let at_kill = wait_progress(&stack, &topics, total / 20).await;
     first.kill().unwrap();
     first.wait().unwrap();
@@ -72,7 +61,7 @@ async fn every_event_counts_once_across_kill_and_restart() {
     assert!(after_kill < total, "the kill must land mid-stream ({after_kill} of {total} applied)");
 
     // Restart, then stop gracefully mid-stream.
-    let mut second = start_hotlead(&stack, &topics, &rules_path, &log);
+    let mut second = stack.spawn_hotlead(&topics, &rules_path, &log, &["run"], RUN_ENV);
     wait_progress(&stack, &topics, after_kill + (total - after_kill) / 4).await;
     let pid = second.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
@@ -81,7 +70,7 @@ async fn every_event_counts_once_across_kill_and_restart() {
     let after_term = applied(&stack, &topics);
 
     // Restart and finish.
-    let mut third = start_hotlead(&stack, &topics, &rules_path, &log);
+    let mut third = stack.spawn_hotlead(&topics, &rules_path, &log, &["run"], RUN_ENV);
     stack.wait_applied(&topics, &last_offsets(&delivered), Duration::from_secs(120)).await;
     let pid = third.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());

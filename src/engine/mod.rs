@@ -302,7 +302,6 @@ pub fn score_batch(
             out.counts.deduplicated += 1;
             continue;
         }
-        out.counts.scored += 1;
         let crossings = match &ev.interaction {
             Some(Interaction::Identify(identify)) => {
                 let visitor = std::mem::replace(contact, Contact::new(rules));
@@ -325,6 +324,7 @@ pub fn score_batch(
                     })),
                     context: Default::default(),
                 });
+                out.counts.scored += 1;
                 continue;
             }
             Some(Interaction::VisitorMerge(merge)) => {
@@ -336,7 +336,6 @@ pub fn score_batch(
                         score::merge_visitor(rules, &mut contact.state, visitor, at_ms, dedup.max_ids)
                     }
                     Err(e) => {
-                        out.counts.scored -= 1;
                         out.counts.dead_lettered += 1;
                         let payload = prost::Message::encode_to_vec(&ev);
                         let rejected = Rejected {
@@ -356,6 +355,7 @@ pub fn score_batch(
                 score::apply_event(rules, &mut contact.state, &ev, at_ms)
             }
         };
+        out.counts.scored += 1;
         if contact.state.is_blank() {
             // No score and no kept attribute: nothing its repeats could
             // change and nothing to show, so nothing is stored (its account

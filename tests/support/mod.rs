@@ -191,6 +191,29 @@ impl Stack {
         t
     }
 
+    /// The `hotlead` binary with `args`, configured for these servers,
+    /// topics and rules (plus `env`, e.g. `RUST_LOG`), its output appended
+    /// to `log`.
+    pub fn spawn_hotlead(
+        &self,
+        topics: &Topics,
+        rules: &Path,
+        log: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> std::process::Child {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_hotlead"))
+            .args(args)
+            .envs(self.env(topics, rules))
+            .envs(env.iter().copied())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     /// A hotlead configuration for these servers and topics.
     pub fn config(&self, topics: &Topics, rules: &Path) -> Config {
         let env = self.env(topics, rules);
