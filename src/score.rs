@@ -472,9 +472,12 @@ pub fn merge_visitor(
     }
     if max_ids > 0 {
         let mut seen = std::mem::take(&mut into.seen);
-        seen.extend(from.seen.iter().filter(|(h, _)| !into.seen.iter().any(|(x, _)| x == h)));
+        for (h, t) in &from.seen {
+            if !seen.iter().any(|(x, _)| x == h) {
+                seen.push((*h, *t));
+            }
+        }
         seen.sort_by_key(|(_, t)| *t);
-        seen.dedup_by_key(|(h, _)| *h);
         let excess = seen.len().saturating_sub(max_ids);
         seen.drain(..excess);
         into.seen = seen;
@@ -514,19 +517,16 @@ pub fn merge_visitor(
                         x.caps.insert(rule, ua);
                         continue;
                     };
-                    if ua.window == ONCE_WINDOW && ux.window == ONCE_WINDOW {
-                        if ua.hits > 0 && ux.hits > 0 {
-                            // Counted once: drop the later hit, the one
-                            // decayed less.
-                            let theirs = a.contributions.get(&rule).copied().unwrap_or(0.0) * fa;
-                            let total = x.contributions.get(&rule).copied().unwrap_or(0.0);
-                            let mine = total - theirs;
-                            let later = if theirs.abs() >= mine.abs() { theirs } else { mine };
-                            x.score -= later;
-                            x.contributions.insert(rule, total - later);
-                        } else {
-                            *ux = CapUse { hits: ux.hits + ua.hits, points: ux.points + ua.points, ..*ux };
-                        }
+                    let both_once = ua.window == ONCE_WINDOW && ux.window == ONCE_WINDOW;
+                    if both_once && ua.hits > 0 && ux.hits > 0 {
+                        // Counted once: drop the later hit, the one decayed
+                        // less.
+                        let theirs = a.contributions.get(&rule).copied().unwrap_or(0.0) * fa;
+                        let total = x.contributions.get(&rule).copied().unwrap_or(0.0);
+                        let mine = total - theirs;
+                        let later = if theirs.abs() >= mine.abs() { theirs } else { mine };
+                        x.score -= later;
+                        x.contributions.insert(rule, total - later);
                     } else if ua.window == ux.window {
                         *ux = CapUse { hits: ux.hits + ua.hits, points: ux.points + ua.points, ..*ux };
                     } else if same_kind(ux.window, ua.window) && ua.window > ux.window {
@@ -875,6 +875,16 @@ models:
         // Long after, `once` still holds.
         apply_event(&rs, &mut c, &form("newsletter"), T0 + 400 * DAY_MS);
         assert_eq!(c.models[0].as_ref().unwrap().caps["signup"].hits, 1);
+    }
+
+    #[test]
+    fn a_merge_remembers_each_event_id_once_in_arrival_order() {
+        let rs = rules(ONE);
+        let (mut visitor, mut contact) = (ContactState::new(1), ContactState::new(1));
+        visitor.seen = vec![(2, 1000), (1, 2000)];
+        contact.seen = vec![(2, 3000), (3, 4000)];
+        merge_visitor(&rs, &mut contact, visitor, T0, 32);
+        assert_eq!(contact.seen, [(1, 2000), (2, 3000), (3, 4000)]);
     }
 
     #[test]
