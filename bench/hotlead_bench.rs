@@ -731,6 +731,7 @@ fn hot_path(rules_path: &str, events: u64, contacts: usize, batch: usize) -> any
     let source = Source { topic: "interactions", partition: 0 };
     let outputs = Outputs {
         alerts: "sales-alerts",
+        shadow_alerts: "shadow-alerts",
         dead_letter: "dead",
         dead_letter_max_bytes: 512 * 1024,
         erasures: "erasures",

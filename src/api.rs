@@ -298,10 +298,12 @@ async fn contact(
     let rules = s.rules.current();
     match read(|| s.store.find_contact(&s.topic, partitions, &contact_id, &rules)).await? {
         Some((p, value)) => {
-            crate::query::contact_view(&rules, &contact_id, p, &value, at, &s.privacy).map(Json).map_err(|e| ApiError {
-                status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: format!("the stored state of `{contact_id}` cannot be read: {e}"),
-            })
+            let view =
+                crate::query::contact_view(&rules, &contact_id, p, &value, at, &s.privacy).map_err(|e| ApiError {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    message: format!("the stored state of `{contact_id}` cannot be read: {e}"),
+                })?;
+            Ok(Json(read(|| crate::shadow::add_shadows(&s.store, &rules, &s.topic, view.clone(), at)).await?))
         }
         None => Err(ApiError::not_found(format!("no contact `{contact_id}` has a score"))),
     }

@@ -45,7 +45,7 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Print alerts from the alert topic as they arrive.
     Alerts(AlertsArgs),
-    /// Create hotlead's topics (input, alerts, dead letters, erasures, notify dead letters).
+    /// Create hotlead's topics (input, alerts, shadow alerts, dead letters, erasures, notify dead letters).
     Topics(TopicsArgs),
     /// Show a contact's scores, tiers and the breakdown by rule, decayed to now.
     Score(ScoreArgs),
@@ -60,6 +60,12 @@ pub enum Command {
     /// Adjust a contact's score in one model by hand (a sales rep's call):
     /// produces an adjustment event that the scorer applies like any event.
     Adjust(AdjustArgs),
+    /// Score a new model over the retained history of the input topic, as a
+    /// shadow, in a lane of its own (resumable), then follow the live stream.
+    Backfill(crate::shadow::BackfillArgs),
+    /// Make a shadow model live (and the model it replaces a shadow), at one
+    /// offset of every partition; promote the old one back to roll back.
+    Promote(crate::shadow::PromoteArgs),
 }
 
 /// `hotlead erase`.
@@ -264,6 +270,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Notify(args) => crate::notify::command(args, load_config).await,
         Command::Adjust(args) => adjust(&load_config()?, args).await,
+        Command::Backfill(args) => {
+            crate::shadow::backfill(load_config()?, args).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+        Command::Promote(args) => {
+            crate::shadow::promote(&load_config()?, args).await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
         Command::Simulate(args) => {
             let config = load_config()?;
             simulate(&config, args).await?;
@@ -279,7 +293,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         }
         Command::Score(args) => {
             let config = load_config()?;
-            let rules = load_rules(args.rules.as_deref().unwrap_or(&config.rules.path))?;
+            let rules = load_rules_file(args.rules.as_deref().unwrap_or(&config.rules.path))?;
             let partitions = crate::kafka::partition_count(&config.client_config(), &config.topics.input)
                 .with_context(|| format!("cannot read the partitions of {}", config.topics.input))?;
             let store = crate::store::Store::connect_with(&config.redis)
@@ -308,7 +322,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             if let Some(r) = args.rules {
                 config.rules.path = r;
             }
-            let rules = load_rules(&config.rules.path)?;
+            let rules = load_rules_file(&config.rules.path)?;
             let Some(model) = rules.models.iter().find(|m| m.name == args.model) else {
                 anyhow::bail!("no model `{}` in {}", args.model, config.rules.path.display());
             };
@@ -350,6 +364,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     (&t.alerts, args.partitions),
                     (&t.dead_letter, 1),
                     (&t.erasures, 1),
+                    (&t.shadow_alerts, args.partitions),
                     (&config.notify.dead_letter_topic, 1),
                 ],
                 args.replication,
@@ -370,7 +385,7 @@ fn kafka_client(config: &Config, brokers: Option<&str>) -> rdkafka::ClientConfig
 
 /// Loads the rules file a command needs; a file that cannot be read is
 /// named, with how to point at another.
-fn load_rules(path: &std::path::Path) -> anyhow::Result<RuleSet> {
+pub fn load_rules_file(path: &std::path::Path) -> anyhow::Result<RuleSet> {
     RuleSet::load(path).map_err(rules_hint)
 }
 
@@ -607,7 +622,7 @@ async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
 /// `hotlead adjust`: the same event the write API produces, checked the
 /// same way, produced to the input topic.
 async fn adjust(config: &Config, args: AdjustArgs) -> anyhow::Result<std::process::ExitCode> {
-    let rules = load_rules(args.rules.as_deref().unwrap_or(&config.rules.path))?;
+    let rules = load_rules_file(args.rules.as_deref().unwrap_or(&config.rules.path))?;
     let request = crate::adjust::Request {
         model: args.model,
         points: args.points,

@@ -114,6 +114,9 @@ pub struct Topics {
     /// Erasure records out (protobuf `ContactErased`, key = contact id):
     /// each erased contact, for the systems downstream to forget it too.
     pub erasures: String,
+    /// Shadow models' alerts out (protobuf `ScoreAlert` with `shadow` set):
+    /// what a model being tried would have said, never sent to sales.
+    pub shadow_alerts: String,
 }
 
 impl Default for Topics {
@@ -123,6 +126,7 @@ impl Default for Topics {
             alerts: "sales-alerts".into(),
             dead_letter: "interactions.dlq".into(),
             erasures: "contact-erasures".into(),
+            shadow_alerts: "shadow-alerts".into(),
         }
     }
 }
@@ -308,6 +312,16 @@ pub struct PipelineConfig {
     /// size, with headers giving its original size and SHA-256, so every
     /// dead letter fits the broker's message size.
     pub dead_letter_max_bytes: usize,
+    /// The scoring lane: empty for the live service. `hotlead backfill`
+    /// runs a shadow lane named after its model, with its own consumer
+    /// group and Redis keys (`hl:lane:<name>:...`); a shadow lane publishes
+    /// only shadow alerts (no dead letters, no erasure records: the live
+    /// service does).
+    pub lane: String,
+    /// A lane that starts from a time: events dated before it (ms since the
+    /// epoch) are read and not scored. Set by `hotlead backfill --from`.
+    #[serde(skip)]
+    pub not_before_ms: Option<i64>,
 }
 
 impl Default for PipelineConfig {
@@ -326,6 +340,8 @@ impl Default for PipelineConfig {
             historical_after: Duration::from_secs(3600),
             shutdown_timeout: Duration::from_secs(30),
             dead_letter_max_bytes: 512 * 1024,
+            lane: String::new(),
+            not_before_ms: None,
         }
     }
 }
@@ -571,6 +587,7 @@ impl Config {
             ("topics.alerts", &self.topics.alerts),
             ("topics.dead_letter", &self.topics.dead_letter),
             ("topics.erasures", &self.topics.erasures),
+            ("topics.shadow_alerts", &self.topics.shadow_alerts),
         ] {
             if name.is_empty()
                 || name.len() > 249
@@ -578,6 +595,13 @@ impl Config {
             {
                 return Err(invalid(field, format!("`{name}` is not a valid Kafka topic name")));
             }
+        }
+        let lane = &self.pipeline.lane;
+        if lane.len() > 64 || !lane.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+            return Err(invalid(
+                "pipeline.lane",
+                format!("`{lane}`: use letters, digits, `.`, `_` and `-` (at most 64)"),
+            ));
         }
         let first_url = self.redis.url.split(',').next().unwrap_or("").trim();
         if let Err(e) = redis::Client::open(first_url) {

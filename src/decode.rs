@@ -86,6 +86,10 @@ pub enum DecodeError {
     /// A `visitor_merge` carries no state.
     #[error("visitor_merge carries no state")]
     InvalidMerge,
+    /// A `promotion` that names no model, or that names a contact (it
+    /// belongs to a whole partition).
+    #[error("promotion names no model, or names a contact")]
+    InvalidPromotion,
     /// A manual adjustment that cannot be applied.
     #[error("invalid adjustment: {0}")]
     InvalidAdjustment(#[from] AdjustmentError),
@@ -117,11 +121,12 @@ impl DecodeError {
             Self::InvalidIdentify => "invalid_identify",
             Self::InvalidMerge => "invalid_merge",
             Self::InvalidAdjustment(_) => "invalid_adjustment",
+            Self::InvalidPromotion => "invalid_promotion",
         }
     }
 
     /// Every reason code, for pre-registering metrics.
-    pub const REASONS: [&'static str; 14] = [
+    pub const REASONS: [&'static str; 15] = [
         "oversized",
         "empty",
         "undecodable",
@@ -136,6 +141,7 @@ impl DecodeError {
         "invalid_identify",
         "invalid_merge",
         "invalid_adjustment",
+        "invalid_promotion",
     ];
 }
 
@@ -209,7 +215,12 @@ pub fn decode(payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Result
         return Err(DecodeError::Oversized { size: bytes.len(), limit: limits.max_message_bytes });
     }
     let event = InteractionEvent::decode(bytes).map_err(|e| DecodeError::Undecodable(e.to_string()))?;
-    if event.contact_id.is_empty() {
+    if let Some(crate::proto::interaction_event::Interaction::Promotion(p)) = &event.interaction {
+        // A partition's event, not a contact's.
+        if p.model.is_empty() || !event.contact_id.is_empty() || event.event_id.is_empty() {
+            return Err(DecodeError::InvalidPromotion);
+        }
+    } else if event.contact_id.is_empty() {
         return Err(DecodeError::MissingContactId);
     }
     if event.contact_id.len() > limits.max_contact_id_bytes {

@@ -53,6 +53,7 @@ pub mod retry;
 pub mod rules;
 pub mod score;
 pub mod service;
+pub mod shadow;
 pub mod simulate;
 pub mod store;
 pub mod telemetry;

@@ -31,6 +31,13 @@ pub struct ModelView {
     pub last_activity_ms: Millis,
     /// The score by rule at the moment, largest first; the parts sum to `score`.
     pub breakdown: Vec<(String, f64)>,
+    /// A shadow model (its crossings go to the shadow alert topic, not to
+    /// sales).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub shadow: bool,
+    /// The back-filled lane scoring it (absent: the live service).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lane: Option<String>,
 }
 
 /// A contact's scores in every model.
@@ -107,6 +114,8 @@ pub fn model_views(rules: &RuleSet, state: &crate::score::ContactState, now_ms: 
                 tier: m.tier_name(st.tier).to_string(),
                 last_activity_ms: st.at_ms,
                 breakdown: st.explain(at, m.half_life_secs),
+                shadow: m.shadow,
+                lane: None,
             })
         })
         .collect()

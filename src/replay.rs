@@ -82,6 +82,7 @@ pub fn parse_event(line: &str) -> Result<InteractionEvent, String> {
         "identify",
         "erasure",
         "adjustment",
+        "promotion",
     ];
     let present: Vec<&str> = kinds.iter().copied().filter(|k| o.contains_key(*k)).collect();
     let interaction = match present.as_slice() {
@@ -130,6 +131,12 @@ pub fn parse_event(line: &str) -> Result<InteractionEvent, String> {
                     reason: text(b, "reason")?,
                 }),
                 "adjustment" => Interaction::Adjustment(parse_adjustment(b)?),
+                "promotion" => Interaction::Promotion(proto::ModelPromotion {
+                    model: text(b, "model")?,
+                    replaces: text(b, "replaces")?,
+                    announce: b.get("announce").and_then(J::as_bool).unwrap_or(false),
+                    requested_by: text(b, "requested_by")?,
+                }),
                 _ => Interaction::Custom(proto::CustomInteraction {
                     name: text(b, "name")?,
                     properties: map(b, "properties")?,
@@ -203,6 +210,10 @@ pub fn to_json(e: &InteractionEvent) -> String {
         Some(Interaction::Custom(c)) => ("custom", json!({"name": c.name, "properties": c.properties})),
         Some(Interaction::Identify(i)) => ("identify", json!({"contact_id": i.contact_id})),
         Some(Interaction::Erasure(e)) => ("erasure", json!({"requested_by": e.requested_by, "reason": e.reason})),
+        Some(Interaction::Promotion(p)) => (
+            "promotion",
+            json!({"model": p.model, "replaces": p.replaces, "announce": p.announce, "requested_by": p.requested_by}),
+        ),
         // hotlead's own record, never in a file of events.
         Some(Interaction::VisitorMerge(_)) | None => ("", J::Null),
         Some(Interaction::Adjustment(a)) => (
@@ -234,7 +245,14 @@ pub struct Report {
 /// Scores events in order, as one partition of the service would. What the
 /// service sends to another contact's partition (an identified visitor's
 /// state and later events) is scored right after the event that sent it.
+/// Shadow models' crossings carry `shadow`; a `promotion` line switches
+/// roles from there on.
 pub fn replay(rules: &RuleSet, events: &[InteractionEvent]) -> Report {
+    replay_in(rules, &mut engine::Lane::live(rules), events)
+}
+
+/// [`replay`] in a lane (a back-fill's shadow lane: every model a shadow).
+pub fn replay_in(rules: &RuleSet, lane: &mut engine::Lane, events: &[InteractionEvent]) -> Report {
     let limits = crate::decode::Limits { max_future_skew_ms: i64::MAX / 2, ..Default::default() };
     let now = crate::decode::now_ms();
     let source = Source { topic: "rules-test", partition: 0 };
@@ -251,7 +269,7 @@ pub fn replay(rules: &RuleSet, events: &[InteractionEvent]) -> Report {
         while let Some(m) = pending.pop_front() {
             let id = m.event.as_ref().map(|v| v.event.contact_id.clone()).ok();
             let mine = id.and_then(|id| Some((id.clone(), known.remove(&id)?))).into_iter().collect();
-            let fx = engine::score_batch(rules, source, [m], mine, engine::Dedup::default());
+            let fx = engine::score_batch_in(rules, source, lane, [m], mine, engine::Dedup::default());
             report.alerts.extend(fx.alerts);
             report
                 .rejected

@@ -729,7 +729,7 @@ fn tier_down(model: &Model, mut tier: usize, score: f64, other: &dyn Fn(usize) -
     tier
 }
 
-fn top(mut v: Vec<(String, f64)>) -> Vec<(String, f64)> {
+pub fn top(mut v: Vec<(String, f64)>) -> Vec<(String, f64)> {
     v.truncate(TOP_CONTRIBUTIONS);
     v
 }

@@ -8,7 +8,8 @@ use tracing::{debug, error, info, warn};
 
 /// Events read from the input topic, by `outcome` (`scored`,
 /// `deduplicated`, `dead_lettered`, `forwarded`: an identified visitor's,
-/// sent on to its contact; `suppressed`: an erased contact's).
+/// sent on to its contact; `suppressed`: an erased contact's; `skipped`:
+/// another lane's record, or dated before a back-fill's start; `promotion`).
 pub const EVENTS_TOTAL: &str = "hotlead_events_total";
 /// Contacts erased.
 pub const ERASURES_TOTAL: &str = "hotlead_erasures_total";
@@ -217,6 +218,8 @@ pub fn batch_committed(
     counter!(EVENTS_TOTAL, "outcome" => "dead_lettered").increment(c.dead_lettered as u64);
     counter!(EVENTS_TOTAL, "outcome" => "forwarded").increment(c.forwarded as u64);
     counter!(EVENTS_TOTAL, "outcome" => "suppressed").increment(c.suppressed as u64);
+    counter!(EVENTS_TOTAL, "outcome" => "skipped").increment(c.skipped as u64);
+    counter!(EVENTS_TOTAL, "outcome" => "promotion").increment(c.promotions as u64);
     for f in &effects.forwards {
         if let Some(crate::proto::interaction_event::Interaction::VisitorMerge(_)) = &f.interaction {
             let visitor = f.origin.as_ref().map(|o| contact_hash(&o.anonymous_id)).unwrap_or_default();

@@ -24,6 +24,13 @@ pub fn alert_id(source: Source<'_>, offset: i64, contact: &str, model: &str, c: 
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The id of one contact's alert among several one event raised (a
+/// promotion's announcement): `base` and the contact, hashed.
+pub fn per_contact(base: &str, contact: &str) -> String {
+    let d = Sha256::digest(format!("{base}/{contact}").as_bytes());
+    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The alert for a crossing; `offset` and `event_id` name the triggering
 /// event (unused for cooling by decay).
 pub fn build_alert(
@@ -58,5 +65,6 @@ pub fn build_alert(
             .map(|(rule_id, points)| Contribution { rule_id: rule_id.clone(), points: *points })
             .collect(),
         historical: false,
+        shadow: false,
     }
 }

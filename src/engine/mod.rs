@@ -23,6 +23,16 @@
 //!   which the store keeps as a tombstone of its id's hash) and names it in
 //!   [`Effects::erasures`]; an erased contact's later events are suppressed.
 //!
+//! - Lanes and roles: a [`Lane`] says which lane scores the partition (the
+//!   live service, or a back-filled shadow lane) and which of its models are
+//!   shadows there. A shadow model is scored like any other; its alerts
+//!   carry `shadow` (the store sends them to the shadow alert topic). A
+//!   `promotion` record switches roles at its offset: every alert raised
+//!   before it has the old roles, every one after it the new, and no
+//!   message is scored by neither model or twice by one. Records a lane
+//!   forwards carry its name in their origin; a lane applies only its own
+//!   and skips the others' ([`Counts::skipped`]).
+//!
 //! The store turns [`Effects`] into its commit (diffing against what it has
 //! stored); the pipeline counts metrics from [`Counts`] and the alerts once
 //! the commit is durable.
@@ -35,7 +45,7 @@ pub use alert::{alert_id, build_alert};
 
 use crate::decode::{self, DecodeError, Limits, ValidEvent};
 use crate::proto::interaction_event::Interaction;
-use crate::proto::{ContactErased, InteractionEvent, Origin, ScoreAlert, VisitorMerge};
+use crate::proto::{ContactErased, InteractionEvent, ModelPromotion, Origin, ScoreAlert, VisitorMerge};
 use crate::rules::RuleSet;
 use crate::score::{self, ContactState, Millis};
 
@@ -182,6 +192,11 @@ pub struct Counts {
     pub forwarded: usize,
     /// Events of an erased contact, not scored.
     pub suppressed: usize,
+    /// Records another lane forwarded (each lane applies its own), and
+    /// events dated before the lane's start ([`Lane::not_before_ms`]).
+    pub skipped: usize,
+    /// Promotions applied (a model made live).
+    pub promotions: usize,
 }
 
 /// What scoring a batch (or sweeping a partition) did.
@@ -200,8 +215,65 @@ pub struct Effects {
     pub forwards: Vec<InteractionEvent>,
     /// Contacts erased, in order.
     pub erasures: Vec<ContactErased>,
+    /// A promotion changed the lane's roles (the store keeps them).
+    pub roles_changed: bool,
     /// Tallies.
     pub counts: Counts,
+}
+
+/// The lane scoring a partition, and the role of each model there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lane {
+    /// `""` for the live service; a back-filled shadow lane's name.
+    pub name: String,
+    /// By model index: whether the model is a shadow in this lane.
+    pub shadow: Vec<bool>,
+    /// Events dated before this (event time) are not scored: a back-fill
+    /// that starts from a time. `None`: every event.
+    pub not_before_ms: Option<Millis>,
+}
+
+impl Lane {
+    /// The live lane, roles as the rules mark them (`shadow: true`).
+    pub fn live(rules: &RuleSet) -> Self {
+        Self { name: String::new(), shadow: rules.models.iter().map(|m| m.shadow).collect(), not_before_ms: None }
+    }
+
+    /// A shadow lane `name`: every model a shadow until promoted.
+    pub fn shadow_lane(name: &str, rules: &RuleSet) -> Self {
+        Self { name: name.to_string(), shadow: vec![true; rules.models.len()], not_before_ms: None }
+    }
+
+    /// The same lane with the roles a partition stored (text of
+    /// [`Lane::roles_text`]) over the defaults; models it does not name
+    /// keep their default.
+    pub fn with_roles(mut self, rules: &RuleSet, stored: &str) -> Self {
+        for (name, role) in stored.split(',').filter_map(|p| p.split_once('=')) {
+            if let Some(i) = rules.models.iter().position(|m| m.name == name) {
+                self.shadow[i] = role == "shadow";
+            }
+        }
+        self
+    }
+
+    /// The roles as stored: `model=live,other=shadow`.
+    pub fn roles_text(&self, rules: &RuleSet) -> String {
+        let roles = rules.models.iter().zip(&self.shadow);
+        roles.map(|(m, s)| format!("{}={}", m.name, if *s { "shadow" } else { "live" })).collect::<Vec<_>>().join(",")
+    }
+
+    /// Applies a promotion; true when a role changed.
+    pub fn promote(&mut self, rules: &RuleSet, p: &ModelPromotion) -> bool {
+        let before = self.shadow.clone();
+        for (i, m) in rules.models.iter().enumerate() {
+            if m.name == p.model {
+                self.shadow[i] = false;
+            } else if m.name == p.replaces {
+                self.shadow[i] = true;
+            }
+        }
+        before != self.shadow
+    }
 }
 
 /// Scores a partition's messages (in offset order) against the known states
@@ -210,6 +282,19 @@ pub struct Effects {
 pub fn score_batch(
     rules: &RuleSet,
     source: Source<'_>,
+    messages: impl IntoIterator<Item = Message>,
+    known: HashMap<String, Contact>,
+    dedup: Dedup,
+) -> Effects {
+    score_batch_in(rules, source, &mut Lane::live(rules), messages, known, dedup)
+}
+
+/// [`score_batch`] in a lane, whose roles a promotion may change (the
+/// lane leaves with the roles in force after the batch).
+pub fn score_batch_in(
+    rules: &RuleSet,
+    source: Source<'_>,
+    lane: &mut Lane,
     messages: impl IntoIterator<Item = Message>,
     mut known: HashMap<String, Contact>,
     dedup: Dedup,
@@ -227,6 +312,21 @@ pub fn score_batch(
             }
         };
         let ValidEvent { event: ev, at_ms } = valid;
+        if let Some(Interaction::Promotion(p)) = &ev.interaction {
+            out.counts.promotions += 1;
+            if lane.promote(rules, p) {
+                out.roles_changed = true;
+                if p.announce {
+                    announce(rules, source, lane, m.offset, &ev, p, at_ms, &known, &mut out);
+                }
+            }
+            continue;
+        }
+        let other_lane = ev.origin.as_ref().is_some_and(|o| o.lane != lane.name);
+        if other_lane || lane.not_before_ms.is_some_and(|t| at_ms < t) {
+            out.counts.skipped += 1;
+            continue;
+        }
         let i = match index.get(&ev.contact_id) {
             Some(i) => *i,
             None => {
@@ -287,6 +387,7 @@ pub fn score_batch(
                 anonymous_id: out.contacts[i].0.clone(),
                 partition: source.partition,
                 offset: m.offset,
+                lane: lane.name.clone(),
             });
             out.forwards.push(forward);
             out.counts.forwarded += 1;
@@ -317,6 +418,7 @@ pub fn score_batch(
                         anonymous_id: ev.contact_id.clone(),
                         partition: source.partition,
                         offset: m.offset,
+                        lane: lane.name.clone(),
                     }),
                     interaction: Some(Interaction::VisitorMerge(VisitorMerge {
                         state,
@@ -370,10 +472,58 @@ pub fn score_batch(
                 continue;
             }
             let account = contact.account.as_deref();
-            out.alerts.push(build_alert(source, m.offset, &ev.event_id, &ev.contact_id, account, model, &c));
+            let mut alert = build_alert(source, m.offset, &ev.event_id, &ev.contact_id, account, model, &c);
+            alert.shadow = lane.shadow[c.model];
+            out.alerts.push(alert);
         }
     }
     out
+}
+
+/// A promotion's announcement: one HEATED alert per contact the newly
+/// live model holds above its base tier (of those `known` and those the
+/// batch touched so far), from the base tier, triggered by the promotion.
+#[allow(clippy::too_many_arguments)]
+fn announce(
+    rules: &RuleSet,
+    source: Source<'_>,
+    lane: &Lane,
+    offset: i64,
+    ev: &InteractionEvent,
+    p: &ModelPromotion,
+    at_ms: Millis,
+    known: &HashMap<String, Contact>,
+    out: &mut Effects,
+) {
+    let Some(mi) = rules.models.iter().position(|m| m.name == p.model) else { return };
+    let model = &rules.models[mi];
+    let mut contacts: Vec<(&String, &Contact)> =
+        out.contacts.iter().map(|(id, c)| (id, c)).chain(known.iter()).filter(|(_, c)| !c.erased).collect();
+    contacts.sort_by(|a, b| a.0.cmp(b.0));
+    let mut alerts = Vec::new();
+    for (id, c) in contacts {
+        let Some(st) = c.state.models.get(mi).and_then(Option::as_ref) else { continue };
+        if st.tier == 0 {
+            continue;
+        }
+        let crossing = score::Crossing {
+            model: mi,
+            direction: score::Direction::Heated,
+            from: 0,
+            to: st.tier,
+            score: st.score_at(at_ms, model.half_life_secs),
+            threshold: model.tiers[st.tier - 1].enter,
+            at_ms,
+            by_event: true,
+            top_contributions: score::top(st.explain(at_ms, model.half_life_secs)),
+        };
+        let mut alert = build_alert(source, offset, &ev.event_id, id, c.account.as_deref(), model, &crossing);
+        // One promotion announces many contacts: each alert id names its own.
+        alert.alert_id = alert::per_contact(&alert.alert_id, id);
+        alert.shadow = lane.shadow[mi];
+        alerts.push(alert);
+    }
+    out.alerts.extend(alerts);
 }
 
 /// Scores a whole partition from empty state, in offset order, as the
@@ -389,12 +539,25 @@ pub fn score_partition(rules: &RuleSet, source: Source<'_>, messages: impl IntoI
 /// [`Effects::contacts`], changed or not, so the store can also reschedule
 /// or unschedule it.
 pub fn sweep(rules: &RuleSet, source: Source<'_>, due: Vec<(String, Contact)>, now_ms: Millis) -> Effects {
+    sweep_in(rules, source, &Lane::live(rules), due, now_ms)
+}
+
+/// [`sweep`] in a lane: alerts of its shadow models carry `shadow`.
+pub fn sweep_in(
+    rules: &RuleSet,
+    source: Source<'_>,
+    lane: &Lane,
+    due: Vec<(String, Contact)>,
+    now_ms: Millis,
+) -> Effects {
     let mut out = Effects::default();
     for (id, mut contact) in due {
         for (i, model) in rules.models.iter().enumerate() {
             let Some(st) = contact.state.models.get_mut(i).and_then(Option::as_mut) else { continue };
             if let Some(c) = score::cool_by_sweep(i, model, st, now_ms).filter(|c| model.alerts_on(c.from, c.to)) {
-                out.alerts.push(build_alert(source, -1, "", &id, contact.account.as_deref(), model, &c));
+                let mut alert = build_alert(source, -1, "", &id, contact.account.as_deref(), model, &c);
+                alert.shadow = lane.shadow[i];
+                out.alerts.push(alert);
             }
         }
         out.contacts.push((id, contact));

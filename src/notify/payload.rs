@@ -156,6 +156,7 @@ pub(crate) mod fixtures {
                 .map(|i| Contribution { rule_id: format!("{rule}{i}"), points: 30.0 * 0.5f64.powi(i as i32) })
                 .collect(),
             historical: false,
+            shadow: false,
         }
     }
 }

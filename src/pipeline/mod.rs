@@ -102,6 +102,7 @@ pub async fn run(
     clock: Clock,
 ) -> Result<(), PipelineError> {
     let store = crate::retry::always("connect_redis", || Store::connect_with(&config.redis)).await?;
+    let store = store.for_lane(&config.pipeline.lane);
     let producer: FutureProducer<crate::kafka::QuietContext> =
         config.producer_config().create_with_context(crate::kafka::QuietContext)?;
     let (requests, requests_rx) = std::sync::mpsc::channel();
@@ -110,6 +111,9 @@ pub async fn run(
         alerts_topic: config.topics.alerts.clone(),
         dead_letter_topic: config.topics.dead_letter.clone(),
         erasures_topic: config.topics.erasures.clone(),
+        shadow_alerts_topic: config.topics.shadow_alerts.clone(),
+        lane: config.pipeline.lane.clone(),
+        not_before_ms: config.pipeline.not_before_ms,
         kafka: config.client_config(),
         store,
         producer,

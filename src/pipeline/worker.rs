@@ -122,6 +122,13 @@ pub struct Shared {
     pub dead_letter_topic: String,
     /// Erasure records' topic.
     pub erasures_topic: String,
+    /// Shadow models' alerts.
+    pub shadow_alerts_topic: String,
+    /// The lane scoring (`""`: the live service) and the time it starts
+    /// from ([`engine::Lane`]).
+    pub lane: String,
+    /// Events dated before this are not scored (a back-fill `--from`).
+    pub not_before_ms: Option<i64>,
     /// The Kafka client configuration (a rebuild reads the erasure topic).
     pub kafka: rdkafka::ClientConfig,
     /// Redis.
@@ -211,7 +218,7 @@ pub fn spawn(
     // backlog decoded in memory.
     let (deliveries, rx) = mpsc::channel(DELIVERIES_IN_HAND);
     let (stop, stop_rx) = watch::channel(Stop::Run);
-    let keys = PartitionKeys::new(&shared.topic, partition);
+    let keys = shared.store.keys(&shared.topic, partition);
     let worker = Worker {
         shared,
         partition,
@@ -233,6 +240,7 @@ pub fn spawn(
         backlog: std::collections::VecDeque::new(),
         pruned_at: None,
         vocabulary_written: None,
+        roles: None,
     };
     let task = runtime.spawn(worker.run(rx, stop_rx));
     Handle { id, deliveries, stop, task }
@@ -304,6 +312,9 @@ struct Worker {
     pruned_at: Option<i64>,
     /// The vocabulary this claim has recorded for the partition.
     vocabulary_written: Option<u32>,
+    /// The models' roles a promotion stored for the partition (`None`:
+    /// the rules' own).
+    roles: Option<String>,
 }
 
 /// How many deliveries wait for a worker at most before the consumer loop
@@ -422,6 +433,12 @@ impl Worker {
         self.epoch = epoch;
         self.watermark = watermark;
         self.vocabulary_written = None;
+        let roles = [keys.roles()];
+        self.roles = retry::always("roles", || store.strings(&roles))
+            .await
+            .map_err(|e| Ended::Failed(e.into()))?
+            .pop()
+            .flatten();
         let start = match watermark {
             Some(w) => Some(rdkafka::Offset::Offset(w + 1)),
             None => match self.committed().await? {
@@ -650,9 +667,15 @@ impl Worker {
         }
         let (known, written) = split(stored);
         let source = Source { topic: &self.shared.topic, partition: self.partition };
-        let mut effects = engine::score_batch(&rules, source, messages, known, self.shared.dedup);
+        let mut lane = self.lane(&rules);
+        let mut effects = engine::score_batch_in(&rules, source, &mut lane, messages, known, self.shared.dedup);
         self.mark_historical(&mut effects);
         let (mut commit, after) = commit_for(&rules, source, self.outputs(), &effects, written);
+        let roles = effects.roles_changed.then(|| lane.roles_text(&rules));
+        if let Some(r) = &roles {
+            tracing::info!(partition = self.partition, offset = last, roles = %r, "Models promoted.");
+            commit.strings.push((self.keys.roles(), r.clone()));
+        }
         commit.vocabulary = self.vocabulary_for(&rules);
         if !self.fingerprints_written {
             commit.strings.extend(fingerprints(&self.keys, &rules));
@@ -666,6 +689,9 @@ impl Worker {
         }
         self.fingerprints_written = true;
         self.watermark = Some(last);
+        if roles.is_some() {
+            self.roles = roles;
+        }
         self.gap_sought = None;
         self.pending = Some(last);
         telemetry::batch_committed(
@@ -680,11 +706,30 @@ impl Worker {
     }
 
     fn outputs(&self) -> Outputs<'_> {
+        // A shadow lane publishes its shadow alerts only: the live service
+        // dead-letters the input and publishes the erasure records.
+        let live = self.shared.lane.is_empty();
         Outputs {
             alerts: &self.shared.alerts_topic,
-            dead_letter: &self.shared.dead_letter_topic,
+            shadow_alerts: &self.shared.shadow_alerts_topic,
+            dead_letter: if live { &self.shared.dead_letter_topic } else { "" },
             dead_letter_max_bytes: self.shared.dead_letter_max_bytes,
-            erasures: &self.shared.erasures_topic,
+            erasures: if live { &self.shared.erasures_topic } else { "" },
+        }
+    }
+
+    /// The lane with the roles in force on the partition: the rules' (or,
+    /// in a shadow lane, all shadow), then what promotions stored.
+    fn lane(&self, rules: &RuleSet) -> engine::Lane {
+        let mut lane = if self.shared.lane.is_empty() {
+            engine::Lane::live(rules)
+        } else {
+            engine::Lane::shadow_lane(&self.shared.lane, rules)
+        };
+        lane.not_before_ms = self.shared.not_before_ms;
+        match &self.roles {
+            Some(stored) => lane.with_roles(rules, stored),
+            None => lane,
         }
     }
 
@@ -871,7 +916,7 @@ impl Worker {
         let source = Source { topic: &self.shared.topic, partition: self.partition };
         let mut due: Vec<(String, Contact)> = known.into_iter().collect();
         due.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut effects = engine::sweep(&rules, source, due, now);
+        let mut effects = engine::sweep_in(&rules, source, &self.lane(&rules), due, now);
         self.mark_historical(&mut effects);
         let (mut commit, _) = commit_for(&rules, source, self.outputs(), &effects, written);
         commit.prune = prune;

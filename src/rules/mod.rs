@@ -119,7 +119,10 @@ impl InteractionKind {
             Interaction::ProfileUpdate(_) => Self::ProfileUpdate,
             Interaction::Custom(_) => Self::Custom,
             // hotlead's own records: no rule matches them.
-            Interaction::Identify(_) | Interaction::VisitorMerge(_) | Interaction::Erasure(_) => return None,
+            Interaction::Identify(_)
+            | Interaction::VisitorMerge(_)
+            | Interaction::Erasure(_)
+            | Interaction::Promotion(_) => return None,
         })
     }
 
@@ -263,7 +266,10 @@ pub fn event_field<'a>(event: &'a InteractionEvent, path: &str) -> Option<Value<
             "name" => s(&c.name),
             _ => map(&c.properties, path.strip_prefix("properties.")?),
         },
-        Interaction::Identify(_) | Interaction::VisitorMerge(_) | Interaction::Erasure(_) => None,
+        Interaction::Identify(_)
+        | Interaction::VisitorMerge(_)
+        | Interaction::Erasure(_)
+        | Interaction::Promotion(_) => None,
         // No rule matches a manual adjustment.
         Interaction::Adjustment(_) => None,
     }
@@ -535,6 +541,10 @@ pub struct Model {
     pub half_life_secs: f64,
     /// The tier a contact is in below every threshold.
     pub base_tier: String,
+    /// A shadow model: scored on every event like the others, its crossings
+    /// go to the shadow alert topic (`topics.shadow_alerts`), never to sales,
+    /// until `hotlead promote` makes it live.
+    pub shadow: bool,
     /// Tiers above the base tier, in ascending order of threshold.
     pub tiers: Vec<Tier>,
     /// Behaviour rules, in file order.

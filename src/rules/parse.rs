@@ -345,8 +345,11 @@ impl Checker {
     }
 
     fn model(&mut self, node: &Node, path: &str, index: usize, names: &[Option<String>]) -> Option<Model> {
-        let f =
-            self.fields(node, path, &["name", "version", "half_life", "base_tier", "alert", "tiers", "rules", "fit"])?;
+        let f = self.fields(
+            node,
+            path,
+            &["name", "version", "half_life", "base_tier", "alert", "shadow", "tiers", "rules", "fit"],
+        )?;
         let name = self.require(&f, "name").and_then(|n| self.name(n, &f.at("name")));
         let version = match f.get("version") {
             None => Some(1),
@@ -361,6 +364,10 @@ impl Checker {
         let alert = match f.get("alert") {
             None => Some(true),
             Some(n) => self.flag(n, &f.at("alert")),
+        };
+        let shadow = match f.get("shadow") {
+            None => Some(false),
+            Some(n) => self.flag(n, &f.at("shadow")),
         };
         let rules: Vec<Option<Rule>> = match f.get("rules") {
             None => Vec::new(),
@@ -401,6 +408,7 @@ impl Checker {
             version: version?,
             half_life_secs: half_life?.as_secs_f64(),
             base_tier: base_tier?,
+            shadow: shadow?,
             tiers: tiers?,
             rules: rules.into_iter().collect::<Option<_>>()?,
             fit: fit.into_iter().collect::<Option<_>>()?,

@@ -13,7 +13,11 @@
 //! | `hl:{interactions:7}:recent` | stream | the latest ~200 alerts (capped), for the board |
 //! | `hl:{interactions:7}:wm` | string | offset of the last event applied |
 //! | `hl:{interactions:7}:epoch` | string | owner epoch; fences stale owners |
+//! | `hl:{interactions:7}:roles` | string | models' roles after a promotion: `model=live,other=shadow` |
 //! | `hl:{interactions:7}:erased` | hash | tombstones of erased contacts: SHA-1 of the id -> offset of the erasure |
+//!
+//! A back-filled shadow lane keeps the same keys under its own prefix,
+//! `hl:lane:<name>:{interactions:7}:...` ([`namespace_of`]).
 //!
 //! One hash holds the partition's contacts: a contact costs its id and its
 //! value, not a key of its own.
@@ -94,10 +98,29 @@ pub struct PartitionKeys {
     tag: String,
 }
 
+/// The key prefix of the live lane; a back-filled shadow lane `name` keeps
+/// its keys under `hl:lane:<name>` ([`namespace_of`]).
+pub const LIVE_NAMESPACE: &str = "hl";
+
+/// The key prefix of a lane (`""` is the live lane).
+pub fn namespace_of(lane: &str) -> String {
+    if lane.is_empty() {
+        LIVE_NAMESPACE.to_string()
+    } else {
+        format!("{LIVE_NAMESPACE}:lane:{lane}")
+    }
+}
+
 impl PartitionKeys {
-    /// Keys for `topic` partition `partition`.
+    /// Keys of the live lane for `topic` partition `partition`.
     pub fn new(topic: &str, partition: i32) -> Self {
-        Self { tag: format!("hl:{{{topic}:{partition}}}") }
+        Self::in_namespace(LIVE_NAMESPACE, topic, partition)
+    }
+
+    /// Keys for `topic` partition `partition` under the key prefix
+    /// `namespace` ([`namespace_of`]).
+    pub fn in_namespace(namespace: &str, topic: &str, partition: i32) -> Self {
+        Self { tag: format!("{namespace}:{{{topic}:{partition}}}") }
     }
     /// The key of a contact stored in the text layout of earlier versions.
     pub fn contact(&self, contact_id: &str) -> String {
@@ -125,6 +148,11 @@ impl PartitionKeys {
     /// of the erasure.
     pub fn erased(&self) -> String {
         format!("{}:erased", self.tag)
+    }
+    /// The models' roles on the partition after a promotion
+    /// (`model=live,other=shadow`), set in the commit that applied it.
+    pub fn roles(&self) -> String {
+        format!("{}:roles", self.tag)
     }
     /// The outbox stream.
     pub fn outbox(&self) -> String {
@@ -505,6 +533,8 @@ impl redis::aio::ConnectionLike for Connection {
 #[derive(Clone)]
 pub struct Store {
     conn: Connection,
+    /// Key prefix of the lane this handle reads and writes.
+    namespace: std::sync::Arc<str>,
 }
 
 impl Store {
@@ -571,7 +601,18 @@ impl Store {
             .arg(FUNCTION_LIBRARY)
             .query_async::<redis::Value>(&mut conn)
             .await?;
-        Ok(Self { conn })
+        Ok(Self { conn, namespace: LIVE_NAMESPACE.into() })
+    }
+
+    /// The same connection, reading and writing the keys of `lane` (`""`:
+    /// the live lane).
+    pub fn for_lane(&self, lane: &str) -> Self {
+        Self { conn: self.conn.clone(), namespace: namespace_of(lane).into() }
+    }
+
+    /// The keys of `topic` partition `partition` in this handle's lane.
+    pub fn keys(&self, topic: &str, partition: i32) -> PartitionKeys {
+        PartitionKeys::in_namespace(&self.namespace, topic, partition)
     }
 
     /// A connection for ad-hoc commands.
@@ -759,9 +800,8 @@ impl Store {
         contact_id: &str,
         rules: &RuleSet,
     ) -> Result<Option<(i32, StoredValue)>, StoreError> {
-        let all: Vec<Vec<StoredValue>> = self
-            .per_partition(partitions, |p| load_command(&PartitionKeys::new(topic, p), rules, &[contact_id]))
-            .await?;
+        let all: Vec<Vec<StoredValue>> =
+            self.per_partition(partitions, |p| load_command(&self.keys(topic, p), rules, &[contact_id])).await?;
         let found = all.into_iter().flatten().enumerate().find(|(_, v)| !v.is_absent());
         // An erased contact is not found, like one never seen.
         Ok(found.filter(|(_, v)| !matches!(v, StoredValue::Erased)).map(|(p, v)| (p as i32, v)))
@@ -781,7 +821,7 @@ impl Store {
         let per: Vec<Vec<(String, f64)>> = self
             .per_partition(partitions, |p| {
                 let mut c = redis::cmd("ZRANGE");
-                c.arg(PartitionKeys::new(topic, p).leaderboard(model))
+                c.arg(self.keys(topic, p).leaderboard(model))
                     .arg("+inf")
                     .arg(format!("{floor:?}"))
                     .arg("BYSCORE")
@@ -833,12 +873,7 @@ impl Store {
     ) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
         let mut pipe = redis::pipe();
         for p in 0..partitions {
-            pipe.cmd("XREVRANGE")
-                .arg(PartitionKeys::new(topic, p).recent_alerts())
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(limit);
+            pipe.cmd("XREVRANGE").arg(self.keys(topic, p).recent_alerts()).arg("+").arg("-").arg("COUNT").arg(limit);
         }
         let per: Vec<Vec<(String, StreamFields)>> = pipe.query_async(&mut self.conn.clone()).await?;
         let mut all: Vec<(String, Vec<u8>)> = per
@@ -866,7 +901,7 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let v: Vec<Vec<StoredValue>> = futures::future::try_join_all(contacts.iter().map(|(p, c)| {
             let mut conn = self.conn.clone();
-            let cmd = load_command(&PartitionKeys::new(topic, *p), rules, &[c]);
+            let cmd = load_command(&self.keys(topic, *p), rules, &[c]);
             async move { cmd.query_async::<Vec<StoredValue>>(&mut conn).await }
         }))
         .await?;

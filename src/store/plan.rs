@@ -44,11 +44,13 @@ pub const HEADER_PAYLOAD_SHA256: &str = "hotlead.payload.sha256";
 pub struct Outputs<'a> {
     /// Alert topic.
     pub alerts: &'a str,
-    /// Dead-letter topic.
+    /// Shadow models' alert topic.
+    pub shadow_alerts: &'a str,
+    /// Dead-letter topic (empty: a shadow lane, which publishes none).
     pub dead_letter: &'a str,
     /// Largest dead-letter payload; a larger one is cut to this size.
     pub dead_letter_max_bytes: usize,
-    /// Erasure records' topic.
+    /// Erasure records' topic (empty: a shadow lane, which publishes none).
     pub erasures: &'a str,
 }
 
@@ -231,15 +233,18 @@ pub fn commit_for(
     }
     for alert in &effects.alerts {
         let payload = alert.encode_to_vec();
-        commit.recent_alerts.push(payload.clone());
+        // The board's recent alerts are those sales got.
+        if !alert.shadow {
+            commit.recent_alerts.push(payload.clone());
+        }
         commit.outbox.push(OutboxEntry {
-            topic: outputs.alerts.to_string(),
+            topic: if alert.shadow { outputs.shadow_alerts } else { outputs.alerts }.to_string(),
             key: alert.contact_id.as_bytes().to_vec(),
             payload,
             headers: vec![],
         });
     }
-    for d in &effects.dead_letters {
+    for d in effects.dead_letters.iter().filter(|_| !outputs.dead_letter.is_empty()) {
         commit.outbox.push(dead_letter(source, outputs, d));
     }
     for f in &effects.forwards {
@@ -250,7 +255,7 @@ pub fn commit_for(
             headers: vec![],
         });
     }
-    for e in &effects.erasures {
+    for e in effects.erasures.iter().filter(|_| !outputs.erasures.is_empty()) {
         commit.outbox.push(OutboxEntry {
             topic: outputs.erasures.to_string(),
             key: e.contact_id.as_bytes().to_vec(),
@@ -321,7 +326,8 @@ mod tests {
     use crate::proto::{InteractionEvent, PageView};
 
     const SOURCE: Source<'static> = Source { topic: "in", partition: 0 };
-    const OUT: Outputs<'static> = Outputs { alerts: "a", dead_letter: "d", dead_letter_max_bytes: 2048, erasures: "e" };
+    const OUT: Outputs<'static> =
+        Outputs { alerts: "a", shadow_alerts: "s", dead_letter: "d", dead_letter_max_bytes: 2048, erasures: "e" };
 
     #[test]
     fn a_dead_letter_always_fits() {
