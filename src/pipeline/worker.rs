@@ -653,6 +653,15 @@ impl Worker {
         let rules = self.adopt_rules().await?;
         let mut ids: Vec<&str> =
             messages.iter().filter_map(|m| m.event.as_ref().ok().map(|v| v.event.contact_id.as_str())).collect();
+        // A promotion that announces names every contact of the partition.
+        let everyone = if messages.iter().any(announces) {
+            let (store, keys) = (&self.shared.store, &self.keys);
+            retry::always("contact_ids", || store.contact_ids(keys)).await.map_err(|e| Ended::Failed(e.into()))?
+        } else {
+            Vec::new()
+        };
+        ids.extend(everyone.iter().map(String::as_str));
+        ids.retain(|id| !id.is_empty());
         ids.sort_unstable();
         ids.dedup();
         let (mut stored, misses) = self.cache.take(&rules, &ids);
@@ -945,6 +954,12 @@ fn read_stored(
     value: &crate::store::StoredValue,
 ) -> Result<Stored, Ended> {
     Stored::from_value(rules, &keys.contact(id), value).map_err(|e| Ended::Failed(e.into()))
+}
+
+/// Whether a message is a promotion that announces the switch.
+fn announces(m: &Message) -> bool {
+    use crate::proto::interaction_event::Interaction;
+    matches!(&m.event, Ok(v) if matches!(&v.event.interaction, Some(Interaction::Promotion(p)) if p.announce))
 }
 
 /// Splits stored contacts into the engine's input and what is written.

@@ -949,6 +949,11 @@ impl Store {
         Ok(all.into_iter().flatten().collect())
     }
 
+    /// Every contact id stored on a partition.
+    pub async fn contact_ids(&self, keys: &PartitionKeys) -> Result<Vec<String>, StoreError> {
+        Ok(redis::cmd("HKEYS").arg(keys.states()).query_async(&mut self.conn.clone()).await?)
+    }
+
     /// The watermark of a partition, if it has one.
     pub async fn watermark(&self, keys: &PartitionKeys) -> Result<Option<i64>, StoreError> {
         Ok(redis::cmd("GET").arg(keys.watermark()).query_async(&mut self.conn.clone()).await?)

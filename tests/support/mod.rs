@@ -182,11 +182,13 @@ impl Stack {
             alerts: format!("sales-alerts-{tag}"),
             dead_letter: format!("interactions-{tag}.dlq"),
             erasures: format!("erasures-{tag}"),
+            shadow_alerts: format!("shadow-alerts-{tag}"),
             partitions,
             group: format!("hotlead-{tag}"),
         };
         let client = hotlead::kafka::client_config(&self.brokers, &[]);
-        let all = [(&t.input[..], partitions), (&t.alerts, 1), (&t.dead_letter, 1), (&t.erasures, 1)];
+        let all =
+            [(&t.input[..], partitions), (&t.alerts, 1), (&t.dead_letter, 1), (&t.erasures, 1), (&t.shadow_alerts, 1)];
         hotlead::kafka::create_topics(&client, &all, 1).await.unwrap();
         t
     }
@@ -231,6 +233,7 @@ impl Stack {
             ("HOTLEAD_TOPICS__ALERTS", topics.alerts.clone()),
             ("HOTLEAD_TOPICS__DEAD_LETTER", topics.dead_letter.clone()),
             ("HOTLEAD_TOPICS__ERASURES", topics.erasures.clone()),
+            ("HOTLEAD_TOPICS__SHADOW_ALERTS", topics.shadow_alerts.clone()),
             ("HOTLEAD_RULES__PATH", rules.display().to_string()),
             ("HOTLEAD_PIPELINE__BATCH_WAIT", "5ms".to_string()),
             ("HOTLEAD_HTTP__LISTEN", String::new()),
@@ -372,6 +375,8 @@ pub struct Topics {
     pub dead_letter: String,
     /// Erasure records' topic.
     pub erasures: String,
+    /// Shadow models' alerts.
+    pub shadow_alerts: String,
     /// Partitions of the input topic.
     pub partitions: i32,
     /// Consumer group.
