@@ -622,6 +622,102 @@ mod tests {
         assert_eq!(fx.dead_letters[0].rejected.key.as_deref(), Some(&b"k"[..]));
     }
 
+    fn two_models() -> RuleSet {
+        RuleSet::parse(
+            "models:
+  - {name: old, half_life: 1d, tiers: [{name: warm, enter: 30, exit: 20}], rules: [{id: p, when: {kind: page_view}, points: 40}]}
+  - {name: new, shadow: true, half_life: 1d, tiers: [{name: warm, enter: 50, exit: 20}], rules: [{id: p, when: {kind: page_view}, points: 30}]}",
+            "t",
+        )
+        .unwrap()
+    }
+
+    fn promotion(model: &str, replaces: &str, announce: bool) -> InteractionEvent {
+        InteractionEvent {
+            event_id: format!("promote-{model}"),
+            occurred_at: Some(decode::timestamp(T0)),
+            interaction: Some(Interaction::Promotion(ModelPromotion {
+                model: model.into(),
+                replaces: replaces.into(),
+                announce,
+                requested_by: String::new(),
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_promotion_switches_which_model_alerts_sales_at_its_offset() {
+        let r = two_models();
+        let events = [
+            page("a", "1", T0),
+            page("a", "2", T0 + 1),
+            promotion("new", "old", false),
+            page("b", "3", T0 + 2),
+            page("b", "4", T0 + 3),
+        ];
+        let mut lane = Lane::live(&r);
+        assert_eq!(lane.shadow, [false, true]);
+        let fx = score_batch_in(&r, SOURCE, &mut lane, messages(&events), HashMap::new(), Dedup::default());
+        assert!(fx.roles_changed);
+        assert_eq!(lane.roles_text(&r), "old=shadow,new=live");
+        assert_eq!(fx.counts, Counts { messages: 5, scored: 4, promotions: 1, ..Counts::default() });
+        // a: old heats at its first event (live then), new at its second (a
+        // shadow then); b: the reverse roles, after the promotion.
+        let seen: Vec<(&str, &str, bool)> =
+            fx.alerts.iter().map(|a| (a.contact_id.as_str(), a.model.as_str(), a.shadow)).collect();
+        assert_eq!(seen, [("a", "old", false), ("a", "new", true), ("b", "old", true), ("b", "new", false)]);
+        // Stored roles read back; a repeat of the promotion changes nothing.
+        let mut again = Lane::live(&r).with_roles(&r, &lane.roles_text(&r));
+        assert_eq!(again, lane);
+        let fx = score_batch_in(
+            &r,
+            SOURCE,
+            &mut again,
+            messages(&[promotion("new", "old", false)]),
+            HashMap::new(),
+            Dedup::default(),
+        );
+        assert!(!fx.roles_changed && fx.alerts.is_empty());
+    }
+
+    #[test]
+    fn an_announced_promotion_alerts_each_contact_the_new_model_holds_above_base() {
+        let r = two_models();
+        let warmed =
+            score_partition(&r, SOURCE, messages(&[page("a", "1", T0), page("a", "2", T0), page("b", "3", T0)]));
+        let known: HashMap<String, Contact> = warmed.contacts.into_iter().collect();
+        let mut lane = Lane::live(&r);
+        let fx =
+            score_batch_in(&r, SOURCE, &mut lane, messages(&[promotion("new", "old", true)]), known, Dedup::default());
+        // a has 60 in `new` (warm), b 30 (cold): a alone is announced.
+        let seen: Vec<(&str, &str, &str, bool)> =
+            fx.alerts.iter().map(|a| (a.contact_id.as_str(), a.model.as_str(), a.tier.as_str(), a.shadow)).collect();
+        assert_eq!(seen, [("a", "new", "warm", false)]);
+        assert_eq!(fx.alerts[0].trigger_event_id, "promote-new");
+    }
+
+    #[test]
+    fn a_lane_skips_records_another_lane_sent_and_events_before_its_start() {
+        let r = rules();
+        let mut theirs = page("a", "1", T0);
+        theirs.origin = Some(Origin { anonymous_id: "v".into(), partition: 0, offset: 1, lane: "other".into() });
+        let early = page("a", "2", T0 - 10);
+        let mut lane = Lane::shadow_lane("mine", &r);
+        lane.not_before_ms = Some(T0 - 5);
+        let fx = score_batch_in(
+            &r,
+            SOURCE,
+            &mut lane,
+            messages(&[theirs, early, page("a", "3", T0)]),
+            HashMap::new(),
+            Dedup::default(),
+        );
+        assert_eq!(fx.counts, Counts { messages: 3, scored: 1, skipped: 2, ..Counts::default() });
+        assert!(fx.alerts.iter().all(|a| a.shadow), "a shadow lane's models are shadows");
+        assert_eq!(fx.alerts.len(), 1);
+    }
+
     #[test]
     fn a_key_that_is_not_the_contact_id_is_rejected() {
         let payload = page("a", "1", T0).encode_to_vec();
