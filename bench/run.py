@@ -61,6 +61,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "bench" / "rules.yaml"
+RULES_V2 = ROOT / "bench" / "rules-v2.yaml"  # the model the back-fill phase scores beside the live one
 HOTLEAD = ROOT / "target" / "release" / "hotlead"
 BENCH = ROOT / "target" / "release" / "hotlead-bench"
 INPUT, ALERTS = "interactions", "sales-alerts"
@@ -321,6 +322,63 @@ def drain(system: str, args, work: Path, broker: Broker, redis: Redis, topic: st
             "check": check}
 
 
+def lane_done(redis: Redis, lane: str, topic: str, partitions: int) -> int:
+    """Messages a back-filled lane has applied (its watermarks + 1, summed)."""
+    done = 0
+    for p in range(partitions):
+        w = redis.cli("GET", f"hl:lane:{lane}:{{{topic}:{p}}}:wm").strip()
+        done += int(w) + 1 if w else 0
+    return done
+
+
+def backfill_cost(args, work: Path, broker: Broker, redis: Redis, events: int, alone: dict) -> list[dict]:
+    """hotlead drains the backlog while `hotlead backfill` scores the same topic in a lane of its own, on the
+    same broker and Redis: the live pipeline's events/s beside its rate alone, for each back-fill rate limit."""
+    out = []
+    for max_rate in args.backfill_rates:
+        name = f"hotlead-bf{max_rate}"
+        log(f"{name}: draining {INPUT} with a back-fill at {'full speed' if not max_rate else fmt(max_rate) + ' events/s'} ...")
+        redis.cli("FLUSHALL")
+        logfile = work / f"{name}.log"
+        logf = open(logfile, "w")
+        live = start_hotlead(work, name, broker, redis, INPUT, args.fetch_wait_ms, logf)
+        cfg = hotlead_config(work, name + "-lane", broker.brokers, redis, INPUT, free_port(), args.fetch_wait_ms)
+        lane = subprocess.Popen([str(HOTLEAD), "backfill", "-c", str(cfg), "--rules", str(RULES_V2),
+                                 "--model", "engagement-v2", "--max-rate", str(max_rate)],
+                                stdout=logf, stderr=subprocess.STDOUT)
+        t0 = first_key_time(redis, live)
+        t1 = wait_drained(live, broker, INPUT, f"bench-{name}", args.timeout, logfile)
+        lane_events = lane_done(redis, "engagement-v2", INPUT, args.partitions)
+        live.send_signal(signal.SIGTERM)
+        wait4(live, 60)
+        lane.send_signal(signal.SIGTERM)
+        wait4(lane, 60)
+        check = bench_json(["verify", "--rules", str(RULES), "--redis", redis.url, "--pattern", "hl:{*:states"],
+                           broker.brokers, INPUT)
+        rate = events / (t1 - t0)
+        share = rate / alone["events_per_second"]
+        log(f"{name}: live {rate:,.0f} events/s ({share:.0%} of alone), back-fill {lane_events / (t1 - t0):,.0f} "
+            f"events/s meanwhile, check {'ok' if check['ok'] else 'FAILED'}")
+        out.append({"max_rate": max_rate, "live_events_per_second": rate, "share_of_alone": share,
+                    "backfill_events_per_second": lane_events / (t1 - t0), "check": check})
+    return out
+
+
+def backfill_table(results: dict) -> list[str]:
+    alone = results["systems"]["hotlead"]["events_per_second"]
+    lines = ["## Back-fill cost", "",
+             "The live pipeline drains the backlog while `hotlead backfill` scores the same topic into a lane of its "
+             "own (bench/rules-v2.yaml), on the same broker, Redis and cores.", "",
+             "| back-fill rate limit | live events/s | of live alone | back-fill events/s meanwhile | live check |",
+             "|---|---:|---:|---:|---|",
+             f"| no back-fill | {fmt(alone)} | 100 % | – | {check_text(results['systems']['hotlead']['check'])} |"]
+    for r in results["backfill"]:
+        limit = "none (`--max-rate 0`)" if not r["max_rate"] else f"`--max-rate {r['max_rate']}`"
+        lines.append(f"| {limit} | {fmt(r['live_events_per_second'])} | {r['share_of_alone']:.0%} | "
+                     f"{fmt(r['backfill_events_per_second'])} | {check_text(r['check'])} |")
+    return lines
+
+
 def load_backlog(broker: Broker, topic: str, partitions: int, events: int,
                  contacts: int) -> tuple[dict[int, int], float]:
     """Creates `topic` and loads it; returns its end offsets and the load's seconds."""
@@ -563,6 +621,8 @@ def report(results: dict) -> str:
         lines += [*latency_table(results), ""]
     if results.get("scaling"):
         lines += [*scaling_table(results), ""]
+    if results.get("backfill"):
+        lines += [*backfill_table(results), ""]
     if results.get("hot_path"):
         h = results["hot_path"]
         lines += ["## Hot path", "",
@@ -715,6 +775,9 @@ def parse_args() -> argparse.Namespace:
                          "hotlead only, no latency, no scaling; exits 1 when hotlead falls under "
                          f"{GUARD_MIN_OF_CEILING:.0%} of the ceiling or Redis holds more than {GUARD_MAX_BYTES} "
                          "bytes per contact-model")
+    ap.add_argument("--backfill-rates", type=lambda t: [int(x) for x in t.split(",") if x != ""],
+                    help="the back-fill phase: hotlead drains the backlog while `hotlead backfill` runs at each "
+                         "--max-rate (0: full speed); default 0,10000; --quick: none unless given; '' skips it")
     ap.add_argument("--fetch-wait-ms", type=int, default=10,
                     help="fetch.wait.max.ms of every system's consumer (Tansu holds each fetch this long; default 10)")
     ap.add_argument("--timeout", type=float, default=900, help="longest drain per system, seconds")
@@ -725,6 +788,8 @@ def parse_args() -> argparse.Namespace:
         args.events = QUICK_EVENTS if args.quick else 1_000_000
     if args.contacts is None:
         args.contacts = QUICK_CONTACTS if args.quick else 100_000
+    if args.backfill_rates is None:
+        args.backfill_rates = [] if args.quick else [0, 10_000]
     if args.quick:
         args.systems, args.no_latency, args.no_scaling = "ceiling,hotlead", True, True
     return args
@@ -773,6 +838,8 @@ def main() -> int:
             results["latency"] = latency_rows(results, two_hops, by_system)
         if not args.no_scaling and "hotlead" in order:
             results["scaling"] = scaling(args, work, broker, redis, order, results["systems"])
+        if args.backfill_rates and "hotlead" in order:
+            results["backfill"] = backfill_cost(args, work, broker, redis, args.events, results["systems"]["hotlead"])
         if args.quick:
             results["guard"] = guard(results)
         results["targets"] = targets(results)

@@ -318,6 +318,10 @@ pub struct PipelineConfig {
     /// only shadow alerts (no dead letters, no erasure records: the live
     /// service does).
     pub lane: String,
+    /// At most this many messages a second are scored (all partitions
+    /// together); 0: no limit. `hotlead backfill --max-rate` sets it, so a
+    /// back-fill leaves the live service its share of the machine.
+    pub max_events_per_second: u32,
     /// A lane that starts from a time: events dated before it (ms since the
     /// epoch) are read and not scored. Set by `hotlead backfill --from`.
     #[serde(skip)]
@@ -341,6 +345,7 @@ impl Default for PipelineConfig {
             shutdown_timeout: Duration::from_secs(30),
             dead_letter_max_bytes: 512 * 1024,
             lane: String::new(),
+            max_events_per_second: 0,
             not_before_ms: None,
         }
     }

@@ -303,6 +303,10 @@ pub struct BackfillArgs {
     /// Stop once caught up with the live stream instead of following it.
     #[arg(long)]
     pub until_caught_up: bool,
+    /// Score at most this many events a second, so the live service keeps
+    /// its share of the machine; 0: as fast as it can.
+    #[arg(long, default_value_t = 0)]
+    pub max_rate: u32,
 }
 
 /// `hotlead backfill`: registers the lane, then runs its pipeline with a
@@ -355,6 +359,7 @@ pub async fn backfill(mut config: Config, args: BackfillArgs) -> anyhow::Result<
     }
     config.pipeline.lane = lane.clone();
     config.pipeline.not_before_ms = from_ms;
+    config.pipeline.max_events_per_second = args.max_rate;
     config.rules.path = args.rules.clone();
     config.kafka.insert("group.id".into(), group);
     let client = config.client_config();

@@ -114,6 +114,8 @@ pub async fn run(
         shadow_alerts_topic: config.topics.shadow_alerts.clone(),
         lane: config.pipeline.lane.clone(),
         not_before_ms: config.pipeline.not_before_ms,
+        throttle: (config.pipeline.max_events_per_second > 0)
+            .then(|| worker::Throttle::new(config.pipeline.max_events_per_second)),
         kafka: config.client_config(),
         store,
         producer,

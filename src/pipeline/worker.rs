@@ -129,6 +129,8 @@ pub struct Shared {
     pub lane: String,
     /// Events dated before this are not scored (a back-fill `--from`).
     pub not_before_ms: Option<i64>,
+    /// The scoring rate limit, shared by the partitions (`None`: none).
+    pub throttle: Option<Throttle>,
     /// The Kafka client configuration (a rebuild reads the erasure topic).
     pub kafka: rdkafka::ClientConfig,
     /// Redis.
@@ -190,6 +192,35 @@ impl Shared {
         );
         *cached = Some((Instant::now(), records.clone()));
         Ok(Some(records))
+    }
+}
+
+/// A rate limit shared by the workers: each batch waits for its share.
+pub struct Throttle {
+    /// Messages a second.
+    rate: f64,
+    /// When the capacity already handed out is used up.
+    next: std::sync::Mutex<Instant>,
+}
+
+impl Throttle {
+    /// At most `rate` messages a second.
+    pub fn new(rate: u32) -> Self {
+        Self { rate: f64::from(rate.max(1)), next: std::sync::Mutex::new(Instant::now()) }
+    }
+
+    /// Waits until `n` more messages fit the rate.
+    pub async fn acquire(&self, n: usize) {
+        let wait = {
+            let mut next = self.next.lock().expect("throttle lock");
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(n as f64 / self.rate);
+            start - now
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
 
@@ -648,6 +679,9 @@ impl Worker {
                     "Offsets skipped: the broker no longer has them."
                 );
             }
+        }
+        if let Some(t) = &self.shared.throttle {
+            t.acquire(messages.len()).await;
         }
         let started = Instant::now();
         let rules = self.adopt_rules().await?;
