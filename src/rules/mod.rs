@@ -588,9 +588,10 @@ impl Model {
         self.fit.iter().filter(|r| r.matches(profile)).map(|r| (r.id.as_str(), r.points)).collect()
     }
 
-    /// Whether two models define the same scoring (version aside).
+    /// Whether two models define the same scoring (version and role aside).
     pub fn same_definition(&self, other: &Model) -> bool {
-        format!("{:?}", Model { version: 0, ..self.clone() }) == format!("{:?}", Model { version: 0, ..other.clone() })
+        let plain = |m: &Model| format!("{:?}", Model { version: 0, shadow: false, ..m.clone() });
+        plain(self) == plain(other)
     }
 }
 
