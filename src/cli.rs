@@ -235,6 +235,9 @@ pub struct AlertsArgs {
     /// Print alerts already on the topic too.
     #[arg(long)]
     pub from_beginning: bool,
+    /// The shadow models' alerts (`topics.shadow_alerts`) instead of sales'.
+    #[arg(long, conflicts_with = "topic")]
+    pub shadow: bool,
 }
 
 /// `hotlead topics`.
@@ -286,7 +289,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Alerts(args) => {
             let config = load_config()?;
             let client = kafka_client(&config, args.brokers.as_deref());
-            let topic = args.topic.unwrap_or(config.topics.alerts.clone());
+            let default = if args.shadow { &config.topics.shadow_alerts } else { &config.topics.alerts };
+            let topic = args.topic.unwrap_or(default.clone());
             eprintln!("Watching {topic} for alerts (Ctrl-C to stop) ...");
             crate::kafka::print_alerts(&client, &topic, args.from_beginning, crate::shutdown_signal()).await?;
             Ok(std::process::ExitCode::SUCCESS)
@@ -308,6 +312,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     let now = crate::decode::now_ms();
                     let view = crate::query::contact_view(&rules, &args.contact_id, p, &value, now, &config.privacy)
                         .with_context(|| format!("the stored state of {} cannot be read", args.contact_id))?;
+                    let view = crate::shadow::add_shadows(&store, &rules, &config.topics.input, view, now).await?;
                     if args.json {
                         println!("{}", serde_json::to_string_pretty(&view)?);
                     } else {

@@ -153,8 +153,9 @@ pub fn format_alert(a: &ScoreAlert) -> String {
     let account = if a.account_id.is_empty() { String::new() } else { format!(" ({})", a.account_id) };
     let cmp = if a.score >= a.threshold { "≥" } else { "<" };
     let why: Vec<String> = a.top_contributions.iter().map(|c| format!("{} {:.1}", c.rule_id, c.points)).collect();
+    let shadow = if a.shadow { " (shadow)" } else { "" };
     format!(
-        "{when}  {arrow}  {contact}{account}  {model} v{version}: {prev} → {tier}  score {score:.1} {cmp} {threshold}  why: {why}",
+        "{when}  {arrow}  {contact}{account}  {model} v{version}{shadow}: {prev} → {tier}  score {score:.1} {cmp} {threshold}  why: {why}",
         contact = a.contact_id,
         model = a.model,
         version = a.model_version,

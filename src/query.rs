@@ -142,9 +142,10 @@ pub fn render(v: &ContactView) -> String {
         let when = humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64),
         );
+        let role = if m.shadow { " (shadow)" } else { "" };
         out.push_str(&format!(
             "{:<16} {:>10.2}  {:<14} {:<22} {}\n",
-            format!("{} v{}", m.model, m.version),
+            format!("{} v{}{role}", m.model, m.version),
             m.score,
             m.tier,
             when.to_string(),
