@@ -409,17 +409,12 @@ mod tests {
     const H: Millis = 86_400_000;
     const T0: Millis = 1_760_000_000_000;
 
-    const RULES: &str = "
-models:
-  - name: m
-    half_life: 1d
-    tiers:
-      - { name: warm, enter: 30, exit: 20 }
-      - { name: hot, enter: 60, exit: 45, alert: false }
-    rules:
-      - { id: pricing-page, when: { kind: page_view, url: /pricing }, points: 25 }
-      - { id: demo, when: { kind: page_view, url: /demo }, points: 40 }
-";
+    /// Warm from 30 (left below 20), hot from 60 (below 45, no alerts);
+    /// 25 points a pricing page, 40 a demo page.
+    const RULES: &str = "models: [{name: m, half_life: 1d,
+      tiers: [{name: warm, enter: 30, exit: 20}, {name: hot, enter: 60, exit: 45, alert: false}],
+      rules: [{id: pricing-page, when: {kind: page_view, url: /pricing}, points: 25},
+              {id: demo, when: {kind: page_view, url: /demo}, points: 40}]}]";
 
     fn page(contact: &str, id: &str, at: Millis, url: &str) -> InteractionEvent {
         InteractionEvent {
