@@ -9,6 +9,9 @@
 //!   activity and breakdown by rule;
 //! - `GET /v1/models/{model}/leaderboard?limit=&min_score=&at=`: the top
 //!   contacts by current score, merged across partitions;
+//! - `GET /v1/contacts/{contact_id}/history?model=&from=&to=&limit=`: the
+//!   contact's score history in a model, rebuilt from the input topic
+//!   ([`crate::history`]);
 //! - `GET /v1/models`: the models in force;
 //! - `GET /v1/alerts/recent?limit=`: the latest alerts, newest first;
 //! - the rules workbench at `/board/rules` and its routes under `/v1/rules`
@@ -77,6 +80,9 @@ pub struct ApiContext {
     /// The pipeline's decoding limits: an event the API produces is one the
     /// pipeline accepts.
     pub limits: crate::decode::Limits,
+    /// The pipeline's repeat check: a contact's history counts a repeat as
+    /// the pipeline did.
+    pub dedup: crate::engine::Dedup,
 }
 
 impl ApiContext {
@@ -102,6 +108,7 @@ impl ApiContext {
             partitions: Arc::new(Mutex::new(None)),
             producer: Arc::new(crate::kafka::event_producer(kafka)?),
             limits: crate::decode::Limits::default(),
+            dedup: crate::engine::Dedup::default(),
         })
     }
 
@@ -180,6 +187,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/models/{model}/leaderboard", get(leaderboard))
         .route("/v1/contacts/{contact_id}", get(contact).delete(erase))
+        .route("/v1/contacts/{contact_id}/history", get(contact_history))
         .route("/v1/alerts/recent", get(recent_alerts))
         .route("/board", get(board))
         .merge(crate::workbench::routes())
@@ -267,18 +275,18 @@ async fn erase(
 /// The `at` parameter: RFC 3339 text or milliseconds since the epoch;
 /// default now.
 fn at_param(q: &HashMap<String, String>) -> Result<Millis, ApiError> {
-    match q.get("at") {
-        None => Ok(crate::decode::now_ms()),
-        Some(v) => v.parse::<Millis>().or_else(|_| {
-            humantime::parse_rfc3339_weak(v)
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_millis() as Millis)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!("parameter `at`: `{v}` is not RFC 3339 time or milliseconds"))
-                })
-        }),
-    }
+    Ok(time_param(q, "at")?.unwrap_or_else(crate::decode::now_ms))
+}
+
+/// A time parameter: RFC 3339 text or milliseconds since the epoch.
+fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<Millis>, ApiError> {
+    q.get(name)
+        .map(|v| {
+            crate::history::parse_time(v).ok_or_else(|| {
+                ApiError::bad_request(format!("parameter `{name}`: `{v}` is not RFC 3339 time or milliseconds"))
+            })
+        })
+        .transpose()
 }
 
 async fn models(State(s): State<ApiContext>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
@@ -307,6 +315,52 @@ async fn contact(
         }
         None => Err(ApiError::not_found(format!("no contact `{contact_id}` has a score"))),
     }
+}
+
+/// A contact's score history in one model (`model`, default the first),
+/// rebuilt on demand ([`crate::history`]): the contact's partition of the
+/// input topic is read from its first retained message up to the
+/// partition's watermark, and scored again with the rules in force now, so
+/// its cost grows with the partition's size. 404 for an unknown (or
+/// erased) contact or model; 503 when Redis or the broker cannot be read.
+async fn contact_history(
+    State(s): State<ApiContext>,
+    headers: HeaderMap,
+    Path(contact_id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<crate::history::History>, ApiError> {
+    use crate::history::{Range, DEFAULT_LIMIT, MAX_LIMIT};
+    authorize(&s, &headers)?;
+    let rules = s.rules.current();
+    let model = match q.get("model") {
+        None => 0,
+        Some(name) => rules.models.iter().position(|m| &m.name == name).ok_or_else(|| {
+            let names: Vec<&str> = rules.models.iter().map(|m| m.name.as_str()).collect();
+            ApiError::not_found(format!("no model `{name}`; models: {}", names.join(", ")))
+        })?,
+    };
+    let range = Range {
+        from: time_param(&q, "from")?,
+        to: time_param(&q, "to")?,
+        limit: limit_param(&q, DEFAULT_LIMIT, MAX_LIMIT)?,
+    };
+    let partitions = s.partitions().await?;
+    let Some((partition, _)) = read(|| s.store.find_contact(&s.topic, partitions, &contact_id, &rules)).await? else {
+        return Err(ApiError::not_found(format!("no contact `{contact_id}` has a score")));
+    };
+    let keys = crate::store::PartitionKeys::new(&s.topic, partition);
+    let last = read(|| s.store.watermark(&keys)).await?.unwrap_or(-1);
+    let (config, topic, id, limits) = (s.kafka_config.clone(), s.topic.clone(), contact_id.clone(), s.limits);
+    let messages = tokio::task::spawn_blocking(move || {
+        crate::kafka::contact_messages(&config, &topic, partition, last, &id, &limits, crate::history::READ_TIMEOUT)
+    })
+    .await
+    .map_err(|e| ApiError::unavailable(e.to_string()))?
+    .map_err(|e| {
+        ApiError::unavailable(format!("cannot read partition {partition} of {} from the broker: {e}", s.topic))
+    })?;
+    let now = crate::decode::now_ms();
+    Ok(Json(crate::history::history(&rules, model, &contact_id, messages, s.dedup, now, range)))
 }
 
 async fn leaderboard(

@@ -51,6 +51,10 @@ pub enum Command {
     Score(ScoreArgs),
     /// Show a model's leaderboard: the top contacts by current score.
     Top(TopArgs),
+    /// Show a contact's score history in a model: its events, the points
+    /// each gave, and every change of tier, rebuilt from the input topic
+    /// with the rules in force.
+    History(HistoryArgs),
     /// Deliver alerts to webhooks, chat and email, as a routes file says.
     Notify(crate::notify::NotifyArgs),
     /// Erase a contact (GDPR Art. 17): its state, leaderboard and cooling
@@ -132,6 +136,31 @@ pub struct TopArgs {
     /// Only contacts scoring at least this now.
     #[arg(long)]
     pub min_score: Option<f64>,
+    /// Rules file; overrides `rules.path` of the configuration.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+}
+
+/// `hotlead history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The contact id.
+    pub contact_id: String,
+    /// The model; default the first in the rules.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Only entries from this time on: RFC 3339 or milliseconds since 1970.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only entries up to this time: RFC 3339 or milliseconds since 1970.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// At most so many entries, the latest.
+    #[arg(long, default_value_t = crate::history::DEFAULT_LIMIT)]
+    pub limit: usize,
+    /// Print JSON (the read API's answer) instead of a table.
+    #[arg(long)]
+    pub json: bool,
     /// Rules file; overrides `rules.path` of the configuration.
     #[arg(long)]
     pub rules: Option<PathBuf>,
@@ -321,6 +350,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     Ok(std::process::ExitCode::SUCCESS)
                 }
             }
+        }
+        Command::History(args) => {
+            let config = load_config()?;
+            history(&config, args).await
         }
         Command::Top(args) => {
             let mut config = load_config()?;
@@ -622,6 +655,50 @@ async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failed} events were not delivered");
     }
     Ok(())
+}
+
+/// `hotlead history`: the contact's partition read up to its watermark and
+/// scored again, as the read API's history route does.
+async fn history(config: &Config, args: HistoryArgs) -> anyhow::Result<std::process::ExitCode> {
+    let rules = load_rules_file(args.rules.as_deref().unwrap_or(&config.rules.path))?;
+    let model = match &args.model {
+        None => 0,
+        Some(name) => rules.models.iter().position(|m| &m.name == name).with_context(|| {
+            let names: Vec<&str> = rules.models.iter().map(|m| m.name.as_str()).collect();
+            format!("no model `{name}`; models: {}", names.join(", "))
+        })?,
+    };
+    let time = |v: &Option<String>| {
+        v.as_deref()
+            .map(|t| {
+                crate::history::parse_time(t).with_context(|| format!("`{t}` is not RFC 3339 time or milliseconds"))
+            })
+            .transpose()
+    };
+    let limit = args.limit.clamp(1, crate::history::MAX_LIMIT);
+    let range = crate::history::Range { from: time(&args.from)?, to: time(&args.to)?, limit };
+    let (client, topic) = (config.client_config(), &config.topics.input);
+    let partitions = crate::kafka::partition_count(&client, topic)
+        .with_context(|| format!("cannot read the partitions of {topic}"))?;
+    let store =
+        crate::store::Store::connect_with(&config.redis).await.context("cannot connect to Redis (redis.url)")?;
+    let Some((partition, _)) = store.find_contact(topic, partitions, &args.contact_id, &rules).await? else {
+        eprintln!("contact {} has no score", args.contact_id);
+        return Ok(std::process::ExitCode::from(1));
+    };
+    let last = store.watermark(&crate::store::PartitionKeys::new(topic, partition)).await?.unwrap_or(-1);
+    let timeout = crate::history::READ_TIMEOUT;
+    let messages =
+        crate::kafka::contact_messages(&client, topic, partition, last, &args.contact_id, &config.limits(), timeout)
+            .with_context(|| format!("cannot read partition {partition} of {topic}"))?;
+    let now = crate::decode::now_ms();
+    let h = crate::history::history(&rules, model, &args.contact_id, messages, config.dedup(), now, range);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&h)?);
+    } else {
+        print!("{}", crate::history::render(&h));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `hotlead adjust`: the same event the write API produces, checked the

@@ -723,6 +723,14 @@ impl Config {
         c
     }
 
+    /// How repeats are recognised, from the pipeline settings.
+    pub fn dedup(&self) -> crate::engine::Dedup {
+        crate::engine::Dedup {
+            window_ms: self.pipeline.dedup_window.as_millis() as i64,
+            max_ids: self.pipeline.dedup_max_ids,
+        }
+    }
+
     /// Decoding limits from the pipeline settings.
     pub fn limits(&self) -> crate::decode::Limits {
         crate::decode::Limits {

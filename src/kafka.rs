@@ -206,38 +206,113 @@ pub struct Tail {
 }
 
 /// Reads up to the last `per_partition` messages of every partition of
-/// `topic`, with a consumer of its own: partitions are assigned by hand, no
-/// group is joined and no offset is committed, so the service's consumer
-/// group never notices. Messages come in partition, then offset order.
+/// `topic`, with a consumer of its own ([`assigned_consumer`]). Messages
+/// come in partition, then offset order.
 pub fn read_tail(
     config: &ClientConfig,
     topic: &str,
     per_partition: i64,
     timeout: Duration,
 ) -> Result<Vec<Tail>, KafkaError> {
-    use rdkafka::consumer::BaseConsumer;
-    use rdkafka::{Offset, TopicPartitionList};
+    let consumer = assigned_consumer(config, "workbench")?;
+    let partitions = partition_count_with(&consumer, topic, timeout)?;
+    let mut ranges = std::collections::HashMap::new();
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
+        ranges.insert(p, ((high - per_partition.max(0)).max(low), high));
+    }
+    let mut out = Vec::new();
+    read_ranges(&consumer, topic, ranges, timeout, |m| {
+        out.push(Tail {
+            partition: m.partition(),
+            offset: m.offset(),
+            payload: m.payload().unwrap_or_default().to_vec(),
+        });
+    })?;
+    out.sort_by_key(|t| (t.partition, t.offset));
+    Ok(out)
+}
+
+/// Reads `partition` of `topic` from its first retained message through
+/// offset `last`, with a consumer of its own ([`assigned_consumer`]), and
+/// keeps the messages whose key `keep` accepts, in offset order; each
+/// message's broker timestamp stands for its arrival. Gives up after
+/// `timeout` (reading the offsets, then the messages).
+pub fn read_partition(
+    config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    last: i64,
+    timeout: Duration,
+    keep: impl Fn(Option<&[u8]>) -> bool,
+) -> Result<Vec<crate::engine::Raw>, KafkaError> {
+    let consumer = assigned_consumer(config, "history")?;
+    let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
+    let ranges = std::collections::HashMap::from([(partition, (low, (last + 1).min(high)))]);
+    let mut out = Vec::new();
+    read_ranges(&consumer, topic, ranges, timeout, |m| {
+        if keep(m.key()) {
+            let arrived = m.timestamp().to_millis().unwrap_or_else(crate::decode::now_ms);
+            out.push(crate::engine::Raw::new(m.offset(), m.key(), m.payload(), arrived));
+        }
+    })?;
+    Ok(out)
+}
+
+/// A contact's messages in `partition` of the input topic `topic`, read
+/// from its first retained message through offset `last` (the partition's
+/// watermark: what the stored state holds), decoded as the pipeline decoded
+/// them ([`crate::history::of_contact`]), in offset order.
+pub fn contact_messages(
+    config: &ClientConfig,
+    topic: &str,
+    partition: i32,
+    last: i64,
+    contact: &str,
+    limits: &crate::decode::Limits,
+    timeout: Duration,
+) -> Result<Vec<crate::engine::Message>, KafkaError> {
+    let raw = read_partition(config, topic, partition, last, timeout, |k| crate::history::keyed_to(k, contact))?;
+    Ok(crate::history::of_contact(&raw, contact, limits))
+}
+
+/// A consumer for partitions assigned by hand: no group is joined and no
+/// offset is committed (its group id, `hotlead-<purpose>-...`, is its own
+/// and never used), so the service's consumer group never notices.
+fn assigned_consumer(
+    config: &ClientConfig,
+    purpose: &str,
+) -> Result<rdkafka::consumer::BaseConsumer<QuietContext>, KafkaError> {
     let mut c = config.clone();
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    c.set("group.id", format!("hotlead-workbench-{}-{nonce}", std::process::id()))
+    c.set("group.id", format!("hotlead-{purpose}-{}-{nonce}", std::process::id()))
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
-    let consumer: BaseConsumer<QuietContext> = c.create_with_context(QuietContext)?;
-    let partitions = partition_count_with(&consumer, topic, timeout)?;
+    c.create_with_context(QuietContext)
+}
+
+/// Reads the offsets `[start, end)` of each partition in `ranges` and hands
+/// each message to `each`; an error if they are not all read within
+/// `timeout`.
+fn read_ranges(
+    consumer: &rdkafka::consumer::BaseConsumer<QuietContext>,
+    topic: &str,
+    ranges: std::collections::HashMap<i32, (i64, i64)>,
+    timeout: Duration,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>),
+) -> Result<(), KafkaError> {
+    use rdkafka::{Offset, TopicPartitionList};
     let mut list = TopicPartitionList::new();
     let mut ends = std::collections::HashMap::new();
-    for p in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, timeout)?;
-        let start = (high - per_partition.max(0)).max(low);
-        if start < high {
+    for (p, (start, end)) in ranges {
+        if start < end {
             list.add_partition_offset(topic, p, Offset::Offset(start))?;
-            ends.insert(p, high);
+            ends.insert(p, end);
         }
     }
-    let mut out = Vec::new();
     if ends.is_empty() {
-        return Ok(out);
+        return Ok(());
     }
     consumer.assign(&list)?;
     let deadline = std::time::Instant::now() + timeout;
@@ -246,11 +321,7 @@ pub fn read_tail(
         let m = m?;
         let Some(&end) = ends.get(&m.partition()) else { continue };
         if m.offset() < end {
-            out.push(Tail {
-                partition: m.partition(),
-                offset: m.offset(),
-                payload: m.payload().unwrap_or_default().to_vec(),
-            });
+            each(&m);
         }
         if m.offset() + 1 >= end {
             ends.remove(&m.partition());
@@ -259,6 +330,5 @@ pub fn read_tail(
     if !ends.is_empty() {
         return Err(KafkaError::MessageConsumption(RDKafkaErrorCode::RequestTimedOut));
     }
-    out.sort_by_key(|t| (t.partition, t.offset));
-    Ok(out)
+    Ok(())
 }

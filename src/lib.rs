@@ -25,6 +25,8 @@
 //! - [`service`]: the service wired (rules, HTTP listener, pipeline):
 //!   [`run`].
 //! - [`query`]: a contact's scores and explanations, decayed to now.
+//! - [`history`]: a contact's score history in a model, rebuilt from its
+//!   events (pure).
 //! - [`api`]: the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`workbench`]: the rules workbench on the board: check, preview, save.
 //! - [`adjust`]: manual adjustments of a score (the write route and
@@ -43,6 +45,7 @@ pub mod codec;
 pub mod config;
 pub mod decode;
 pub mod engine;
+pub mod history;
 pub mod kafka;
 pub mod notify;
 pub mod pipeline;

@@ -89,6 +89,7 @@ impl Service {
             ctx.privacy = Arc::new(config.privacy.clone());
             ctx.rules_editable = config.rules.editable;
             ctx.limits = config.limits();
+            ctx.dedup = config.dedup();
             tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), hidden_attributes = ctx.privacy.hidden_attributes.len(), "Serving /metrics, /healthz, /readyz, /v1 and the board.");
             let s = stopped();
             listener = Some(tokio::spawn(async move {

@@ -28,7 +28,6 @@ use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
 use crate::config::Config;
-use crate::engine::Dedup;
 use crate::reload::LiveRules;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -121,10 +120,7 @@ pub async fn run(
         producer,
         rules: rules.clone(),
         clock,
-        dedup: Dedup {
-            window_ms: config.pipeline.dedup_window.as_millis() as i64,
-            max_ids: config.pipeline.dedup_max_ids,
-        },
+        dedup: config.dedup(),
         batch_max: config.pipeline.batch_max_events,
         batch_wait: config.pipeline.batch_wait,
         sweep_interval: config.pipeline.sweep_interval,
