@@ -273,6 +273,25 @@ async fn a_promotion_during_live_traffic_switches_sales_at_one_offset_and_rolls_
     };
     send([wave(0, 0), wave(0, 1), wave(1, 0)].concat()).await;
     let (a, promoted) = tokio::join!(send(wave(1, 1)), promote("engagement-v2", "engagement"));
+    // Between the two, the read side shows the promoted model live and the
+    // old one as a shadow, beside each other.
+    let mut applied = last_offsets(&a);
+    applied.extend(promoted.iter().copied());
+    stack.wait_applied(&topics, &applied, Duration::from_secs(60)).await;
+    let roles = |id: &'static str| {
+        let (config, rules) = (config.clone(), rules.clone());
+        async move {
+            let store = hotlead::store::Store::connect_with(&config.redis).await.unwrap();
+            let (p, value) = store.find_contact(&config.topics.input, 3, id, &rules).await.unwrap().unwrap();
+            let view = hotlead::query::contact_view(&rules, id, p, &value, Millis::MAX / 4, &config.privacy).unwrap();
+            let view = hotlead::shadow::add_shadows(&store, &rules, &config.topics.input, view, Millis::MAX / 4)
+                .await
+                .unwrap();
+            view.models.iter().map(|m| (m.model.clone(), m.shadow)).collect::<Vec<_>>()
+        }
+    };
+    let both = |old: bool, new: bool| vec![("engagement".to_string(), old), ("engagement-v2".to_string(), new)];
+    assert_eq!(roles("c-0-00").await, both(true, false), "after the promotion");
     send(wave(2, 0)).await;
     let (b, rolled_back) = tokio::join!(send(wave(2, 1)), promote("engagement", "engagement-v2"));
     let mut last = last_offsets(&a);
@@ -363,6 +382,7 @@ async fn a_promotion_during_live_traffic_switches_sales_at_one_offset_and_rolls_
     }
     // After the rollback, the roles stored on every partition are the
     // rules' own again.
+    assert_eq!(roles("c-0-00").await, both(false, true), "after the rollback");
     let mut r = stack.redis();
     for p in 0..topics.partitions {
         let roles: String =
