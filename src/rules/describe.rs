@@ -43,7 +43,7 @@ pub fn describe(rules: &RuleSet) -> Vec<ModelText> {
 }
 
 fn model(m: &Model) -> ModelText {
-    let summary = match (m.rules.is_empty(), m.fit.is_empty()) {
+    let mut summary = match (m.rules.is_empty(), m.fit.is_empty()) {
         (false, true) => format!("Behaviour points that halve every {}.", duration(m.half_life_secs)),
         (true, false) => "Fit points from the contact's profile; they do not fade.".to_string(),
         _ => format!(
@@ -51,6 +51,9 @@ fn model(m: &Model) -> ModelText {
             duration(m.half_life_secs)
         ),
     };
+    if m.shadow {
+        summary.push_str(" A shadow model: its crossings go to the shadow alert topic, not to sales.");
+    }
     let mut tiers = vec![format!("{}: below every threshold, where contacts start", m.base_tier)];
     tiers.extend(m.tiers.iter().map(tier));
     ModelText {
