@@ -166,6 +166,7 @@ pub fn alert(n: usize, tier: &str, direction: Direction, account: &str, historic
             Contribution { rule_id: "pricing-page".into(), points: 20.0 },
         ],
         historical,
+        shadow: false,
     }
 }
 
