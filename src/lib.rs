@@ -25,6 +25,8 @@
 //! - [`service`]: the service wired (rules, HTTP listener, pipeline):
 //!   [`run`].
 //! - [`query`]: a contact's scores and explanations, decayed to now.
+//! - [`compare`]: a shadow model against a live one over every contact:
+//!   tier migrations, alerts gained and lost, score distributions.
 //! - [`api`]: the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`workbench`]: the rules workbench on the board: check, preview, save.
 //! - [`adjust`]: manual adjustments of a score (the write route and
@@ -40,6 +42,7 @@ pub mod adjust;
 pub mod api;
 pub mod cli;
 pub mod codec;
+pub mod compare;
 pub mod config;
 pub mod decode;
 pub mod engine;
