@@ -179,7 +179,7 @@ pub fn new_event_id(now_ms: Millis) -> String {
 }
 
 /// RFC 3339 text or milliseconds since 1970 (as a number or as text).
-fn parse_time(v: &J) -> Option<Millis> {
+pub(crate) fn parse_time(v: &J) -> Option<Millis> {
     match v {
         J::Number(n) => n.as_i64(),
         J::String(s) => s.trim().parse::<Millis>().ok().or_else(|| {

@@ -13,6 +13,10 @@
 //!   contact's score history in a model, rebuilt from the input topic
 //!   ([`crate::history`]);
 //! - `GET /v1/models`: the models in force;
+//! - `GET /v1/models`: the models in force, and every model scored
+//!   (`scored`: live and back-filled lanes, shadows marked);
+//! - `GET /v1/compare?live=&shadow=&top=&at=`: a shadow model against a live
+//!   one ([`crate::compare`]), and its page at `/compare`;
 //! - `GET /v1/alerts/recent?limit=`: the latest alerts, newest first;
 //! - the rules workbench at `/board/rules` and its routes under `/v1/rules`
 //!   ([`crate::workbench`]);
@@ -190,6 +194,8 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/v1/contacts/{contact_id}/history", get(contact_history))
         .route("/v1/alerts/recent", get(recent_alerts))
         .route("/board", get(board))
+        .route("/v1/compare", get(compare))
+        .route("/compare", get(|| async { axum::response::Html(include_str!("compare.html")) }))
         .merge(crate::workbench::routes())
         .merge(crate::adjust::routes())
         .with_state(ctx)
@@ -291,7 +297,41 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<Millis>,
 
 async fn models(State(s): State<ApiContext>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers)?;
-    Ok(Json(json!({ "models": crate::query::models_info(&s.rules.current()) })))
+    let rules = s.rules.current();
+    let scored: Vec<serde_json::Value> = read(|| crate::shadow::all_models(&s.store, &rules))
+        .await?
+        .into_iter()
+        .map(|(name, lane)| {
+            let shadow = !lane.is_empty() || rules.models.iter().any(|m| m.name == name && m.shadow);
+            json!({ "name": name, "lane": (!lane.is_empty()).then_some(lane), "shadow": shadow })
+        })
+        .collect();
+    Ok(Json(json!({ "models": crate::query::models_info(&rules), "scored": scored })))
+}
+
+/// A shadow model against a live one over every contact, at `at`
+/// ([`crate::compare`]).
+async fn compare(
+    State(s): State<ApiContext>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<crate::compare::Report>, ApiError> {
+    authorize(&s, &headers)?;
+    let model = |k: &str| {
+        q.get(k)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ApiError::bad_request(format!("parameter `{k}` is required: a model name")))
+    };
+    let (live, shadow) = (model("live")?, model("shadow")?);
+    let top = count_param(&q, "top", 20, 1000)?;
+    let at = at_param(&q)?;
+    let partitions = s.partitions().await?;
+    let rules = s.rules.current();
+    let report = crate::compare::compare(&s.store, &rules, &s.topic, partitions, live, shadow, at, top).await;
+    report.map(Json).map_err(|e| match e {
+        crate::compare::CompareError::UnknownModel { .. } => ApiError::not_found(e.to_string()),
+        crate::compare::CompareError::Store(e) => e.into(),
+    })
 }
 
 async fn contact(
@@ -451,11 +491,16 @@ async fn board() -> axum::response::Html<&'static str> {
 
 /// The `limit` parameter: `default` when absent, 1 to `max`.
 fn limit_param(q: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, ApiError> {
-    match q.get("limit") {
+    count_param(q, "limit", default, max)
+}
+
+/// A count parameter `name`: `default` when absent, 1 to `max`.
+fn count_param(q: &HashMap<String, String>, name: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+    match q.get(name) {
         None => Ok(default),
         Some(v) => {
             v.parse::<usize>().ok().filter(|n| (1..=max).contains(n)).ok_or_else(|| {
-                ApiError::bad_request(format!("parameter `limit`: `{v}` is not a number from 1 to {max}"))
+                ApiError::bad_request(format!("parameter `{name}`: `{v}` is not a number from 1 to {max}"))
             })
         }
     }

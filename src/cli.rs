@@ -55,6 +55,10 @@ pub enum Command {
     /// each gave, and every change of tier, rebuilt from the input topic
     /// with the rules in force.
     History(HistoryArgs),
+    /// Compare a shadow model with a live one over every contact: tier
+    /// migrations, who would and would not alert, score quantiles, the
+    /// largest changes.
+    Compare(CompareArgs),
     /// Deliver alerts to webhooks, chat and email, as a routes file says.
     Notify(crate::notify::NotifyArgs),
     /// Erase a contact (GDPR Art. 17): its state, leaderboard and cooling
@@ -161,6 +165,28 @@ pub struct HistoryArgs {
     /// Print JSON (the read API's answer) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// Rules file; overrides `rules.path` of the configuration.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+}
+
+/// `hotlead compare`.
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    /// The live model (any model scored, live or in a back-filled lane).
+    pub live: String,
+    /// The shadow model to compare with it.
+    pub shadow: String,
+    /// How many contacts each list shows.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The moment compared: RFC 3339 time or milliseconds since 1970;
+    /// default now.
+    #[arg(long)]
+    pub at: Option<String>,
     /// Rules file; overrides `rules.path` of the configuration.
     #[arg(long)]
     pub rules: Option<PathBuf>,
@@ -379,6 +405,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             }
             Ok(std::process::ExitCode::SUCCESS)
         }
+        Command::Compare(args) => compare(&load_config()?, args).await,
         Command::Erase(args) => {
             let config = load_config()?;
             let client = kafka_client(&config, args.brokers.as_deref());
@@ -697,6 +724,29 @@ async fn history(config: &Config, args: HistoryArgs) -> anyhow::Result<std::proc
         println!("{}", serde_json::to_string_pretty(&h)?);
     } else {
         print!("{}", crate::history::render(&h));
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// `hotlead compare`: the report as a table, or as JSON.
+async fn compare(config: &Config, args: CompareArgs) -> anyhow::Result<std::process::ExitCode> {
+    let rules = std::sync::Arc::new(load_rules_file(args.rules.as_deref().unwrap_or(&config.rules.path))?);
+    let at = match &args.at {
+        None => crate::decode::now_ms(),
+        Some(t) => crate::adjust::parse_time(&serde_json::Value::String(t.clone()))
+            .with_context(|| format!("--at `{t}` is neither RFC 3339 time nor milliseconds"))?,
+    };
+    let topic = &config.topics.input;
+    let partitions = crate::kafka::partition_count(&config.client_config(), topic)
+        .with_context(|| format!("cannot read the partitions of {topic}"))?;
+    let store =
+        crate::store::Store::connect_with(&config.redis).await.context("cannot connect to Redis (redis.url)")?;
+    let top = args.top.clamp(1, 1000);
+    let report = crate::compare::compare(&store, &rules, topic, partitions, &args.live, &args.shadow, at, top).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::compare::render(&report));
     }
     Ok(std::process::ExitCode::SUCCESS)
 }

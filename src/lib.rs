@@ -27,6 +27,8 @@
 //! - [`query`]: a contact's scores and explanations, decayed to now.
 //! - [`history`]: a contact's score history in a model, rebuilt from its
 //!   events (pure).
+//! - [`compare`]: a shadow model against a live one over every contact:
+//!   tier migrations, alerts gained and lost, score distributions.
 //! - [`api`]: the HTTP listener (`/metrics`, `/healthz`, `/readyz`).
 //! - [`workbench`]: the rules workbench on the board: check, preview, save.
 //! - [`adjust`]: manual adjustments of a score (the write route and
@@ -42,6 +44,7 @@ pub mod adjust;
 pub mod api;
 pub mod cli;
 pub mod codec;
+pub mod compare;
 pub mod config;
 pub mod decode;
 pub mod engine;

@@ -204,6 +204,7 @@ async fn every_answer(port: u16) -> Vec<(String, String)> {
         "/v1/models/engagement/leaderboard?limit=100".to_string(),
         "/v1/alerts/recent?limit=200".to_string(),
         "/v1/models".to_string(),
+        "/v1/compare?live=engagement&shadow=engagement".to_string(),
         "/v1/status".to_string(),
         "/v1/rules".to_string(),
     ] {
