@@ -69,6 +69,7 @@ fn interaction_event_matches_the_contract() {
             ("visitor_merge", 18, "hotlead.v1.VisitorMerge"),
             ("erasure", 19, "hotlead.v1.Erasure"),
             ("custom", 20, "hotlead.v1.CustomInteraction"),
+            ("promotion", 21, "hotlead.v1.ModelPromotion"),
             ("context", 30, "hotlead.v1.InteractionEvent.ContextEntry"),
         ],
     );
@@ -86,6 +87,7 @@ fn interaction_event_matches_the_contract() {
         "visitor_merge",
         "erasure",
         "custom",
+        "promotion",
     ] {
         assert_eq!(ev[kind].3.as_deref(), Some("interaction"), "{kind} is in the oneof");
     }
@@ -127,7 +129,14 @@ fn interaction_kinds_match_the_contract() {
     check("Identify", &[("contact_id", 1, "string")]);
     check("VisitorMerge", &[("state", 1, "bytes"), ("vocabulary", 2, "string")]);
     check("Erasure", &[("requested_by", 1, "string"), ("reason", 2, "string")]);
-    check("Origin", &[("anonymous_id", 1, "string"), ("partition", 2, "int32"), ("offset", 3, "int64")]);
+    check(
+        "Origin",
+        &[("anonymous_id", 1, "string"), ("partition", 2, "int32"), ("offset", 3, "int64"), ("lane", 4, "string")],
+    );
+    check(
+        "ModelPromotion",
+        &[("model", 1, "string"), ("replaces", 2, "string"), ("announce", 3, "bool"), ("requested_by", 4, "string")],
+    );
     check(
         "ContactErased",
         &[
@@ -173,6 +182,7 @@ fn score_alert_matches_the_contract() {
             ("trigger_event_id", 12, "string"),
             ("top_contributions", 13, "hotlead.v1.Contribution"),
             ("historical", 14, "bool"),
+            ("shadow", 15, "bool"),
         ],
     );
     assert!(fields()["ScoreAlert"]["top_contributions"].2, "top_contributions is repeated");
