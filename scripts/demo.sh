@@ -44,13 +44,14 @@ wait_port() {
 
 rm -rf "$RUN"
 mkdir -p "$RUN/redis" "$RUN/tansu"
-REDIS_PID="" TANSU_PID="" HOTLEAD_PID="" SIM_PID="" ALERTS_PID="" NOTIFY_PID="" RECEIVER_PID=""
+REDIS_PID="" TANSU_PID="" HOTLEAD_PID="" SIM_PID="" ALERTS_PID="" NOTIFY_PID="" RECEIVER_PID="" LANE_PID=""
 stop() {
   trap - EXIT INT TERM
   echo
   echo "demo: stopping ..."
   [ -n "$ALERTS_PID" ] && kill -TERM "$ALERTS_PID" 2>/dev/null
   [ -n "$SIM_PID" ] && kill -TERM "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null
+  [ -n "$LANE_PID" ] && kill -TERM "$LANE_PID" 2>/dev/null && wait "$LANE_PID" 2>/dev/null
   [ -n "$NOTIFY_PID" ] && kill -TERM "$NOTIFY_PID" 2>/dev/null && wait "$NOTIFY_PID" 2>/dev/null
   [ -n "$RECEIVER_PID" ] && kill -TERM "$RECEIVER_PID" 2>/dev/null && { wait "$RECEIVER_PID" 2>/dev/null || true; }
   [ -n "$HOTLEAD_PID" ] && kill -TERM "$HOTLEAD_PID" 2>/dev/null && wait "$HOTLEAD_PID" 2>/dev/null
@@ -88,6 +89,11 @@ wait_port "$NOTIFY_PORT" notify
 setsid "$HOTLEAD" -c "$CONFIG" simulate --rate "$RATE" --contacts "$CONTACTS" --seed "$SEED" \
   --poison-every 500 >"$RUN/simulate.log" 2>&1 &
 SIM_PID=$!
+# A candidate model, tried beside the live one in a lane of its own: it scores
+# the stream from its start and follows it; its alerts go to shadow-alerts.
+setsid "$HOTLEAD" -c "$CONFIG" backfill --rules examples/engagement-v2.yaml --model engagement-v2 \
+  >"$RUN/backfill.log" 2>&1 &
+LANE_PID=$!
 
 cat <<MSG
 demo: hotlead is scoring $RATE events/s from $CONTACTS simulated contacts (seed $SEED).
@@ -95,6 +101,8 @@ demo: hot-leads board: http://127.0.0.1:$HTTP_PORT/board   metrics: http://127.0
 demo: hotlead notify delivers hot and sales-ready leads (examples/notify/routes.yaml) to a receiver
 demo: on 127.0.0.1:$RECEIVER_PORT; its lines start with ↳. Notifier metrics: http://127.0.0.1:$NOTIFY_PORT/metrics
 demo: rules workbench: http://127.0.0.1:$HTTP_PORT/board/rules (models in words, check and preview a change)
+demo: a candidate model, engagement-v2 (examples/engagement-v2.yaml), is back-filled as a shadow beside it:
+demo: compare: http://127.0.0.1:$HTTP_PORT/compare?live=engagement&shadow=engagement-v2   (or: hotlead compare engagement engagement-v2)
 demo: examples/models.yaml alerts sales on hot and sales-ready only; warm and fit move tiers silently
 demo: logs: $RUN/*.log   Ctrl-C stops everything.
 demo: alerts as they happen (tier entered, score, and the rules that drove it):

@@ -23,7 +23,14 @@ fn check(text: &str, origin: &str) {
 
 #[test]
 fn example_rules_files_pass_the_check() {
-    for f in ["examples/models.yaml", "examples/rules.yaml", "bench/rules.yaml", "deploy/kubernetes/rules.yaml"] {
+    for f in [
+        "examples/models.yaml",
+        "examples/rules.yaml",
+        "examples/engagement-v2.yaml",
+        "bench/rules.yaml",
+        "bench/rules-v2.yaml",
+        "deploy/kubernetes/rules.yaml",
+    ] {
         let text = std::fs::read_to_string(root().join(f)).unwrap();
         check(&text, f);
         let warnings = hotlead::rules::RuleSet::check(&text).warnings;
