@@ -371,25 +371,32 @@ async fn contact_history(
 ) -> Result<Json<crate::history::History>, ApiError> {
     use crate::history::{Range, DEFAULT_LIMIT, MAX_LIMIT};
     authorize(&s, &headers)?;
-    let rules = s.rules.current();
-    let model = match q.get("model") {
-        None => 0,
-        Some(name) => rules.models.iter().position(|m| &m.name == name).ok_or_else(|| {
-            let names: Vec<&str> = rules.models.iter().map(|m| m.name.as_str()).collect();
-            ApiError::not_found(format!("no model `{name}`; models: {}", names.join(", ")))
-        })?,
+    let live = s.rules.current();
+    // A model of the live rules, or of a back-filled lane.
+    let located = match q.get("model") {
+        None => crate::shadow::Located { lane: String::new(), store: s.store.clone(), rules: live.clone(), model: 0 },
+        Some(name) => match read(|| crate::shadow::locate(&s.store, &live, name)).await? {
+            Some(l) => l,
+            None => {
+                let all = read(|| crate::shadow::all_models(&s.store, &live)).await?;
+                let names: Vec<&str> = all.iter().map(|(m, _)| m.as_str()).collect();
+                return Err(ApiError::not_found(format!("no model `{name}`; models: {}", names.join(", "))));
+            }
+        },
     };
+    let (rules, model) = (located.rules.clone(), located.model);
     let range = Range {
         from: time_param(&q, "from")?,
         to: time_param(&q, "to")?,
         limit: limit_param(&q, DEFAULT_LIMIT, MAX_LIMIT)?,
     };
     let partitions = s.partitions().await?;
-    let Some((partition, _)) = read(|| s.store.find_contact(&s.topic, partitions, &contact_id, &rules)).await? else {
+    let Some((partition, _)) = read(|| s.store.find_contact(&s.topic, partitions, &contact_id, &live)).await? else {
         return Err(ApiError::not_found(format!("no contact `{contact_id}` has a score")));
     };
-    let keys = crate::store::PartitionKeys::new(&s.topic, partition);
-    let last = read(|| s.store.watermark(&keys)).await?.unwrap_or(-1);
+    // Up to what the model's lane has applied.
+    let keys = located.store.keys(&s.topic, partition);
+    let last = read(|| located.store.watermark(&keys)).await?.unwrap_or(-1);
     let (config, topic, id, limits) = (s.kafka_config.clone(), s.topic.clone(), contact_id.clone(), s.limits);
     let messages = tokio::task::spawn_blocking(move || {
         crate::kafka::contact_messages(&config, &topic, partition, last, &id, &limits, crate::history::READ_TIMEOUT)
