@@ -62,7 +62,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "bench" / "rules.yaml"
 RULES_V2 = ROOT / "bench" / "rules-v2.yaml"  # the model the back-fill phase scores beside the live one
-BACKFILL_DEFAULT_RATE = 5_000  # `hotlead backfill --max-rate` by default (src/shadow.rs)
+BACKFILL_DEFAULT_RATE = 3_000  # `hotlead backfill --max-rate` by default (src/shadow.rs)
 TARGET_BACKFILL_SHARE = 0.80  # the live drain beside a back-fill at its default rate, at least this share of alone
 HOTLEAD = ROOT / "target" / "release" / "hotlead"
 BENCH = ROOT / "target" / "release" / "hotlead-bench"
@@ -792,7 +792,7 @@ def parse_args() -> argparse.Namespace:
                          "bytes per contact-model")
     ap.add_argument("--backfill-rates", type=lambda t: [int(x) for x in t.split(",") if x != ""],
                     help="the back-fill phase: hotlead drains the backlog while `hotlead backfill` runs at each "
-                         "--max-rate (0: full speed); default 0,5000 (5,000: the back-fill's default); --quick: "
+                         "--max-rate (0: full speed); default 0,3000 (3,000: the back-fill's default); --quick: "
                          "none unless given; '' skips it")
     ap.add_argument("--fetch-wait-ms", type=int, default=10,
                     help="fetch.wait.max.ms of every system's consumer (Tansu holds each fetch this long; default 10)")

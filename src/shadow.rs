@@ -287,7 +287,7 @@ pub struct PromoteArgs {
 }
 
 /// A back-fill's rate limit unless told otherwise, events a second.
-pub const DEFAULT_MAX_RATE: u32 = 5_000;
+pub const DEFAULT_MAX_RATE: u32 = 3_000;
 
 /// `hotlead backfill`.
 #[derive(Debug, clap::Args)]
