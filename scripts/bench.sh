@@ -8,7 +8,9 @@
 # ceiling, hotlead and both peers; open-loop latency at 1,000 and 5,000
 # events/s and at half of hotlead's rate, beside the broker's own two hops;
 # hotlead over 10k, 100k and 1M contacts (Redis bytes per contact-model, peak
-# RSS, events/s, Redis projected for 10M contacts x 2 models); the targets.
+# RSS, events/s, Redis projected for 10M contacts x 2 models); hotlead
+# draining beside a `hotlead backfill` at full speed and at its default rate
+# limit (the back-fill's cost on the live pipeline); the targets.
 #
 #   scripts/bench.sh --quick   the regression guard, under three minutes
 #                              once built: 1M events over 100k contacts,

@@ -14,13 +14,15 @@
 //!   matrix's counts, each histogram's counts and [`Report::contacts`] are
 //!   the same total.
 //! - **Tiers by rank.** The matrix has the live model's tiers as rows and
-//!   the shadow's as columns, each base tier first, in tier order. A
-//!   contact *would alert* when the shadow puts it in a tier above base
-//!   that raises alerts ([`crate::rules::Model::alerts_on`] from the base
-//!   tier) and the live model in a lower-ranked tier (index 0 the base
-//!   tier); it *would not* in the reverse case. Either list gives every
-//!   count and the `top` highest-scoring ids (by the score of the model that
-//!   alerts, ties by id).
+//!   the shadow's as columns, each base tier first, in tier order.
+//! - **Alerting by tier.** A tier is *alerting* when entering it from the
+//!   base tier raises an alert ([`crate::rules::Model::alerts_on`]): the
+//!   tiers sales hears about. A contact *would alert* when the shadow holds
+//!   it in an alerting tier and the live model does not (sales would hear of
+//!   a lead it does not have now); it *would not* in the reverse case (sales
+//!   would lose it). Either list gives every count and the `top`
+//!   highest-scoring ids (by the score of the model that alerts, ties by
+//!   id).
 //! - **Common bins.** Both histograms have [`HISTOGRAM_BINS`] bins of equal
 //!   width from 0 to the highest score of either model
 //!   ([`Report::histogram_edges`]); a bin holds scores from its lower edge
@@ -224,8 +226,8 @@ pub fn report(live: Scored<'_>, shadow: Scored<'_>, at_ms: Millis, top: usize) -
         chosen.sort_by(|a, b| key(b).total_cmp(&key(a)).then_with(|| a.0.cmp(b.0)));
         Moves { count: chosen.len(), contacts: chosen.iter().take(top).map(|r| compared(r.0)).collect() }
     };
-    let would_alert = ranked(&|(_, (l, _), (s, _))| shadow.alerting(*s) && l < s, &|(_, _, (_, s))| *s);
-    let would_not = ranked(&|(_, (l, _), (s, _))| live.alerting(*l) && s < l, &|(_, (_, l), _)| *l);
+    let would_alert = ranked(&|(_, (l, _), (s, _))| shadow.alerting(*s) && !live.alerting(*l), &|(_, _, (_, s))| *s);
+    let would_not = ranked(&|(_, (l, _), (s, _))| live.alerting(*l) && !shadow.alerting(*s), &|(_, (_, l), _)| *l);
     let top_changes = ranked(&|(_, (_, l), (_, s))| s != l, &|(_, (_, l), (_, s))| (s - l).abs()).contacts;
 
     let live_scores: Vec<f64> = rows.iter().map(|r| r.1 .1).collect();
@@ -315,8 +317,8 @@ pub fn render(r: &Report) -> String {
     let _ = writeln!(out, "  {:>7}", r.contacts);
 
     for (title, moves, by_shadow) in [
-        ("would alert (the shadow puts them in an alerting tier, live lower)", &r.would_alert, true),
-        ("would not alert (live holds them in an alerting tier, the shadow lower)", &r.would_not, false),
+        ("would alert (the shadow holds them in an alerting tier, live does not)", &r.would_alert, true),
+        ("would not alert (live holds them in an alerting tier, the shadow does not)", &r.would_not, false),
     ] {
         let _ = writeln!(out, "\n{title}: {}", moves.count);
         for c in &moves.contacts {
@@ -596,13 +598,12 @@ models:
         assert_eq!(r.would_alert.count, 3);
         let ids: Vec<&str> = r.would_alert.contacts.iter().map(|c| c.contact_id.as_str()).collect();
         assert_eq!(ids, ["eve", "ann"]);
-        // Live: warm is silent, hot alerts. bob (hot -> warm) and dee (hot
-        // -> cold), by live score: bob 70, dee 65.
-        assert_eq!(r.would_not.count, 2);
+        // Live: warm is silent, hot alerts. bob (hot -> warm) stays in an
+        // alerting tier of the shadow; dee (hot -> cold) does not.
+        assert_eq!(r.would_not.count, 1);
         let ids: Vec<&str> = r.would_not.contacts.iter().map(|c| c.contact_id.as_str()).collect();
-        assert_eq!(ids, ["bob", "dee"]);
-        assert_eq!(r.would_not.contacts[0].live.breakdown, [("live-rule".to_string(), 70.0)]);
-        assert_eq!(r.would_not.contacts[0].shadow.breakdown, [("next-rule".to_string(), 30.0)]);
+        assert_eq!(ids, ["dee"]);
+        assert_eq!(r.would_not.contacts[0].live.breakdown, [("live-rule".to_string(), 65.0)]);
     }
 
     #[test]
@@ -681,7 +682,12 @@ models:
             proptest::prop_assert!(moves.windows(2).all(|w| w[0] >= w[1]), "{:?}", moves);
             proptest::prop_assert!(r.would_alert.contacts.len() == r.would_alert.count.min(3));
             for c in &r.would_alert.contacts {
-                proptest::prop_assert!(b.tier_index(&c.shadow.tier) > a.tier_index(&c.live.tier));
+                proptest::prop_assert!(b.alerts_on(0, b.tier_index(&c.shadow.tier)));
+                proptest::prop_assert!(!a.alerts_on(0, a.tier_index(&c.live.tier)));
+            }
+            for c in &r.would_not.contacts {
+                proptest::prop_assert!(a.alerts_on(0, a.tier_index(&c.live.tier)));
+                proptest::prop_assert!(!b.alerts_on(0, b.tier_index(&c.shadow.tier)));
             }
         }
     }
@@ -696,7 +702,7 @@ models:
         assert!(lines[header + 4].starts_with("total") && lines[header + 4].ends_with("  5"), "{text}");
         let widths: Vec<usize> = lines[header..=header + 4].iter().map(|l| l.chars().count()).collect();
         assert!(widths.iter().all(|w| *w == widths[0]), "aligned: {text}");
-        assert!(text.contains("would alert (the shadow puts them in an alerting tier, live lower): 3"), "{text}");
+        assert!(text.contains("would alert (the shadow holds them in an alerting tier, live does not): 3"), "{text}");
         assert!(text.contains("... and 1 more"), "{text}");
         assert!(text.contains("live:   live-rule 65.00") && text.contains("shadow: next-rule 100.00"), "{text}");
     }

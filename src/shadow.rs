@@ -475,7 +475,7 @@ async fn report_progress(
         if tty {
             eprint!("\r{line}\x1b[K");
             let _ = std::io::stderr().flush();
-        } else if printed.elapsed() >= Duration::from_secs(5) {
+        } else if printed.elapsed() >= Duration::from_secs(if caught_up.is_some() { 5 } else { 60 }) {
             eprintln!("{line}");
             printed = Instant::now();
         }

@@ -210,7 +210,12 @@ pub fn batch_committed(
     );
     for d in &effects.dead_letters {
         let e = &d.rejected.error;
-        warn!(partition, offset = d.offset, reason = e.reason(), error = %e, topic = dead_letter_topic, "Dead-lettered an event that cannot be scored.");
+        if dead_letter_topic.is_empty() {
+            // A shadow lane: the live service dead-letters it.
+            debug!(partition, offset = d.offset, reason = e.reason(), error = %e, "Not scored: the event cannot be scored.");
+        } else {
+            warn!(partition, offset = d.offset, reason = e.reason(), error = %e, topic = dead_letter_topic, "Dead-lettered an event that cannot be scored.");
+        }
         counter!(DEAD_LETTERS_TOTAL, "reason" => e.reason()).increment(1);
     }
     counter!(EVENTS_TOTAL, "outcome" => "scored").increment(c.scored as u64);

@@ -197,7 +197,7 @@ async fn the_api_and_the_command_line_give_the_report_of_an_offline_replay() {
     let text = cli(&[]);
     assert!(
         text.contains(&format!(
-            "would alert (the shadow puts them in an alerting tier, live lower): {}",
+            "would alert (the shadow holds them in an alerting tier, live does not): {}",
             want.would_alert.count
         )),
         "{text}"

@@ -740,7 +740,7 @@ impl Worker {
         telemetry::batch_committed(
             self.partition,
             &effects,
-            self.shared.dead_letter_topic.as_str(),
+            self.outputs().dead_letter,
             started.elapsed().as_secs_f64(),
             redis_seconds,
         );
