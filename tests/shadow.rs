@@ -123,7 +123,10 @@ async fn a_backfill_scores_the_retained_history_exactly_and_resumes_after_a_kill
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("backfill.log");
     let args = ["backfill", "--rules", new_rules.to_str().unwrap(), "--model", "intent"];
-    let mut first = KillOnDrop(stack.spawn_hotlead(&topics, &live_rules, &log, &args, &[]));
+    // No cooling sweep: `rules test` gives each contact's tier at its latest
+    // event, and a sweep would cool those whose score decayed since.
+    let quiet = [("HOTLEAD_PIPELINE__SWEEP_INTERVAL", "0s")];
+    let mut first = KillOnDrop(stack.spawn_hotlead(&topics, &live_rules, &log, &args, &quiet));
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let done: i64 = lane_watermarks(&stack, &topics, "intent").values().map(|w| w + 1).sum();
@@ -148,8 +151,13 @@ async fn a_backfill_scores_the_retained_history_exactly_and_resumes_after_a_kill
     assert!((at_kill as usize) < EVENTS, "killed after the end ({at_kill})");
 
     // Again, to the end of the retained history.
-    let mut second =
-        KillOnDrop(stack.spawn_hotlead(&topics, &live_rules, &log, &[&args[..], &["--until-caught-up"]].concat(), &[]));
+    let mut second = KillOnDrop(stack.spawn_hotlead(
+        &topics,
+        &live_rules,
+        &log,
+        &[&args[..], &["--until-caught-up"]].concat(),
+        &quiet,
+    ));
     let deadline = Instant::now() + Duration::from_secs(600);
     while second.0.try_wait().unwrap().is_none() {
         assert!(
@@ -389,6 +397,32 @@ async fn a_promotion_during_live_traffic_switches_sales_at_one_offset_and_rolls_
             redis::cmd("GET").arg(hotlead::store::PartitionKeys::new(&topics.input, p).roles()).query(&mut r).unwrap();
         assert_eq!(roles, "engagement=live,engagement-v2=shadow");
     }
+
+    // A promotion that announces: sales gets one HEATED alert, triggered by
+    // it, for each contact the new model holds above its base tier (tier as
+    // stored), and no other alert.
+    let config = stack.config(&topics, &rules_path);
+    let e = hotlead::shadow::promotion_event("engagement-v2", "engagement", true, "test", hotlead::decode::now_ms());
+    let at = hotlead::shadow::send_promotion(&config.client_config(), &config.topics.input, &e).await.unwrap();
+    stack.wait_applied(&topics, &at.iter().copied().collect(), Duration::from_secs(60)).await;
+    let mut above: BTreeMap<String, String> = BTreeMap::new();
+    for (w, c) in (0..3).flat_map(|w| (0..15).map(move |c| (w, c))) {
+        let id = format!("c-{w}-{c:02}");
+        let (_, value) = store.find_contact(&topics.input, topics.partitions, &id, &rules).await.unwrap().unwrap();
+        let (_, state) = hotlead::store::decode_stored(&rules, &value).unwrap();
+        let v2 = &hotlead::query::model_views(&rules, &state, Millis::MIN)[1];
+        if v2.tier != "cold" {
+            above.insert(id, v2.tier.clone());
+        }
+    }
+    assert!(above.len() >= 5, "contacts to announce: {above:?}");
+    let sales = stack.settled_alerts(&topics.alerts, want_sales.len() + above.len(), Duration::from_secs(60)).await;
+    let announced: Vec<&ScoreAlert> = sales.iter().filter(|a| a.trigger_event_id == e.event_id).collect();
+    let got: BTreeMap<String, String> = announced.iter().map(|a| (a.contact_id.clone(), a.tier.clone())).collect();
+    assert_eq!(got, above, "announced");
+    assert_eq!(announced.len(), above.len(), "each once");
+    assert!(announced.iter().all(|a| a.model == "engagement-v2" && a.previous_tier == "cold" && !a.shadow));
+    assert_eq!(sales.len(), want_sales.len() + above.len(), "nothing else");
     running.finish().await;
 }
 
