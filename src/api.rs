@@ -298,14 +298,7 @@ fn time_param(q: &HashMap<String, String>, name: &str) -> Result<Option<Millis>,
 async fn models(State(s): State<ApiContext>, headers: HeaderMap) -> Result<Json<serde_json::Value>, ApiError> {
     authorize(&s, &headers)?;
     let rules = s.rules.current();
-    let scored: Vec<serde_json::Value> = read(|| crate::shadow::all_models(&s.store, &rules))
-        .await?
-        .into_iter()
-        .map(|(name, lane)| {
-            let shadow = !lane.is_empty() || rules.models.iter().any(|m| m.name == name && m.shadow);
-            json!({ "name": name, "lane": (!lane.is_empty()).then_some(lane), "shadow": shadow })
-        })
-        .collect();
+    let scored = read(|| crate::shadow::scored(&s.store, &rules, &s.topic)).await?;
     Ok(Json(json!({ "models": crate::query::models_info(&rules), "scored": scored })))
 }
 

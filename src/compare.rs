@@ -404,12 +404,16 @@ pub async fn compare(
         let vb = views(&b.store, &b.rules, topic, partitions, &[b.model], now_ms).await?.pop().unwrap_or_default();
         (va, vb)
     };
-    Ok(report(
+    let mut r = report(
         Scored { model: &a.rules.models[a.model], lane: &a.lane, views: &va },
         Scored { model: &b.rules.models[b.model], lane: &b.lane, views: &vb },
         now_ms,
         top,
-    ))
+    );
+    // Roles as a promotion left them (on the first partition), over the rules' flags.
+    r.live.shadow = crate::shadow::is_shadow(&a, topic, 0).await?;
+    r.shadow.shadow = crate::shadow::is_shadow(&b, topic, 0).await?;
+    Ok(r)
 }
 
 /// Where `model` is scored, or the models that are.

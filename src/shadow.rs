@@ -134,6 +134,40 @@ pub async fn all_models(store: &Store, live: &RuleSet) -> Result<Vec<(String, St
     Ok(all)
 }
 
+/// A model scored here, as the read side lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Scored {
+    /// The model.
+    pub name: String,
+    /// Its back-filled lane (`null`: the live service).
+    pub lane: Option<String>,
+    /// A shadow on the input's first partition (roles switch per partition,
+    /// at a promotion's offset; they agree once every lane has read it).
+    pub shadow: bool,
+    /// Its tiers' names, base tier first.
+    pub tiers: Vec<String>,
+}
+
+/// Every model scored here, live lane first, with its role now.
+pub async fn scored(store: &Store, live: &Arc<RuleSet>, topic: &str) -> Result<Vec<Scored>, StoreError> {
+    let mut sets = vec![(String::new(), live.clone())];
+    for lane in lanes(store).await? {
+        if let Ok(rules) = lane.rules() {
+            sets.push((lane.name, Arc::new(rules)));
+        }
+    }
+    let mut out = Vec::new();
+    for (lane, rules) in sets {
+        let roles = lane_on(&store.for_lane(&lane), &lane, &rules, topic, 0).await?;
+        for (m, shadow) in rules.models.iter().zip(roles.shadow) {
+            let tiers = std::iter::once(m.base_tier.clone()).chain(m.tiers.iter().map(|t| t.name.clone())).collect();
+            let lane = (!lane.is_empty()).then(|| lane.clone());
+            out.push(Scored { name: m.name.clone(), lane, shadow, tiers });
+        }
+    }
+    Ok(out)
+}
+
 /// The roles stored for a partition of a lane after a promotion
 /// (`model=live,other=shadow`), if any.
 pub async fn stored_roles(store: &Store, topic: &str, partition: i32) -> Result<Option<String>, StoreError> {
