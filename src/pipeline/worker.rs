@@ -472,7 +472,7 @@ impl Worker {
             .flatten();
         let start = match watermark {
             Some(w) => Some(rdkafka::Offset::Offset(w + 1)),
-            None => match self.committed().await? {
+            None => match self.committed_since_claim().await? {
                 Some(committed) if self.shared.rebuild_lost_state => {
                     tracing::warn!(
                         partition = self.partition,
@@ -534,6 +534,28 @@ impl Worker {
     }
 
     /// The group's committed offset, asked of the consumer loop.
+    /// The group's committed offset of a partition claimed with no
+    /// watermark, once it is sure that the watermark is missing: the offsets
+    /// are read after the claim, so a newer owner may have scored, committed
+    /// and stored offsets meanwhile. Then this claim is fenced (the loop
+    /// claims again and reads the watermark), never a lost state.
+    async fn committed_since_claim(&mut self) -> Result<Option<i64>, Ended> {
+        let Some(committed) = self.committed().await? else { return Ok(None) };
+        let (store, keys) = (self.shared.store.clone(), self.keys.clone());
+        let names = [keys.epoch(), keys.watermark()];
+        let now = retry::always("claim_check", || store.strings(&names)).await.map_err(|e| Ended::Failed(e.into()))?;
+        let epoch = now[0].as_deref().and_then(|e| e.parse::<i64>().ok());
+        if epoch != Some(self.epoch) || now[1].is_some() {
+            tracing::info!(
+                partition = self.partition,
+                committed,
+                "Another owner scored the partition since this claim; claiming again."
+            );
+            return Err(Ended::Fenced);
+        }
+        Ok(Some(committed))
+    }
+
     async fn committed(&self) -> Result<Option<i64>, Ended> {
         use rdkafka::error::KafkaError;
         let asked = retry::retry(
