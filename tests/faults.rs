@@ -35,14 +35,17 @@ struct Plan {
     seconds: u64,
     rate: u64,
     fault_every: Duration,
+    /// Promote the shadow model a third of the way and roll it back at two
+    /// thirds (the long run).
+    promote: bool,
 }
 
 impl Plan {
     fn from_env() -> Plan {
         let seed = std::env::var("HOTLEAD_FAULTS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(7);
         match std::env::var("HOTLEAD_FAULTS").as_deref() {
-            Ok("long") => Plan { seed, seconds: 200, rate: 100, fault_every: Duration::from_secs(5) },
-            _ => Plan { seed, seconds: 40, rate: 60, fault_every: Duration::from_secs(4) },
+            Ok("long") => Plan { seed, seconds: 200, rate: 100, fault_every: Duration::from_secs(5), promote: true },
+            _ => Plan { seed, seconds: 40, rate: 60, fault_every: Duration::from_secs(4), promote: false },
         }
     }
 }
@@ -121,8 +124,24 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     // The example models with every crossing alerting: many alerts to lose
     // or repeat.
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/models.yaml");
-    let (_rules_dir, rules_path) =
-        support::rules_file(&std::fs::read_to_string(examples).unwrap().replace("alert: false", "alert: true"));
+    // A shadow model beside them (in the long run promoted a third of the
+    // way and rolled back at two thirds): sales hears each crossing from the
+    // model live at its offset, the shadow topic the others.
+    let shadow = "
+  - name: engagement-v2
+    shadow: true
+    half_life: 10d
+    tiers:
+      - { name: warm, enter: 25, exit: 15 }
+      - { name: hot, enter: 50, exit: 35 }
+    rules:
+      - { id: pricing, when: { kind: page_view, url: { prefix: /pricing } }, points: 14 }
+      - { id: docs, when: { kind: page_view, url: { prefix: /docs } }, points: 4 }
+      - { id: demo, when: { kind: form_submission, form_id: demo-request }, points: 40 }
+      - { id: webinar, when: { kind: webinar_attendance, attended: true }, points: 20 }
+";
+    let text = std::fs::read_to_string(examples).unwrap().replace("alert: false", "alert: true") + shadow;
+    let (_rules_dir, rules_path) = support::rules_file(&text);
     let rules = RuleSet::load(&rules_path).unwrap();
     let logs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/faults/{}", plan.seed));
     let _ = std::fs::remove_dir_all(&logs);
@@ -138,6 +157,12 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     let base = hotlead::decode::now_ms() - 3_600_000 - total as i64 * step_ms;
     let mut sim = Simulator::new(&SimConfig { contacts: 400, seed: plan.seed, ..SimConfig::default() });
     let mut input: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(total);
+    // Where the promotion and the rollback go in: written to every partition.
+    let switches = if plan.promote {
+        vec![(total / 3, "engagement-v2", "engagement"), (2 * total / 3, "engagement", "engagement-v2")]
+    } else {
+        vec![]
+    };
     let (mut duplicates, mut late, mut poison) = (0, 0, 0);
     for i in 0..total {
         let r: f64 = rng.random();
@@ -163,6 +188,11 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
                 poison += 1;
             }
             input.push((k, p));
+        } else if let Some((_, model, replaces)) = switches.iter().find(|(at_i, _, _)| *at_i == i) {
+            let e = hotlead::shadow::promotion_event(model, replaces, false, "faults", at);
+            for _ in 0..topics.partitions {
+                input.push((Vec::new(), e.encode_to_vec()));
+            }
         } else {
             let mut t = at;
             if r < 0.08 {
@@ -207,7 +237,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     let delivered: Arc<Mutex<Vec<Landed>>> = Arc::default();
     let producer = {
         let (brokers, topic, delivered) = (stack.brokers.clone(), topics.input.clone(), delivered.clone());
-        let rate = plan.rate;
+        let (rate, partitions) = (plan.rate, topics.partitions);
         tokio::spawn(async move {
             let p: rdkafka::producer::FutureProducer = hotlead::kafka::client_config(&brokers, &[])
                 .set("linger.ms", "5")
@@ -215,12 +245,20 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
                 .create()
                 .unwrap();
             let start = Instant::now();
+            let mut promotions = 0;
             for (i, (key, payload)) in input.into_iter().enumerate() {
                 let due = Duration::from_secs_f64(i as f64 / rate as f64);
                 if let Some(wait) = due.checked_sub(start.elapsed()) {
                     tokio::time::sleep(wait).await;
                 }
-                let r = rdkafka::producer::FutureRecord::to(&topic).key(&key).payload(&payload);
+                let mut r = rdkafka::producer::FutureRecord::to(&topic).key(&key).payload(&payload);
+                if key.is_empty() {
+                    // A promotion: one to each partition, no key.
+                    r = rdkafka::producer::FutureRecord::to(&topic)
+                        .payload(&payload)
+                        .partition(promotions % partitions);
+                    promotions += 1;
+                }
                 let d = p.send(r, Duration::from_secs(30)).await.unwrap_or_else(|(e, _)| panic!("produce: {e}"));
                 delivered.lock().unwrap().push((d.partition, d.offset, key, payload));
             }
@@ -313,27 +351,53 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     // The oracle: the same core over each whole partition.
     // The oracle: the same core over each whole partition, then the
     // coolings due by now (the instances sweep as they go).
-    let support::Oracle { alerts: want_alerts, order: want_order, dead: want_dead, contacts: want_state } =
-        support::oracle_swept(&rules, &topics, delivered.iter().cloned(), Some(hotlead::decode::now_ms()));
+    let support::Oracle {
+        alerts: want_alerts,
+        order: want_order,
+        dead: want_dead,
+        contacts: want_state,
+        shadow: want_shadow,
+        decay: want_decay,
+    } = support::oracle_swept(&rules, &topics, delivered.iter().cloned(), Some(hotlead::decode::now_ms()));
 
-    // Compare.
-    let got_records = stack.read_all(&topics.alerts, usize::MAX, Duration::from_secs(20)).await;
-    let got: Vec<String> =
-        got_records.iter().map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap().alert_id).collect();
-    let got_set: BTreeSet<String> = got.iter().cloned().collect();
+    // Compare: sales' alerts and the shadow model's, together.
+    let read = |topic: String| {
+        let stack = &stack;
+        async move {
+            let records = stack.read_all(&topic, usize::MAX, Duration::from_secs(20)).await;
+            records.iter().map(|r| ScoreAlert::decode(r.payload.as_slice()).unwrap()).collect::<Vec<_>>()
+        }
+    };
+    let (sales, shadowed) = (read(topics.alerts.clone()).await, read(topics.shadow_alerts.clone()).await);
+    let ids = |v: &[ScoreAlert]| v.iter().map(|a| a.alert_id.clone()).collect::<BTreeSet<String>>();
+    let (sales_set, shadow_set) = (ids(&sales), ids(&shadowed));
+    let got_set: BTreeSet<String> = sales_set.union(&shadow_set).cloned().collect();
     let lost = want_alerts.difference(&got_set).count();
     let unexpected = got_set.difference(&want_alerts).count();
-    let duplicated = got.len() - got_set.len();
-    // Each contact's alerts, in the order first delivered.
-    let mut got_order: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let duplicated =
+        sales.len() - sales_set.len() + shadowed.len() - shadow_set.len() + sales_set.intersection(&shadow_set).count();
+    // An alert an event raised goes to sales or to the shadow topic as the
+    // roles at its offset say.
+    let misrouted = sales_set.iter().filter(|id| want_shadow.contains(*id)).count()
+        + shadow_set.iter().filter(|id| !want_shadow.contains(*id) && !want_decay.contains(*id)).count();
+    // Each contact's alerts on each topic, in the order first delivered,
+    // against the oracle's order of those that went there.
+    let mut got_order: std::collections::BTreeMap<(bool, String), Vec<String>> = Default::default();
     let mut first = BTreeSet::new();
-    for r in &got_records {
-        let a = ScoreAlert::decode(r.payload.as_slice()).unwrap();
-        if first.insert(a.alert_id.clone()) {
-            got_order.entry(a.contact_id).or_default().push(a.alert_id);
+    for (on_shadow, a) in sales.iter().map(|a| (false, a)).chain(shadowed.iter().map(|a| (true, a))) {
+        if first.insert((on_shadow, a.alert_id.clone())) {
+            got_order.entry((on_shadow, a.contact_id.clone())).or_default().push(a.alert_id.clone());
         }
     }
-    let out_of_order = want_order.iter().filter(|(c, ids)| got_order.get(*c) != Some(ids)).count();
+    let mut want_by_topic: std::collections::BTreeMap<(bool, String), Vec<String>> = Default::default();
+    for (contact, alerts) in &want_order {
+        for id in alerts {
+            let on_shadow = shadow_set.contains(id) && !sales_set.contains(id) || want_shadow.contains(id);
+            want_by_topic.entry((on_shadow, contact.clone())).or_default().push(id.clone());
+        }
+    }
+    let got_records = sales.len() + shadowed.len();
+    let out_of_order = want_by_topic.iter().filter(|(k, ids)| got_order.get(*k) != Some(ids)).count();
     let dead = stack.read_all(&topics.dead_letter, usize::MAX, Duration::from_secs(20)).await;
     let got_dead: BTreeSet<(i32, String)> = dead
         .iter()
@@ -350,7 +414,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         }
     }
     println!(
-        "faults: seed {} | {} events ({} duplicates, {} late, {} poison) | {} kills, zombie {}, redis restart {}, {} added, {} removed | sweep on | alerts: {} expected, {} delivered, lost {}, delivered more than once {}, unexpected {}, contacts out of order {} | dead letters {}/{} | contacts {} checked, {} differ | logs {}",
+        "faults: seed {} | {} events ({} duplicates, {} late, {} poison) | {} kills, zombie {}, redis restart {}, {} added, {} removed | sweep on | promotion and rollback {} | alerts: {} expected, {} delivered ({} to sales, {} shadow), lost {}, delivered more than once {}, unexpected {}, misrouted {}, contacts out of order {} | dead letters {}/{} | contacts {} checked, {} differ | logs {}",
         plan.seed,
         delivered.len(),
         duplicates,
@@ -361,11 +425,15 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         redis_restarted,
         added,
         removed,
+        plan.promote,
         want_alerts.len(),
-        got.len(),
+        got_records,
+        sales.len(),
+        shadowed.len(),
         lost,
         duplicated,
         unexpected,
+        misrouted,
         out_of_order,
         got_dead.len(),
         want_dead.len(),
@@ -375,6 +443,12 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     );
     assert!(want_alerts.len() > 50, "the stream should raise alerts");
     assert_eq!((lost, unexpected), (0, 0), "alerts lost or unexpected");
+    assert_eq!(misrouted, 0, "alerts on the wrong side of a promotion");
+    assert!(!sales.is_empty() && !shadowed.is_empty());
+    if plan.promote {
+        let heard: BTreeSet<&str> = sales.iter().map(|a| a.model.as_str()).collect();
+        assert!(heard.contains("engagement-v2"), "sales heard the promoted model: {heard:?}");
+    }
     assert_eq!(out_of_order, 0, "contacts whose alerts arrived out of the order raised");
     assert!(mismatched.is_empty(), "scores differ from the oracle: {:?}", &mismatched[..mismatched.len().min(10)]);
     assert_eq!(got_dead, want_dead, "dead letters are exactly the poison input");

@@ -591,6 +591,12 @@ pub struct Oracle {
     pub dead: std::collections::BTreeSet<(i32, String)>,
     /// Each contact's hash fields, with its partition.
     pub contacts: Vec<ContactFields>,
+    /// Ids of the alerts an event raised for a shadow model (bound for the
+    /// shadow topic). A cooling by decay takes the roles in force when it is
+    /// found (a sweep or the contact's next event), so it is in neither set.
+    pub shadow: std::collections::BTreeSet<String>,
+    /// Ids of the coolings by decay.
+    pub decay: std::collections::BTreeSet<String>,
 }
 
 /// The oracle: the same scoring engine the service runs, over each whole
@@ -619,8 +625,14 @@ pub fn oracle_swept(
     }
     let limits = hotlead::decode::Limits::default();
     let now = hotlead::decode::now_ms();
-    let mut out =
-        Oracle { alerts: Default::default(), order: Default::default(), dead: Default::default(), contacts: vec![] };
+    let mut out = Oracle {
+        alerts: Default::default(),
+        order: Default::default(),
+        dead: Default::default(),
+        contacts: vec![],
+        shadow: Default::default(),
+        decay: Default::default(),
+    };
     for (p, mut msgs) in by_partition {
         msgs.sort_by_key(|m: &(i64, Vec<u8>, Vec<u8>)| m.0);
         let msgs = msgs.iter().map(|(o, k, v)| Message::decode(*o, Some(k), Some(v), &limits, now));
@@ -633,6 +645,11 @@ pub fn oracle_swept(
         }
         for a in effects.alerts {
             out.order.entry(a.contact_id.clone()).or_default().push(a.alert_id.clone());
+            if a.trigger_event_id.is_empty() {
+                out.decay.insert(a.alert_id.clone());
+            } else if a.shadow {
+                out.shadow.insert(a.alert_id.clone());
+            }
             out.alerts.insert(a.alert_id);
         }
         out.dead.extend(effects.dead_letters.iter().map(|d| (p, d.offset.to_string())));
