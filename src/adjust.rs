@@ -182,10 +182,7 @@ pub fn new_event_id(now_ms: Millis) -> String {
 pub(crate) fn parse_time(v: &J) -> Option<Millis> {
     match v {
         J::Number(n) => n.as_i64(),
-        J::String(s) => s.trim().parse::<Millis>().ok().or_else(|| {
-            let t = humantime::parse_rfc3339_weak(s.trim()).ok()?;
-            Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as Millis)
-        }),
+        J::String(s) => crate::history::parse_time(s),
         _ => None,
     }
 }

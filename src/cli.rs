@@ -733,7 +733,7 @@ async fn compare(config: &Config, args: CompareArgs) -> anyhow::Result<std::proc
     let rules = std::sync::Arc::new(load_rules_file(args.rules.as_deref().unwrap_or(&config.rules.path))?);
     let at = match &args.at {
         None => crate::decode::now_ms(),
-        Some(t) => crate::adjust::parse_time(&serde_json::Value::String(t.clone()))
+        Some(t) => crate::history::parse_time(t)
             .with_context(|| format!("--at `{t}` is neither RFC 3339 time nor milliseconds"))?,
     };
     let topic = &config.topics.input;

@@ -189,8 +189,7 @@ async fn lane_on(
     topic: &str,
     partition: i32,
 ) -> Result<crate::engine::Lane, StoreError> {
-    let base =
-        if lane.is_empty() { crate::engine::Lane::live(rules) } else { crate::engine::Lane::shadow_lane(lane, rules) };
+    let base = crate::engine::Lane::named(lane, rules);
     Ok(match stored_roles(store, topic, partition).await? {
         Some(r) => base.with_roles(rules, &r),
         None => base,

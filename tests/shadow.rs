@@ -88,19 +88,6 @@ async fn lane_states(
     out
 }
 
-/// The lane's watermarks (offset of the last message applied), per partition.
-fn lane_watermarks(stack: &Stack, topics: &Topics, lane: &str) -> HashMap<i32, i64> {
-    let mut r = stack.redis();
-    (0..topics.partitions)
-        .filter_map(|p| {
-            let keys =
-                hotlead::store::PartitionKeys::in_namespace(&hotlead::store::namespace_of(lane), &topics.input, p);
-            let w: Option<i64> = redis::cmd("GET").arg(keys.watermark()).query(&mut r).unwrap();
-            w.map(|w| (p, w))
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backfill_scores_the_retained_history_exactly_and_resumes_after_a_kill() {
     const EVENTS: usize = 50_000;
@@ -129,7 +116,7 @@ async fn a_backfill_scores_the_retained_history_exactly_and_resumes_after_a_kill
     let mut first = KillOnDrop(stack.spawn_hotlead(&topics, &live_rules, &log, &args, &quiet));
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let done: i64 = lane_watermarks(&stack, &topics, "intent").values().map(|w| w + 1).sum();
+        let done: i64 = stack.lane_watermarks(&topics, "intent").values().map(|w| w + 1).sum();
         if done as usize >= EVENTS / 3 {
             break;
         }
@@ -147,7 +134,7 @@ async fn a_backfill_scores_the_retained_history_exactly_and_resumes_after_a_kill
     }
     first.0.kill().unwrap();
     first.0.wait().unwrap();
-    let at_kill: i64 = lane_watermarks(&stack, &topics, "intent").values().map(|w| w + 1).sum();
+    let at_kill: i64 = stack.lane_watermarks(&topics, "intent").values().map(|w| w + 1).sum();
     assert!((at_kill as usize) < EVENTS, "killed after the end ({at_kill})");
 
     // Again, to the end of the retained history.
@@ -169,7 +156,7 @@ async fn a_backfill_scores_the_retained_history_exactly_and_resumes_after_a_kill
     }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(second.0.wait().unwrap().success(), "{text}");
-    let w = lane_watermarks(&stack, &topics, "intent");
+    let w = stack.lane_watermarks(&topics, "intent");
     assert!(last.iter().all(|(p, o)| w.get(p) == Some(o)), "watermarks {w:?}, last offsets {last:?}");
     assert!(text.contains("Resuming the back-fill of `intent`"), "{text}");
     assert!(text.contains("backfill intent [") && text.contains("ev/s"), "no progress line: {text}");

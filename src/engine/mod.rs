@@ -244,6 +244,15 @@ impl Lane {
         Self { name: name.to_string(), shadow: vec![true; rules.models.len()], not_before_ms: None }
     }
 
+    /// The lane `name` (`""`: the live lane) with its default roles.
+    pub fn named(name: &str, rules: &RuleSet) -> Self {
+        if name.is_empty() {
+            Self::live(rules)
+        } else {
+            Self::shadow_lane(name, rules)
+        }
+    }
+
     /// The same lane with the roles a partition stored (text of
     /// [`Lane::roles_text`]) over the defaults; models it does not name
     /// keep their default.

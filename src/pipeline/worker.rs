@@ -786,11 +786,7 @@ impl Worker {
     /// The lane with the roles in force on the partition: the rules' (or,
     /// in a shadow lane, all shadow), then what promotions stored.
     fn lane(&self, rules: &RuleSet) -> engine::Lane {
-        let mut lane = if self.shared.lane.is_empty() {
-            engine::Lane::live(rules)
-        } else {
-            engine::Lane::shadow_lane(&self.shared.lane, rules)
-        };
+        let mut lane = engine::Lane::named(&self.shared.lane, rules);
         lane.not_before_ms = self.shared.not_before_ms;
         match &self.roles {
             Some(stored) => lane.with_roles(rules, stored),

@@ -278,10 +278,16 @@ impl Stack {
 
     /// Offset of the last event applied, per partition, from Redis.
     pub fn watermarks(&self, topics: &Topics) -> HashMap<i32, i64> {
+        self.lane_watermarks(topics, "")
+    }
+
+    /// [`Stack::watermarks`] of a lane (`""`: the live service).
+    pub fn lane_watermarks(&self, topics: &Topics, lane: &str) -> HashMap<i32, i64> {
         let mut r = self.redis();
+        let namespace = hotlead::store::namespace_of(lane);
         (0..topics.partitions)
             .filter_map(|p| {
-                let key = hotlead::store::PartitionKeys::new(&topics.input, p).watermark();
+                let key = hotlead::store::PartitionKeys::in_namespace(&namespace, &topics.input, p).watermark();
                 let w: Option<i64> = redis::cmd("GET").arg(key).query(&mut r).unwrap();
                 w.map(|w| (p, w))
             })
