@@ -50,6 +50,14 @@
 //! from:     varint n, n × (varint len, visitor id bytes, z input offset)
 //! ```
 //!
+//! Format 3 is format 2 (its links section written even when empty)
+//! followed by the time of the event that set the contact's account, for a
+//! contact that has one:
+//!
+//! ```text
+//! account_at: time
+//! ```
+//!
 //! A contact of ten events in one model takes about 100 bytes, where the
 //! text layout it replaces (a hash of `<model>:<field>` text fields, still
 //! read by [`crate::store::decode_stored`]) took well over a kilobyte.
@@ -64,6 +72,10 @@ pub const FORMAT: u8 = 1;
 
 /// The format this version writes for a contact with identity links.
 pub const FORMAT_LINKS: u8 = 2;
+
+/// The format this version writes for a contact whose account has a time
+/// (format 2 with its links, maybe none, then the account's event time).
+pub const FORMAT_ACCOUNT: u8 = 3;
 
 /// Bytes of an event id hash kept for the repeat check.
 pub const SEEN_HASH_BYTES: usize = 6;
@@ -163,7 +175,14 @@ pub fn encode<'a>(rules: &'a RuleSet, account: Option<&str>, c: &'a ContactState
         }
     }
     let links = &c.links;
-    if !links.is_empty() {
+    let format = if c.account_at != 0 {
+        FORMAT_ACCOUNT
+    } else if links.is_empty() {
+        FORMAT
+    } else {
+        FORMAT_LINKS
+    };
+    if format != FORMAT {
         match &links.into {
             None => put_varint(&mut body, 0),
             Some(a) => {
@@ -177,7 +196,10 @@ pub fn encode<'a>(rules: &'a RuleSet, account: Option<&str>, c: &'a ContactState
             put_zigzag(&mut body, *o);
         }
     }
-    out.push(if links.is_empty() { FORMAT } else { FORMAT_LINKS });
+    if format == FORMAT_ACCOUNT {
+        put_zigzag(&mut body, c.account_at - base);
+    }
+    out.push(format);
     out.extend_from_slice(&rules.vocabulary_id.to_le_bytes());
     put_varint(out, names.extra.len() as u64);
     for n in &names.extra {
@@ -188,7 +210,7 @@ pub fn encode<'a>(rules: &'a RuleSet, account: Option<&str>, c: &'a ContactState
 
 /// The vocabulary id of a binary value, if it has one.
 pub fn vocabulary_of(bytes: &[u8]) -> Option<u32> {
-    matches!(bytes.first(), Some(&FORMAT | &FORMAT_LINKS))
+    matches!(bytes.first(), Some(&FORMAT | &FORMAT_LINKS | &FORMAT_ACCOUNT))
         .then(|| bytes.get(1..5)?.try_into().ok().map(u32::from_le_bytes))?
 }
 
@@ -240,7 +262,7 @@ pub fn decode(
 ) -> Result<(Option<String>, ContactState), CodecError> {
     let mut r = Reader { bytes, at: 0 };
     let format = *bytes.first().ok_or(CodecError::Empty)?;
-    if format != FORMAT && format != FORMAT_LINKS {
+    if ![FORMAT, FORMAT_LINKS, FORMAT_ACCOUNT].contains(&format) {
         return Err(CodecError::Version(format));
     }
     let id = vocabulary_of(bytes).ok_or(CodecError::Malformed(1))?;
@@ -315,7 +337,7 @@ pub fn decode(
             c.models[i] = Some(ModelState { score, at_ms, tier, contributions, fit, caps, alerted, settled_ms });
         }
     }
-    if format == FORMAT_LINKS {
+    if format == FORMAT_ACCOUNT || format == FORMAT_LINKS {
         c.links.into = match r.varint()? {
             0 => None,
             n => Some(r.take(n as usize - 1).map(|b| String::from_utf8_lossy(b).into_owned())?),
@@ -324,6 +346,9 @@ pub fn decode(
             let id = r.str()?.to_string();
             c.links.from.push((id, r.zigzag()?));
         }
+    }
+    if format == FORMAT_ACCOUNT {
+        c.account_at = base + r.zigzag()?;
     }
     if r.at != bytes.len() {
         return Err(CodecError::Malformed(r.at));
@@ -437,6 +462,21 @@ pub(crate) mod tests {
             models: vec![Some(st), None],
             seen: vec![(0xffff_ffff_ffff, 3000), (7, -5000), (1 << 40, 1_760_000_000_000)],
             links: Default::default(),
+            account_at: 0,
+        }
+    }
+
+    #[test]
+    fn an_account_time_round_trips_in_format_3_with_or_without_links() {
+        let rules = rules();
+        let mut out = Vec::new();
+        for links in [vec![], vec![("anon-1".to_string(), 7)]] {
+            let mut c = state();
+            c.links.from = links;
+            c.account_at = 1_760_000_000_001;
+            encode(&rules, Some("acme"), &c, &mut out);
+            assert_eq!(out[0], FORMAT_ACCOUNT);
+            assert_eq!(decode(&rules, &out, None), Ok((Some("acme".to_string()), c)));
         }
     }
 

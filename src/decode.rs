@@ -262,6 +262,11 @@ pub fn now_ms() -> Millis {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
 }
 
+/// Milliseconds since the Unix epoch of a protobuf timestamp.
+pub fn millis(t: &prost_types::Timestamp) -> Millis {
+    t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+}
+
 /// A protobuf timestamp for milliseconds since the Unix epoch.
 pub fn timestamp(ms: Millis) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }

@@ -40,6 +40,7 @@
 //! - [`replay`]: `hotlead rules test`: events from JSON lines, scored offline.
 //! - [`cli`]: the `hotlead` command line.
 
+pub mod account;
 pub mod adjust;
 pub mod api;
 pub mod cli;

@@ -183,6 +183,10 @@ pub struct ContactState {
     pub seen: Vec<(u64, Millis)>,
     /// Identity: the contact this visitor became, or the visitors merged in.
     pub links: Links,
+    /// Event time of the event that set the contact's account (0: none):
+    /// the account is the latest by event time, so an older event naming
+    /// another account, arriving late, does not move the contact.
+    pub account_at: Millis,
 }
 
 /// What ties a contact to others by identity ([`merge_visitor`]).
@@ -224,7 +228,13 @@ impl Links {
 impl ContactState {
     /// An empty state for a rule set of `models` models.
     pub fn new(models: usize) -> Self {
-        Self { profile: BTreeMap::new(), models: vec![None; models], seen: Vec::new(), links: Links::default() }
+        Self {
+            profile: BTreeMap::new(),
+            models: vec![None; models],
+            seen: Vec::new(),
+            links: Links::default(),
+            account_at: 0,
+        }
     }
 
     /// Records `event_id`, arrived at `arrived_ms`, as applied and says

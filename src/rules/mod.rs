@@ -551,6 +551,84 @@ pub struct Model {
     pub rules: Vec<Rule>,
     /// Fit rules, in file order.
     pub fit: Vec<FitRule>,
+    /// The model's account roll-up (`account:`): accounts scored from their
+    /// contacts' scores in this model. `None`: no account score.
+    pub account: Option<AccountRollup>,
+}
+
+/// How an account's score in a model is made from its contacts' scores,
+/// and the account's tiers (see [`crate::account`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountRollup {
+    /// Sum of the `n` highest weighted contact scores; `None`: of all.
+    pub top: Option<usize>,
+    /// A contact's weight by one of its profile attributes; `None`: 1.
+    pub weights: Option<Weights>,
+    /// The model tier (index, 1 or more) at or above which a contact counts
+    /// toward the account's breadth.
+    pub breadth_tier: usize,
+    /// The account tier below every threshold.
+    pub base_tier: String,
+    /// Account tiers above the base, lowest first.
+    pub tiers: Vec<AccountTier>,
+}
+
+impl AccountRollup {
+    /// Name of account tier `index` (0: the base tier).
+    pub fn tier_name(&self, index: usize) -> &str {
+        if index == 0 {
+            &self.base_tier
+        } else {
+            &self.tiers[index - 1].name
+        }
+    }
+
+    /// Index of the account tier with this name (0: base or unknown).
+    pub fn tier_index(&self, name: &str) -> usize {
+        self.tiers.iter().position(|t| t.name == name).map_or(0, |i| i + 1)
+    }
+
+    /// Whether a crossing between account tiers `from` and `to` raises an
+    /// alert: when any tier it enters or leaves says `alert`.
+    pub fn alerts_on(&self, from: usize, to: usize) -> bool {
+        let (low, high) = if from < to { (from, to) } else { (to, from) };
+        self.tiers.get(low..high).is_some_and(|crossed| crossed.iter().any(|t| t.alert))
+    }
+
+    /// A contact's weight given its attributes.
+    pub fn weight(&self, attributes: &BTreeMap<String, String>) -> f64 {
+        match &self.weights {
+            None => 1.0,
+            Some(w) => attributes.get(&w.attribute).and_then(|v| w.values.get(v)).copied().unwrap_or(w.default),
+        }
+    }
+}
+
+/// Contact weights by the value of one profile attribute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Weights {
+    /// The attribute (a contact's profile attribute, such as `role`).
+    pub attribute: String,
+    /// Weight by value.
+    pub values: BTreeMap<String, f64>,
+    /// Weight of a contact whose value is not listed (or missing).
+    pub default: f64,
+}
+
+/// One account tier: hysteresis like a contact tier, and the least breadth
+/// (contacts at or above the breadth tier) it needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountTier {
+    /// Name.
+    pub name: String,
+    /// The account score at which it is entered.
+    pub enter: f64,
+    /// The account score below which it is left.
+    pub exit: f64,
+    /// Contacts at or above the breadth tier needed to enter and to stay.
+    pub min_contacts: u32,
+    /// Whether crossing it raises an alert.
+    pub alert: bool,
 }
 
 impl Model {
@@ -708,6 +786,10 @@ impl RuleSet {
         for m in &models {
             for r in &m.fit {
                 keep.extend(r.when.0.iter().map(|(attr, _)| attr.clone()));
+            }
+            // An account roll-up weighs contacts by an attribute: kept.
+            if let Some(w) = m.account.as_ref().and_then(|a| a.weights.as_ref()) {
+                keep.insert(w.attribute.clone());
             }
         }
         let mut vocabulary: Vec<String> = keep.iter().cloned().collect();

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::yaml::{Kind, Node, Pos, Scalar};
 use super::{
-    Cap, CapLimit, Condition, Conditions, FitRule, HitCount, InteractionKind, Model, Problem, Requirement, Rule,
-    RuleSet, Tier, Window,
+    AccountRollup, AccountTier, Cap, CapLimit, Condition, Conditions, FitRule, HitCount, InteractionKind, Model,
+    Problem, Requirement, Rule, RuleSet, Tier, Weights, Window,
 };
 use crate::score::Millis;
 
@@ -348,7 +348,7 @@ impl Checker {
         let f = self.fields(
             node,
             path,
-            &["name", "version", "half_life", "base_tier", "alert", "shadow", "tiers", "rules", "fit"],
+            &["name", "version", "half_life", "base_tier", "alert", "shadow", "tiers", "rules", "fit", "account"],
         )?;
         let name = self.require(&f, "name").and_then(|n| self.name(n, &f.at("name")));
         let version = match f.get("version") {
@@ -403,6 +403,13 @@ impl Checker {
             None => Some(Vec::new()),
             Some(n) => self.tiers(n, &f.at("tiers"), index, base_tier.as_deref(), alert.unwrap_or(true), names),
         };
+        let account = match (f.get("account"), &tiers) {
+            (None, _) => Some(None),
+            (Some(n), Some(t)) => self
+                .account(n, &f.at("account"), t, base_tier.as_deref().unwrap_or("cold"), alert.unwrap_or(true))
+                .map(Some),
+            (Some(_), None) => None,
+        };
         Some(Model {
             name: name?,
             version: version?,
@@ -412,7 +419,175 @@ impl Checker {
             tiers: tiers?,
             rules: rules.into_iter().collect::<Option<_>>()?,
             fit: fit.into_iter().collect::<Option<_>>()?,
+            account: account?,
         })
+    }
+
+    /// A model's `account:` roll-up; `tiers` are the model's contact tiers
+    /// (the breadth tier names one of them).
+    fn account(&mut self, node: &Node, path: &str, tiers: &[Tier], base: &str, alert: bool) -> Option<AccountRollup> {
+        let f = self.fields(node, path, &["top", "weights", "breadth", "base_tier", "alert", "tiers"])?;
+        let top = match f.get("top") {
+            None => Some(None),
+            Some(n) => match self.whole(n, &f.at("top"), "`top`") {
+                Some(0) => {
+                    self.error(n.pos, &f.at("top"), "out_of_range", "`top` counts contacts: 1 or more");
+                    None
+                }
+                t => t.map(|t| Some(t as usize)),
+            },
+        };
+        let weights = match f.get("weights") {
+            None => Some(None),
+            Some(n) => self.weights(n, &f.at("weights")).map(Some),
+        };
+        let breadth_tier = match f.get("breadth") {
+            None if tiers.is_empty() => {
+                self.error(
+                    f.pos,
+                    &f.at("breadth"),
+                    "no_tiers",
+                    "an account roll-up counts contacts at or above a tier of the model: give the model `tiers:`",
+                );
+                None
+            }
+            None => Some(1),
+            Some(n) => {
+                let name = self.text(n, &f.at("breadth"))?;
+                match tiers.iter().position(|t| t.name == name) {
+                    Some(i) => Some(i + 1),
+                    None => {
+                        let near = suggest(&name, tiers.iter().map(|t| t.name.as_str()));
+                        let list = tiers.iter().map(|t| format!("`{}`", t.name)).collect::<Vec<_>>().join(", ");
+                        self.error_near(
+                            n.pos,
+                            &f.at("breadth"),
+                            "unknown_tier",
+                            format!("`{name}` is not a tier of the model; its tiers are {list}"),
+                            near,
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        let base_tier = match f.get("base_tier") {
+            None => Some(base.to_string()),
+            Some(n) => self.name(n, &f.at("base_tier")),
+        };
+        let alert = match f.get("alert") {
+            None => Some(alert),
+            Some(n) => self.flag(n, &f.at("alert")),
+        };
+        let mut out: Vec<Option<AccountTier>> = Vec::new();
+        if let Some(n) = self.require(&f, "tiers") {
+            for (tpath, tnode) in self.seq(n, &f.at("tiers")) {
+                let tier = self.account_tier(tnode, &tpath, alert.unwrap_or(true));
+                if let Some(t) = &tier {
+                    let at = join(&tpath, "name");
+                    let pos = self.positions.get(&at).copied().unwrap_or(tnode.pos);
+                    if Some(t.name.as_str()) == base_tier.as_deref() || out.iter().flatten().any(|x| x.name == t.name) {
+                        self.error(
+                            pos,
+                            &at,
+                            "duplicate",
+                            format!("tier `{}` is the base tier or listed twice", t.name),
+                        );
+                    }
+                    if let Some(prev) = out.iter().rev().flatten().next() {
+                        if t.enter <= prev.enter || t.exit <= prev.exit {
+                            let at = join(&tpath, "enter");
+                            let pos = self.positions.get(&at).copied().unwrap_or(tnode.pos);
+                            self.error(
+                                pos,
+                                &at,
+                                "tier_order",
+                                format!(
+                                    "tiers are listed lowest first: enter and exit of `{}` ({}/{}) must exceed those of `{}` ({}/{})",
+                                    t.name, t.enter, t.exit, prev.name, prev.enter, prev.exit
+                                ),
+                            );
+                        }
+                    }
+                }
+                out.push(tier);
+            }
+            if out.is_empty() {
+                self.error(n.pos, &f.at("tiers"), "empty", "an account roll-up needs at least one tier");
+            }
+        }
+        Some(AccountRollup {
+            top: top?,
+            weights: weights?,
+            breadth_tier: breadth_tier?,
+            base_tier: base_tier?,
+            tiers: out.into_iter().collect::<Option<_>>()?,
+        })
+    }
+
+    fn weights(&mut self, node: &Node, path: &str) -> Option<Weights> {
+        let f = self.fields(node, path, &["attribute", "values", "default"])?;
+        let attribute = self.require(&f, "attribute").and_then(|n| self.name(n, &f.at("attribute")));
+        let default = match f.get("default") {
+            None => Some(1.0),
+            Some(n) => self.weight(n, &f.at("default")),
+        };
+        let mut values = std::collections::BTreeMap::new();
+        let mut ok = true;
+        if let Some(n) = self.require(&f, "values") {
+            let v = self.fields(n, &f.at("values"), &[])?;
+            for &(value, w) in &v.entries {
+                match self.weight(w, &v.at(value)) {
+                    Some(w) => {
+                        values.insert(value.to_string(), w);
+                    }
+                    None => ok = false,
+                }
+            }
+        }
+        ok.then_some(())?;
+        Some(Weights { attribute: attribute?, values, default: default? })
+    }
+
+    /// A weight: a number from 0.
+    fn weight(&mut self, node: &Node, path: &str) -> Option<f64> {
+        let w = self.number(node, path)?;
+        if w < 0.0 {
+            self.error(node.pos, path, "out_of_range", format!("a weight is 0 or more, not {w}"));
+            return None;
+        }
+        Some(w)
+    }
+
+    fn account_tier(&mut self, node: &Node, path: &str, alert: bool) -> Option<AccountTier> {
+        let f = self.fields(node, path, &["name", "enter", "exit", "min_contacts", "alert"])?;
+        let name = self.require(&f, "name").and_then(|n| self.name(n, &f.at("name")));
+        let enter = self.require(&f, "enter").and_then(|n| self.number(n, &f.at("enter")));
+        let exit = self.require(&f, "exit").and_then(|n| self.number(n, &f.at("exit")));
+        if let (Some(e), Some(n)) = (enter, f.get("enter")) {
+            if e <= 0.0 {
+                self.error(n.pos, &f.at("enter"), "out_of_range", "must be a number greater than zero");
+            }
+        }
+        if let (Some(enter), Some(x), Some(n)) = (enter, exit, f.get("exit")) {
+            if !(x > 0.0 && x <= enter) {
+                self.error(
+                    n.pos,
+                    &f.at("exit"),
+                    "tier_exit",
+                    format!("exit ({x}) must be greater than zero and at most enter ({enter}); an exit above enter would make the tier flap"),
+                );
+            }
+        }
+        let min_contacts = match f.get("min_contacts") {
+            None => Some(0),
+            Some(n) => self.whole(n, &f.at("min_contacts"), "`min_contacts`"),
+        };
+        let alert = match f.get("alert") {
+            None => Some(alert),
+            Some(n) => self.flag(n, &f.at("alert")),
+        };
+        Some(AccountTier { name: name?, enter: enter?, exit: exit?, min_contacts: min_contacts?, alert: alert? })
     }
 
     fn tiers(

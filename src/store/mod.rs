@@ -380,7 +380,7 @@ pub fn decode_text(rules: &RuleSet, fields: &HashMap<String, Vec<u8>>) -> (Optio
             Some((u64::from_str_radix(h, 16).ok()? & crate::score::EVENT_HASH_MASK, t - t.rem_euclid(1000)))
         })
         .collect();
-    (account, ContactState { profile, models, seen, links: Default::default() })
+    (account, ContactState { profile, models, seen, links: Default::default(), account_at: 0 })
 }
 
 /// Encodes and decodes a contact state, as a commit and a later read do.
