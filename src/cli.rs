@@ -430,6 +430,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                     (&t.dead_letter, 1),
                     (&t.erasures, 1),
                     (&t.shadow_alerts, args.partitions),
+                    (&t.account_contributions, args.partitions),
+                    (&t.account_alerts, args.partitions),
                     (&config.notify.dead_letter_topic, 1),
                 ],
                 args.replication,

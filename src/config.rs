@@ -117,6 +117,12 @@ pub struct Topics {
     /// Shadow models' alerts out (protobuf `ScoreAlert` with `shadow` set):
     /// what a model being tried would have said, never sent to sales.
     pub shadow_alerts: String,
+    /// Internal: contacts' contributions to their accounts (protobuf
+    /// `AccountContribution`, keyed by account), written by the contact
+    /// stage and read by the account stage.
+    pub account_contributions: String,
+    /// Account alerts out (protobuf `AccountAlert`, keyed by account).
+    pub account_alerts: String,
 }
 
 impl Default for Topics {
@@ -127,6 +133,8 @@ impl Default for Topics {
             dead_letter: "interactions.dlq".into(),
             erasures: "contact-erasures".into(),
             shadow_alerts: "shadow-alerts".into(),
+            account_contributions: "account-contributions".into(),
+            account_alerts: "account-alerts".into(),
         }
     }
 }
@@ -593,6 +601,8 @@ impl Config {
             ("topics.dead_letter", &self.topics.dead_letter),
             ("topics.erasures", &self.topics.erasures),
             ("topics.shadow_alerts", &self.topics.shadow_alerts),
+            ("topics.account_contributions", &self.topics.account_contributions),
+            ("topics.account_alerts", &self.topics.account_alerts),
         ] {
             if name.is_empty()
                 || name.len() > 249

@@ -183,12 +183,21 @@ impl Stack {
             dead_letter: format!("interactions-{tag}.dlq"),
             erasures: format!("erasures-{tag}"),
             shadow_alerts: format!("shadow-alerts-{tag}"),
+            account_contributions: format!("account-contributions-{tag}"),
+            account_alerts: format!("account-alerts-{tag}"),
             partitions,
             group: format!("hotlead-{tag}"),
         };
         let client = hotlead::kafka::client_config(&self.brokers, &[]);
-        let all =
-            [(&t.input[..], partitions), (&t.alerts, 1), (&t.dead_letter, 1), (&t.erasures, 1), (&t.shadow_alerts, 1)];
+        let all = [
+            (&t.input[..], partitions),
+            (&t.alerts, 1),
+            (&t.dead_letter, 1),
+            (&t.erasures, 1),
+            (&t.shadow_alerts, 1),
+            (&t.account_contributions, partitions),
+            (&t.account_alerts, 1),
+        ];
         hotlead::kafka::create_topics(&client, &all, 1).await.unwrap();
         t
     }
@@ -234,6 +243,8 @@ impl Stack {
             ("HOTLEAD_TOPICS__DEAD_LETTER", topics.dead_letter.clone()),
             ("HOTLEAD_TOPICS__ERASURES", topics.erasures.clone()),
             ("HOTLEAD_TOPICS__SHADOW_ALERTS", topics.shadow_alerts.clone()),
+            ("HOTLEAD_TOPICS__ACCOUNT_CONTRIBUTIONS", topics.account_contributions.clone()),
+            ("HOTLEAD_TOPICS__ACCOUNT_ALERTS", topics.account_alerts.clone()),
             ("HOTLEAD_RULES__PATH", rules.display().to_string()),
             ("HOTLEAD_PIPELINE__BATCH_WAIT", "5ms".to_string()),
             ("HOTLEAD_HTTP__LISTEN", String::new()),
@@ -383,6 +394,10 @@ pub struct Topics {
     pub erasures: String,
     /// Shadow models' alerts.
     pub shadow_alerts: String,
+    /// Contacts' contributions to accounts (as many partitions as the input).
+    pub account_contributions: String,
+    /// Account alerts.
+    pub account_alerts: String,
     /// Partitions of the input topic.
     pub partitions: i32,
     /// Consumer group.
