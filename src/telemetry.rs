@@ -55,6 +55,11 @@ pub const RELAY_REFUSED_TOTAL: &str = "hotlead_relay_refused_total";
 /// 1 while the pipeline consumes (running, not rebalancing, broker
 /// reachable), else 0. The read API serves either way.
 pub const CONSUMING: &str = "hotlead_consuming";
+pub const ACCOUNT_CONTRIBUTIONS_TOTAL: &str = "hotlead_account_contributions_total";
+pub const ACCOUNT_ALERTS_TOTAL: &str = "hotlead_account_alerts_total";
+pub const ACCOUNT_PARTITIONS: &str = "hotlead_account_partitions";
+pub const ACCOUNT_LAG: &str = "hotlead_account_lag_messages";
+pub const ACCOUNT_BATCH_SECONDS: &str = "hotlead_account_batch_seconds";
 
 /// The process's Prometheus recorder, installed (with every metric
 /// described) on first use; `None` if another recorder was installed first.
@@ -150,6 +155,18 @@ pub fn describe() {
         "Outbox messages the broker refused for good and that were dropped."
     );
     metrics::describe_counter!(ERASURES_TOTAL, "Contacts erased (GDPR Art. 17).");
+    metrics::describe_counter!(
+        ACCOUNT_CONTRIBUTIONS_TOTAL,
+        "Contribution records the account stage read, by outcome (applied, repeat, undecodable)."
+    );
+    metrics::describe_counter!(ACCOUNT_ALERTS_TOTAL, "Account tier-crossing alerts committed, by model and direction.");
+    metrics::describe_gauge!(ACCOUNT_PARTITIONS, "Contribution topic partitions this instance's account stage owns.");
+    metrics::describe_gauge!(ACCOUNT_LAG, "Messages behind the end of each owned contribution partition.");
+    metrics::describe_histogram!(
+        ACCOUNT_BATCH_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to roll up and commit one contribution batch."
+    );
     counter!(ERASURES_TOTAL).absolute(0);
     metrics::describe_counter!(RULE_HITS_TOTAL, "Events each behaviour rule matched, by model and rule.");
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
@@ -448,6 +465,64 @@ pub fn relay_refused(partition: i32, topic: &str, bytes: usize, error: &rdkafka:
 pub fn partitions_assigned(partitions: &[i32], owned: usize) {
     info!(?partitions, "Assigned partitions.");
     gauge!(OWNED_PARTITIONS).set(owned as f64);
+}
+
+/// The account stage committed a batch (or a sweep): its records'
+/// outcomes (applied, repeat, undecodable) and alerts.
+pub fn accounts_committed(
+    partition: i32,
+    (applied, repeats, undecodable): (usize, usize, usize),
+    alerts: &[crate::proto::AccountAlert],
+    seconds: f64,
+    redis_seconds: f64,
+) {
+    for (outcome, n) in [("applied", applied), ("repeat", repeats), ("undecodable", undecodable)] {
+        if n > 0 {
+            counter!(ACCOUNT_CONTRIBUTIONS_TOTAL, "outcome" => outcome).increment(n as u64);
+        }
+    }
+    for a in alerts {
+        let direction = crate::proto::score_alert::Direction::try_from(a.direction).map_or("unspecified", |d| {
+            if d == crate::proto::score_alert::Direction::Heated {
+                "heated"
+            } else {
+                "cooled"
+            }
+        });
+        counter!(ACCOUNT_ALERTS_TOTAL, "model" => a.model.clone(), "direction" => direction).increment(1);
+        info!(
+            partition,
+            account = %a.account_id,
+            model = %a.model,
+            tier = %a.tier,
+            direction,
+            score = a.score,
+            breadth = a.breadth,
+            "Account crossed a tier."
+        );
+    }
+    if seconds > 0.0 {
+        histogram!(ACCOUNT_BATCH_SECONDS).record(seconds);
+        debug!(partition, seconds, redis_seconds, "Account batch committed.");
+    }
+}
+
+/// The account stage's partitions changed.
+pub fn account_partitions(partitions: &[i32], owned: usize, assigned: bool) {
+    if assigned {
+        info!(?partitions, "Account stage: assigned contribution partitions.");
+    } else {
+        info!(?partitions, "Account stage: released contribution partitions.");
+        for p in partitions {
+            gauge!(ACCOUNT_LAG, "partition" => p.to_string()).set(0.0);
+        }
+    }
+    gauge!(ACCOUNT_PARTITIONS).set(owned as f64);
+}
+
+/// Lag of an owned contribution partition.
+pub fn account_lag(partition: i32, lag: i64) {
+    gauge!(ACCOUNT_LAG, "partition" => partition.to_string()).set(lag as f64);
 }
 
 /// A partition worker claimed its partition.

@@ -45,7 +45,9 @@ pub use alert::{alert_id, build_alert};
 
 use crate::decode::{self, DecodeError, Limits, ValidEvent};
 use crate::proto::interaction_event::Interaction;
-use crate::proto::{ContactErased, InteractionEvent, ModelPromotion, Origin, ScoreAlert, VisitorMerge};
+use crate::proto::{
+    AccountContribution, ContactErased, InteractionEvent, ModelPromotion, Origin, ScoreAlert, VisitorMerge,
+};
 use crate::rules::RuleSet;
 use crate::score::{self, ContactState, Millis};
 
@@ -215,6 +217,11 @@ pub struct Effects {
     pub forwards: Vec<InteractionEvent>,
     /// Contacts erased, in order.
     pub erasures: Vec<ContactErased>,
+    /// Contacts' parts in their accounts, for the account stage, in the
+    /// order made: one per event that changed a contact's part in an
+    /// account roll-up (a contact that moves account leaves the old one by
+    /// the same event). None when no model has an account roll-up.
+    pub contributions: Vec<AccountContribution>,
     /// A promotion changed the lane's roles (the store keeps them).
     pub roles_changed: bool,
     /// Tallies.
@@ -310,6 +317,7 @@ pub fn score_batch_in(
 ) -> Effects {
     let mut out = Effects::default();
     let mut index: HashMap<String, usize> = HashMap::new();
+    let accounts = rules.models.iter().any(|m| m.account.is_some());
     for m in messages {
         out.counts.messages += 1;
         let valid = match m.event {
@@ -364,12 +372,17 @@ pub fn score_batch_in(
             }
             continue;
         }
+        let before = accounts.then(|| AccountPart::of(rules, contact));
         if let Some(Interaction::Erasure(e)) = &ev.interaction {
             // The visitors merged into it were the same person: erased too.
             for (visitor, _) in &contact.state.links.from {
                 out.forwards.push(InteractionEvent { contact_id: visitor.clone(), origin: None, ..ev.clone() });
             }
             *contact = Contact::erased(rules);
+            if let Some(before) = &before {
+                let after = AccountPart::of(rules, contact);
+                contribute(source, m.offset, &ev, at_ms, before, &after, &mut out.contributions);
+            }
             out.counts.scored += 1;
             out.erasures.push(ContactErased {
                 contact_id: ev.contact_id.clone(),
@@ -435,14 +448,23 @@ pub fn score_batch_in(
                     })),
                     context: Default::default(),
                 });
+                if let Some(before) = &before {
+                    let after = AccountPart::of(rules, contact);
+                    contribute(source, m.offset, &ev, at_ms, before, &after, &mut out.contributions);
+                }
                 out.counts.scored += 1;
                 continue;
             }
             Some(Interaction::VisitorMerge(merge)) => {
                 match crate::codec::decode(rules, &merge.state, Some(&merge.vocabulary)) {
                     Ok((account, visitor)) => {
-                        if contact.account.is_none() {
+                        // The account named latest by event time: the
+                        // visitor's, if it named one later than the contact.
+                        if account.is_some()
+                            && (contact.account.is_none() || visitor.account_at > contact.state.account_at)
+                        {
                             contact.account = account;
+                            contact.state.account_at = visitor.account_at;
                         }
                         score::merge_visitor(rules, &mut contact.state, visitor, at_ms, dedup.max_ids)
                     }
@@ -460,8 +482,11 @@ pub fn score_batch_in(
                 }
             }
             _ => {
-                if !ev.account_id.is_empty() {
+                // The account named latest by event time: an older event,
+                // arriving late, does not move the contact.
+                if !ev.account_id.is_empty() && (contact.account.is_none() || at_ms >= contact.state.account_at) {
                     contact.account = Some(ev.account_id.clone());
+                    contact.state.account_at = at_ms;
                 }
                 score::apply_event(rules, &mut contact.state, &ev, at_ms)
             }
@@ -473,6 +498,11 @@ pub fn score_batch_in(
             // comes again with its next event).
             contact.state.seen.clear();
             contact.account = None;
+            contact.state.account_at = 0;
+        }
+        if let Some(before) = &before {
+            let after = AccountPart::of(rules, contact);
+            contribute(source, m.offset, &ev, at_ms, before, &after, &mut out.contributions);
         }
         for c in crossings {
             let model = &rules.models[c.model];
@@ -487,6 +517,63 @@ pub fn score_batch_in(
         }
     }
     out
+}
+
+/// A contact's part in its account: what a contribution carries.
+#[derive(Debug, Clone, PartialEq)]
+struct AccountPart {
+    account: Option<String>,
+    parts: Vec<crate::proto::ContactPart>,
+    attributes: std::collections::BTreeMap<String, String>,
+}
+
+impl AccountPart {
+    fn of(rules: &RuleSet, c: &Contact) -> Self {
+        if c.erased {
+            return Self { account: None, parts: Vec::new(), attributes: Default::default() };
+        }
+        Self {
+            account: c.account.clone(),
+            parts: crate::account::parts(rules, &c.state),
+            attributes: crate::account::weighed_attributes(rules, &c.state),
+        }
+    }
+}
+
+/// The contributions an event's change of a contact makes: it leaves the
+/// account it had if that changed, and its part in the account it has
+/// now, if that changed.
+fn contribute(
+    source: Source<'_>,
+    offset: i64,
+    ev: &InteractionEvent,
+    at_ms: Millis,
+    before: &AccountPart,
+    after: &AccountPart,
+    out: &mut Vec<AccountContribution>,
+) {
+    let record = |account: &str, left: bool| AccountContribution {
+        account_id: account.to_string(),
+        contact_id: ev.contact_id.clone(),
+        topic: source.topic.to_string(),
+        partition: source.partition,
+        offset,
+        event_id: ev.event_id.clone(),
+        occurred_at: Some(decode::timestamp(at_ms)),
+        left,
+        parts: if left { Vec::new() } else { after.parts.clone() },
+        attributes: if left { Default::default() } else { after.attributes.clone() },
+    };
+    if let Some(old) = &before.account {
+        if after.account.as_ref() != Some(old) {
+            out.push(record(old, true));
+        }
+    }
+    if let Some(new) = &after.account {
+        if before != after {
+            out.push(record(new, false));
+        }
+    }
 }
 
 /// A promotion's announcement: one HEATED alert per contact the newly

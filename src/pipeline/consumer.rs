@@ -23,7 +23,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::{ClientContext, Message as _, Offset};
 
-use super::worker::{self, Delivery, Ended, Handle, Request, Shared, Stop};
+use super::worker::{self, Delivery, Ended, Handle, Request, Shared, Stage, Stop};
 use super::{PipelineError, Status};
 use crate::decode::now_ms;
 use crate::engine::Raw;
@@ -112,7 +112,10 @@ impl Loop {
                 let _ = old.stop.send(Stop::Revoke);
             }
         }
-        telemetry::partitions_assigned(partitions, workers.len());
+        match self.shared.stage {
+            Stage::Contacts => telemetry::partitions_assigned(partitions, workers.len()),
+            Stage::Accounts => telemetry::account_partitions(partitions, workers.len(), true),
+        }
         self.status.owned.store(workers.len(), Ordering::Relaxed);
     }
 
@@ -144,7 +147,10 @@ impl Loop {
         self.serve_requests(consumer, in_callback);
         let owned = self.workers.lock().expect("workers lock").len();
         self.status.owned.store(owned, Ordering::Relaxed);
-        telemetry::partitions_revoked(partitions, owned);
+        match self.shared.stage {
+            Stage::Contacts => telemetry::partitions_revoked(partitions, owned),
+            Stage::Accounts => telemetry::account_partitions(partitions, owned, false),
+        }
     }
 
     /// Serves the workers' requests. Inside a rebalance callback, a request
@@ -338,7 +344,10 @@ impl ClientContext for Loop {
         let workers = self.workers.lock().expect("workers lock");
         for (p, s) in &topic.partitions {
             if *p >= 0 && workers.contains_key(p) && s.consumer_lag >= 0 {
-                telemetry::consumer_lag(*p, s.consumer_lag);
+                match self.shared.stage {
+                    Stage::Contacts => telemetry::consumer_lag(*p, s.consumer_lag),
+                    Stage::Accounts => telemetry::account_lag(*p, s.consumer_lag),
+                }
             }
         }
     }

@@ -33,6 +33,7 @@ use crate::store::{Store, StoreError};
 use crate::telemetry;
 
 use relay::RelayError;
+use worker::Stage;
 
 /// Why the pipeline stopped.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +94,11 @@ pub type Clock = Arc<dyn Fn() -> crate::score::Millis + Send + Sync>;
 
 /// Runs the pipeline until `shutdown` completes, then lets every worker
 /// finish its batch, relay and store its offsets, and leaves the group.
+///
+/// The live service also runs the account stage when the rules in force at
+/// start have an account roll-up: a second consumer, in the group
+/// `<group.id>.accounts`, of the contribution topic, whose workers roll up
+/// accounts with the same claim, fence, watermark and outbox protocol.
 pub async fn run(
     config: &Config,
     rules: Arc<LiveRules>,
@@ -101,25 +107,113 @@ pub async fn run(
     clock: Clock,
 ) -> Result<(), PipelineError> {
     let store = crate::retry::always("connect_redis", || Store::connect_with(&config.redis)).await?;
-    let store = store.for_lane(&config.pipeline.lane);
     let producer: FutureProducer<crate::kafka::QuietContext> =
         config.producer_config().create_with_context(crate::kafka::QuietContext)?;
-    let (requests, requests_rx) = std::sync::mpsc::channel();
-    let shared = Arc::new(worker::Shared {
-        topic: config.topics.input.clone(),
-        alerts_topic: config.topics.alerts.clone(),
-        dead_letter_topic: config.topics.dead_letter.clone(),
-        erasures_topic: config.topics.erasures.clone(),
-        shadow_alerts_topic: config.topics.shadow_alerts.clone(),
-        lane: config.pipeline.lane.clone(),
-        not_before_ms: config.pipeline.not_before_ms,
-        throttle: (config.pipeline.max_events_per_second > 0)
+    let live = config.pipeline.lane.is_empty();
+    let accounts = live && rules.current().models.iter().any(|m| m.account.is_some());
+    let contacts = shared(
+        config,
+        Stage::Contacts,
+        store.for_lane(&config.pipeline.lane),
+        producer.clone(),
+        &rules,
+        &clock,
+        accounts,
+    );
+    let contacts = start(config, contacts, status.clone(), config.consumer_config(), &config.topics.input)?;
+    tracing::info!(
+        topic = config.topics.input,
+        group = config.group_id(),
+        models = rules.current().models.len(),
+        "Scoring."
+    );
+    let accounts = if accounts {
+        let shared = shared(config, Stage::Accounts, store, producer, &rules, &clock, false);
+        let group = format!("{}.accounts", config.group_id());
+        let mut consumer = config.consumer_config();
+        consumer.set("group.id", &group);
+        let stage = start(config, shared, Arc::new(Status::default()), consumer, &config.topics.account_contributions)?;
+        tracing::info!(topic = config.topics.account_contributions, group, "Rolling up accounts.");
+        Some(stage)
+    } else {
+        None
+    };
+    tokio::pin!(shutdown);
+    let mut stages: Vec<Running> = std::iter::once(contacts).chain(accounts).collect();
+    // The first stage to end (an error) or the shutdown; then every stage
+    // stops: finishes its batch, relays, stores its offsets.
+    let first = {
+        let ends = futures::future::select_all(stages.iter_mut().map(|s| s.done.as_mut()));
+        tokio::select! {
+            (r, i, _) = ends => Some((i, r)),
+            _ = &mut shutdown => None,
+        }
+    };
+    for s in &stages {
+        s.stop.store(true, Ordering::Release);
+    }
+    let rest = async {
+        let mut results = Vec::new();
+        for (i, s) in stages.iter_mut().enumerate() {
+            match &first {
+                Some((j, _)) if *j == i => {}
+                _ => results.push(s.done.as_mut().await),
+            }
+        }
+        results
+    };
+    let results = match tokio::time::timeout(config.pipeline.shutdown_timeout, rest).await {
+        Ok(r) => r,
+        Err(_) => {
+            status.set_consuming(false);
+            tracing::error!(
+                timeout = ?config.pipeline.shutdown_timeout,
+                "Shutdown did not finish in time (is the broker down?); exiting anyway. What was not committed is scored again from the watermark."
+            );
+            return Ok(());
+        }
+    };
+    status.set_consuming(false);
+    let result = first.map(|(_, r)| r).into_iter().chain(results).try_fold(Ok(()), |acc, r| r.map(|r| acc.and(r)));
+    tracing::debug!(ok = matches!(result, Ok(Ok(()))), "The consumer loops ended.");
+    result.map_err(|e| PipelineError::Task(e.to_string()))?
+}
+
+/// A running stage: its consumer thread's stop flag and result.
+struct Running {
+    stop: Arc<AtomicBool>,
+    done: std::pin::Pin<Box<tokio::sync::oneshot::Receiver<Result<(), PipelineError>>>>,
+}
+
+/// What a stage's workers share.
+fn shared(
+    config: &Config,
+    stage: Stage,
+    store: Store,
+    producer: FutureProducer<crate::kafka::QuietContext>,
+    rules: &Arc<LiveRules>,
+    clock: &Clock,
+    contributions: bool,
+) -> worker::Shared {
+    let contacts = stage == Stage::Contacts;
+    let t = &config.topics;
+    worker::Shared {
+        stage,
+        contributions_topic: if contributions { t.account_contributions.clone() } else { String::new() },
+        topic: if contacts { t.input.clone() } else { t.account_contributions.clone() },
+        alerts_topic: if contacts { t.alerts.clone() } else { t.account_alerts.clone() },
+        dead_letter_topic: t.dead_letter.clone(),
+        erasures_topic: t.erasures.clone(),
+        shadow_alerts_topic: t.shadow_alerts.clone(),
+        lane: if contacts { config.pipeline.lane.clone() } else { String::new() },
+        not_before_ms: if contacts { config.pipeline.not_before_ms } else { None },
+        throttle: (contacts && config.pipeline.max_events_per_second > 0)
             .then(|| worker::Throttle::new(config.pipeline.max_events_per_second)),
         kafka: config.client_config(),
         store,
         producer,
         rules: rules.clone(),
-        clock,
+        clock: clock.clone(),
         dedup: config.dedup(),
         batch_max: config.pipeline.batch_max_events,
         batch_wait: config.pipeline.batch_wait,
@@ -127,26 +221,33 @@ pub async fn run(
         rebuild_lost_state: config.pipeline.rebuild_lost_state,
         historical_after_ms: config.pipeline.historical_after.as_millis() as i64,
         dead_letter_max_bytes: config.pipeline.dead_letter_max_bytes,
-        requests,
+        // Set by `start`, which holds the receiving end.
+        requests: std::sync::mpsc::channel().0,
         limits: config.limits(),
         abandoned: std::sync::Mutex::default(),
         erased: tokio::sync::Mutex::new(None),
-    });
+    }
+}
+
+/// Starts a stage's consumer loop on its own thread, subscribed to `topic`.
+fn start(
+    config: &Config,
+    mut shared: worker::Shared,
+    status: Arc<Status>,
+    consumer_config: rdkafka::ClientConfig,
+    topic: &str,
+) -> Result<Running, PipelineError> {
+    let (requests, requests_rx) = std::sync::mpsc::channel();
+    shared.requests = requests;
     let context = consumer::Loop::new(
-        shared,
+        Arc::new(shared),
         requests_rx,
-        status.clone(),
+        status,
         config.pipeline.state_cache_contacts,
         config.pipeline.shutdown_timeout,
     );
-    let consumer: BaseConsumer<consumer::Loop> = config.consumer_config().create_with_context(context)?;
-    consumer.subscribe(&[&config.topics.input])?;
-    tracing::info!(
-        topic = config.topics.input,
-        group = config.group_id(),
-        models = rules.current().models.len(),
-        "Scoring."
-    );
+    let consumer: BaseConsumer<consumer::Loop> = consumer_config.create_with_context(context)?;
+    consumer.subscribe(&[topic])?;
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let (done_tx, done) = tokio::sync::oneshot::channel();
@@ -159,26 +260,5 @@ pub async fn run(
             drop(consumer);
         })
         .map_err(|e| PipelineError::Task(e.to_string()))?;
-    tokio::pin!(shutdown);
-    tokio::pin!(done);
-    let result = tokio::select! {
-        r = &mut done => r,
-        _ = &mut shutdown => {
-            stop.store(true, Ordering::Release);
-            match tokio::time::timeout(config.pipeline.shutdown_timeout, &mut done).await {
-                Ok(r) => r,
-                Err(_) => {
-                    status.set_consuming(false);
-                    tracing::error!(
-                        timeout = ?config.pipeline.shutdown_timeout,
-                        "Shutdown did not finish in time (is the broker down?); exiting anyway. What was not committed is scored again from the watermark."
-                    );
-                    return Ok(());
-                }
-            }
-        }
-    };
-    status.set_consuming(false);
-    tracing::debug!(ok = matches!(result, Ok(Ok(()))), "The consumer loop ended.");
-    result.map_err(|e| PipelineError::Task(e.to_string()))?
+    Ok(Running { stop, done: Box::pin(done) })
 }

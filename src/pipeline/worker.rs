@@ -112,8 +112,23 @@ pub enum Stop {
     Shutdown,
 }
 
+/// Which stage a pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Contacts: the input topic's events scored per contact.
+    Contacts,
+    /// Accounts: the contributions topic's records rolled up per account
+    /// ([`crate::account`]).
+    Accounts,
+}
+
 /// What every worker shares.
 pub struct Shared {
+    /// The stage: what the partitions hold and how they are scored.
+    pub stage: Stage,
+    /// Where contacts' contributions to accounts go (empty: nowhere; a
+    /// shadow lane, or no model has an account roll-up).
+    pub contributions_topic: String,
     /// Input topic.
     pub topic: String,
     /// Where outbox entries go.
@@ -418,9 +433,15 @@ impl Worker {
                     // Messages read already: the next batch, at most
                     // `batch_max` of them.
                     let n = self.backlog.len().min(self.shared.batch_max);
-                    let limits = &self.shared.limits;
-                    let messages: Vec<Message> = self.backlog.drain(..n).map(|r| r.decode(limits)).collect();
-                    match self.process(messages).await? {
+                    let raws: Vec<Raw> = self.backlog.drain(..n).collect();
+                    let outcome = match self.shared.stage {
+                        Stage::Contacts => {
+                            let limits = &self.shared.limits;
+                            self.process(raws.iter().map(|r| r.decode(limits)).collect()).await?
+                        }
+                        Stage::Accounts => self.process_accounts(raws).await?,
+                    };
+                    match outcome {
                         Outcome::Stored | Outcome::Dropped => self.pump(),
                         Outcome::Fenced => return Err(Ended::Fenced),
                     }
@@ -444,7 +465,11 @@ impl Worker {
                     }
                 }
                 _ = sweep.tick(), if !sweep_every.is_zero() => {
-                    if self.sweep().await? == Outcome::Fenced {
+                    let outcome = match self.shared.stage {
+                        Stage::Contacts => self.sweep().await?,
+                        Stage::Accounts => self.sweep_accounts().await?,
+                    };
+                    if outcome == Outcome::Fenced {
                         return Err(Ended::Fenced);
                     }
                     self.pump();
@@ -684,23 +709,8 @@ impl Worker {
         let (Some(first), Some(last)) = (messages.first().map(|m| m.offset), messages.last().map(|m| m.offset)) else {
             return Ok(Outcome::Dropped);
         };
-        if let Some(w) = self.watermark {
-            if first != w + 1 {
-                // Messages past a gap: go back to the watermark once; if the
-                // gap is still there, the broker no longer has those offsets.
-                if self.gap_sought != Some(w + 1) {
-                    self.gap_sought = Some(w + 1);
-                    tracing::info!(partition = self.partition, offset = w + 1, "Seeking back to the watermark.");
-                    self.seek(Some(rdkafka::Offset::Offset(w + 1)));
-                    return Ok(Outcome::Dropped);
-                }
-                tracing::warn!(
-                    partition = self.partition,
-                    watermark = w,
-                    first,
-                    "Offsets skipped: the broker no longer has them."
-                );
-            }
+        if self.past_gap(first) {
+            return Ok(Outcome::Dropped);
         }
         if let Some(t) = &self.shared.throttle {
             t.acquire(messages.len()).await;
@@ -770,6 +780,195 @@ impl Worker {
         Ok(Outcome::Stored)
     }
 
+    /// Whether a batch starting at `first` lies past a gap after the
+    /// watermark: the worker then goes back to the watermark once (and
+    /// drops the batch); if the gap is still there, the broker no longer
+    /// has those offsets, and the batch is taken.
+    fn past_gap(&mut self, first: i64) -> bool {
+        let Some(w) = self.watermark else { return false };
+        if first == w + 1 {
+            return false;
+        }
+        if self.gap_sought != Some(w + 1) {
+            self.gap_sought = Some(w + 1);
+            tracing::info!(partition = self.partition, offset = w + 1, "Seeking back to the watermark.");
+            self.seek(Some(rdkafka::Offset::Offset(w + 1)));
+            return true;
+        }
+        tracing::warn!(
+            partition = self.partition,
+            watermark = w,
+            first,
+            "Offsets skipped: the broker no longer has them."
+        );
+        false
+    }
+
+    /// Rolls up and commits one batch of the contributions topic: each
+    /// record applied to its account in offset order ([`crate::account::apply`]),
+    /// then the accounts' states, leaderboard and cooling entries, the
+    /// account alerts (outbox and recent) and the watermark in one fenced
+    /// commit, like a contact batch.
+    async fn process_accounts(&mut self, raws: Vec<Raw>) -> Result<Outcome, Ended> {
+        use prost::Message as _;
+        let (Some(first), Some(last)) = (raws.first().map(|m| m.offset), raws.last().map(|m| m.offset)) else {
+            return Ok(Outcome::Dropped);
+        };
+        if self.past_gap(first) {
+            return Ok(Outcome::Dropped);
+        }
+        let started = Instant::now();
+        let rules = self.shared.rules.current();
+        let mut records = Vec::with_capacity(raws.len());
+        let mut undecodable = 0;
+        for r in &raws {
+            match r.payload.as_deref().map(crate::proto::AccountContribution::decode) {
+                Some(Ok(c)) if !c.account_id.is_empty() => records.push(c),
+                _ => {
+                    undecodable += 1;
+                    tracing::error!(
+                        partition = self.partition,
+                        offset = r.offset,
+                        "A contribution record cannot be read; skipped."
+                    );
+                }
+            }
+        }
+        let mut ids: Vec<&str> = records.iter().map(|c| c.account_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let states = self.load_accounts(&ids).await?;
+        let mut accounts: HashMap<String, crate::account::AccountState> =
+            ids.iter().map(|id| id.to_string()).zip(states).collect();
+        let mut alerts = Vec::new();
+        let (mut applied, mut repeats) = (0, 0);
+        for c in &records {
+            let st = accounts.get_mut(&c.account_id).expect("loaded");
+            match crate::account::apply(&rules, &c.account_id, st, c, &mut alerts) {
+                crate::account::Applied::Changed => applied += 1,
+                crate::account::Applied::Repeat => repeats += 1,
+            }
+        }
+        let mut commit = self.account_commit(&rules, &accounts, &mut alerts);
+        let expected = self.watermark;
+        let commit_started = Instant::now();
+        let outcome = self.commit(&mut commit, expected, last).await?;
+        if outcome != Outcome::Stored {
+            return Ok(outcome);
+        }
+        self.watermark = Some(last);
+        self.gap_sought = None;
+        self.pending = Some(last);
+        telemetry::accounts_committed(
+            self.partition,
+            (applied, repeats, undecodable),
+            &alerts,
+            started.elapsed().as_secs_f64(),
+            commit_started.elapsed().as_secs_f64(),
+        );
+        Ok(Outcome::Stored)
+    }
+
+    /// The stored states of these accounts (empty for one not stored).
+    async fn load_accounts(&self, ids: &[&str]) -> Result<Vec<crate::account::AccountState>, Ended> {
+        let (store, keys) = (&self.shared.store, &self.keys);
+        let key = keys.states();
+        let values = retry::always("load_accounts", || store.hash_values(&key, ids))
+            .await
+            .map_err(|e| Ended::Failed(e.into()))?;
+        ids.iter()
+            .zip(values)
+            .map(|(id, v)| match v {
+                None => Ok(crate::account::AccountState::default()),
+                Some(v) => crate::account::AccountState::decode(&v).map_err(|e| {
+                    Ended::Failed(
+                        StoreError::Corrupt { key: format!("{} {id}", keys.states()), message: e.to_string() }.into(),
+                    )
+                }),
+            })
+            .collect()
+    }
+
+    /// The commit of these accounts' states (each written whole), their
+    /// leaderboard and cooling entries, and `alerts` (marked historical
+    /// first).
+    fn account_commit(
+        &self,
+        rules: &RuleSet,
+        accounts: &HashMap<String, crate::account::AccountState>,
+        alerts: &mut [crate::proto::AccountAlert],
+    ) -> Commit {
+        use prost::Message as _;
+        let mut commit = Commit::default();
+        let mut ids: Vec<&String> = accounts.keys().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let st = &accounts[id];
+            commit.contacts.push(crate::store::ContactWrite {
+                contact: id.clone(),
+                value: Some(st.encode().into()),
+                legacy: false,
+            });
+            for (model, rollup) in crate::account::models(rules) {
+                let entry = |score| crate::store::EntryWrite { model: model.name.clone(), contact: id.clone(), score };
+                commit.leaderboard.push(entry(crate::account::leaderboard_value(model, rollup, st)));
+                let due = crate::account::cooling_due(model, rollup, st);
+                commit.cooling.push(entry(due.map(|d| d as f64)));
+            }
+        }
+        let now = (self.shared.clock)();
+        for a in alerts.iter_mut() {
+            let at = a.crossed_at.as_ref().map_or(now, crate::decode::millis);
+            a.historical = now - at > self.shared.historical_after_ms;
+            let payload = a.encode_to_vec();
+            commit.recent_alerts.push(payload.clone());
+            commit.outbox.push(crate::store::OutboxEntry {
+                topic: self.shared.alerts_topic.clone(),
+                key: a.account_id.as_bytes().to_vec(),
+                payload,
+                headers: vec![],
+            });
+        }
+        commit
+    }
+
+    /// Sweeps the account partition for accounts that cooled by decay:
+    /// their COOLED alerts at the exact instants, committed like a batch
+    /// (fenced, watermark unchanged). Only a caught-up partition is swept.
+    async fn sweep_accounts(&mut self) -> Result<Outcome, Ended> {
+        const LIMIT: usize = 1000;
+        let Some(watermark) = self.watermark else { return Ok(Outcome::Dropped) };
+        if !self.caught_up() {
+            return Ok(Outcome::Dropped);
+        }
+        let rules = self.shared.rules.current();
+        let now = (self.shared.clock)();
+        let names: Vec<&str> = crate::account::models(&rules).map(|(m, _)| m.name.as_str()).collect();
+        let (store, keys) = (&self.shared.store, &self.keys);
+        let due = retry::always("sweep_accounts", || store.cooling_due(keys, &names, now, LIMIT))
+            .await
+            .map_err(|e| Ended::Failed(e.into()))?;
+        let mut ids: Vec<&str> = due.iter().flatten().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Outcome::Dropped);
+        }
+        let states = self.load_accounts(&ids).await?;
+        let mut accounts = HashMap::with_capacity(ids.len());
+        let mut alerts = Vec::new();
+        for (id, mut st) in ids.iter().zip(states) {
+            crate::account::cool_until(&rules, id, &mut st, now, &mut alerts);
+            accounts.insert(id.to_string(), st);
+        }
+        let mut commit = self.account_commit(&rules, &accounts, &mut alerts);
+        let outcome = self.commit(&mut commit, Some(watermark), watermark).await?;
+        if outcome == Outcome::Stored && !alerts.is_empty() {
+            telemetry::accounts_committed(self.partition, (0, 0, 0), &alerts, 0.0, 0.0);
+        }
+        Ok(outcome)
+    }
+
     fn outputs(&self) -> Outputs<'_> {
         // A shadow lane publishes its shadow alerts only: the live service
         // dead-letters the input and publishes the erasure records.
@@ -780,6 +979,7 @@ impl Worker {
             dead_letter: if live { &self.shared.dead_letter_topic } else { "" },
             dead_letter_max_bytes: self.shared.dead_letter_max_bytes,
             erasures: if live { &self.shared.erasures_topic } else { "" },
+            contributions: if live { &self.shared.contributions_topic } else { "" },
         }
     }
 

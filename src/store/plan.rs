@@ -52,6 +52,9 @@ pub struct Outputs<'a> {
     pub dead_letter_max_bytes: usize,
     /// Erasure records' topic (empty: a shadow lane, which publishes none).
     pub erasures: &'a str,
+    /// Contributions to accounts' topic (empty: a shadow lane, which
+    /// publishes none).
+    pub contributions: &'a str,
 }
 
 /// What a partition's leaderboard and cooling entries depend on in a
@@ -255,6 +258,14 @@ pub fn commit_for(
             headers: vec![],
         });
     }
+    for c in effects.contributions.iter().filter(|_| !outputs.contributions.is_empty()) {
+        commit.outbox.push(OutboxEntry {
+            topic: outputs.contributions.to_string(),
+            key: c.account_id.as_bytes().to_vec(),
+            payload: c.encode_to_vec(),
+            headers: vec![],
+        });
+    }
     for e in effects.erasures.iter().filter(|_| !outputs.erasures.is_empty()) {
         commit.outbox.push(OutboxEntry {
             topic: outputs.erasures.to_string(),
@@ -326,8 +337,14 @@ mod tests {
     use crate::proto::{InteractionEvent, PageView};
 
     const SOURCE: Source<'static> = Source { topic: "in", partition: 0 };
-    const OUT: Outputs<'static> =
-        Outputs { alerts: "a", shadow_alerts: "s", dead_letter: "d", dead_letter_max_bytes: 2048, erasures: "e" };
+    const OUT: Outputs<'static> = Outputs {
+        alerts: "a",
+        shadow_alerts: "s",
+        dead_letter: "d",
+        dead_letter_max_bytes: 2048,
+        erasures: "e",
+        contributions: "c",
+    };
 
     #[test]
     fn a_dead_letter_always_fits() {
