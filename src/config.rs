@@ -334,6 +334,23 @@ pub struct PipelineConfig {
     /// epoch) are read and not scored. Set by `hotlead backfill --from`.
     #[serde(skip)]
     pub not_before_ms: Option<i64>,
+    /// Which stages this instance runs: `all` (the contact stage, and the
+    /// account stage when the rules have an account roll-up), `contacts`
+    /// or `accounts`, so the two can be scaled and restarted apart.
+    pub stages: Stages,
+}
+
+/// Which pipeline stages an instance runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stages {
+    /// Both (the account stage only when the rules have an account roll-up).
+    #[default]
+    All,
+    /// The contact stage only.
+    Contacts,
+    /// The account stage only.
+    Accounts,
 }
 
 impl Default for PipelineConfig {
@@ -355,6 +372,7 @@ impl Default for PipelineConfig {
             lane: String::new(),
             max_events_per_second: 0,
             not_before_ms: None,
+            stages: Stages::All,
         }
     }
 }

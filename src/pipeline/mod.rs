@@ -27,7 +27,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::producer::FutureProducer;
 
-use crate::config::Config;
+use crate::config::{Config, Stages};
 use crate::reload::LiveRules;
 use crate::store::{Store, StoreError};
 use crate::telemetry;
@@ -110,36 +110,40 @@ pub async fn run(
     let producer: FutureProducer<crate::kafka::QuietContext> =
         config.producer_config().create_with_context(crate::kafka::QuietContext)?;
     let live = config.pipeline.lane.is_empty();
-    let accounts = live && rules.current().models.iter().any(|m| m.account.is_some());
-    let contacts = shared(
-        config,
-        Stage::Contacts,
-        store.for_lane(&config.pipeline.lane),
-        producer.clone(),
-        &rules,
-        &clock,
-        accounts,
-    );
-    let contacts = start(config, contacts, status.clone(), config.consumer_config(), &config.topics.input)?;
-    tracing::info!(
-        topic = config.topics.input,
-        group = config.group_id(),
-        models = rules.current().models.len(),
-        "Scoring."
-    );
-    let accounts = if accounts {
+    let has_accounts = rules.current().models.iter().any(|m| m.account.is_some());
+    let stages = config.pipeline.stages;
+    let accounts = live && has_accounts && stages != Stages::Contacts;
+    let mut running = Vec::new();
+    if stages != Stages::Accounts || !live {
+        let store = store.for_lane(&config.pipeline.lane);
+        let shared = shared(config, Stage::Contacts, store, producer.clone(), &rules, &clock, live && has_accounts);
+        running.push(start(config, shared, status.clone(), config.consumer_config(), &config.topics.input)?);
+        tracing::info!(
+            topic = config.topics.input,
+            group = config.group_id(),
+            models = rules.current().models.len(),
+            "Scoring."
+        );
+    }
+    if accounts {
         let shared = shared(config, Stage::Accounts, store, producer, &rules, &clock, false);
         let group = format!("{}.accounts", config.group_id());
         let mut consumer = config.consumer_config();
         consumer.set("group.id", &group);
-        let stage = start(config, shared, Arc::new(Status::default()), consumer, &config.topics.account_contributions)?;
+        // The contact stage's status is the service's; with the account
+        // stage alone, this one is.
+        let status = if running.is_empty() { status.clone() } else { Arc::new(Status::default()) };
+        running.push(start(config, shared, status, consumer, &config.topics.account_contributions)?);
         tracing::info!(topic = config.topics.account_contributions, group, "Rolling up accounts.");
-        Some(stage)
-    } else {
-        None
-    };
+    } else if stages == Stages::Accounts {
+        tracing::warn!("pipeline.stages is `accounts` but no model of the rules in force has an account roll-up (or this is a shadow lane): nothing to run.");
+    }
     tokio::pin!(shutdown);
-    let mut stages: Vec<Running> = std::iter::once(contacts).chain(accounts).collect();
+    let mut stages = running;
+    if stages.is_empty() {
+        shutdown.await;
+        return Ok(());
+    }
     // The first stage to end (an error) or the shutdown; then every stage
     // stops: finishes its batch, relays, stores its offsets.
     let first = {

@@ -359,6 +359,8 @@ impl Stack {
             let left = if out.is_empty() { wait } else { Duration::from_secs(1) };
             match tokio::time::timeout(left, consumer.recv()).await {
                 Ok(Ok(m)) => out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
                     timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
                     key: m.key().unwrap_or_default().to_vec(),
                     payload: m.payload().unwrap_or_default().to_vec(),
@@ -415,6 +417,9 @@ pub struct Record {
     pub headers: HashMap<String, String>,
     /// The producer's timestamp (ms since the Unix epoch; 0 if none).
     pub timestamp_ms: i64,
+    /// Partition and offset it was read at.
+    pub partition: i32,
+    pub offset: i64,
 }
 
 /// GET `path` from a listener on 127.0.0.1:`port`; returns the status and
