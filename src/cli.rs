@@ -293,6 +293,9 @@ pub struct AlertsArgs {
     /// The shadow models' alerts (`topics.shadow_alerts`) instead of sales'.
     #[arg(long, conflicts_with = "topic")]
     pub shadow: bool,
+    /// Account alerts (`topics.account_alerts`) instead of contacts'.
+    #[arg(long, conflicts_with_all = ["shadow"])]
+    pub accounts: bool,
 }
 
 /// `hotlead topics`.
@@ -344,10 +347,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Alerts(args) => {
             let config = load_config()?;
             let client = kafka_client(&config, args.brokers.as_deref());
-            let default = if args.shadow { &config.topics.shadow_alerts } else { &config.topics.alerts };
+            let default = if args.shadow {
+                &config.topics.shadow_alerts
+            } else if args.accounts {
+                &config.topics.account_alerts
+            } else {
+                &config.topics.alerts
+            };
             let topic = args.topic.unwrap_or(default.clone());
             eprintln!("Watching {topic} for alerts (Ctrl-C to stop) ...");
-            crate::kafka::print_alerts(&client, &topic, args.from_beginning, crate::shutdown_signal()).await?;
+            let (from_beginning, accounts) = (args.from_beginning, args.accounts);
+            crate::kafka::print_alerts(&client, &topic, from_beginning, accounts, crate::shutdown_signal()).await?;
             Ok(std::process::ExitCode::SUCCESS)
         }
         Command::Score(args) => {

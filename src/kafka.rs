@@ -136,6 +136,38 @@ pub async fn send_event<C: rdkafka::ClientContext + 'static>(
 }
 
 /// One line describing an alert, for people watching a terminal.
+/// One account alert as a line: when, direction, account, model, tiers,
+/// score against the threshold, breadth, and the contacts that drove it.
+pub fn format_account_alert(a: &crate::proto::AccountAlert) -> String {
+    let arrow = match score_alert::Direction::try_from(a.direction) {
+        Ok(score_alert::Direction::Heated) => "HEATED ▲",
+        Ok(score_alert::Direction::Cooled) => "COOLED ▼",
+        _ => "UNKNOWN ?",
+    };
+    let when = a.crossed_at.as_ref().map(|t| clock_of_day(t.seconds)).unwrap_or_default();
+    let cmp = if a.score >= a.threshold { "≥" } else { "<" };
+    let drivers: Vec<String> = a.drivers.iter().map(|d| format!("{} {:.0}%", d.contact_id, d.share * 100.0)).collect();
+    let by = if a.trigger_contact_id.is_empty() { "decay".to_string() } else { a.trigger_contact_id.clone() };
+    format!(
+        "{when}  {arrow}  account {account}  {model} v{version}: {prev} → {tier}  score {score:.1} {cmp} {threshold}  breadth {breadth}  by {by}  drivers: {drivers}",
+        account = a.account_id,
+        model = a.model,
+        version = a.model_version,
+        prev = a.previous_tier,
+        tier = a.tier,
+        score = a.score,
+        threshold = a.threshold,
+        breadth = a.breadth,
+        drivers = drivers.join(", "),
+    )
+}
+
+/// `HH:MM:SSZ` of a Unix time in seconds.
+fn clock_of_day(seconds: i64) -> String {
+    let secs = seconds.rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 pub fn format_alert(a: &ScoreAlert) -> String {
     let arrow = match score_alert::Direction::try_from(a.direction) {
         Ok(score_alert::Direction::Heated) => "HEATED ▲",
@@ -173,6 +205,7 @@ pub async fn print_alerts(
     config: &ClientConfig,
     topic: &str,
     from_beginning: bool,
+    accounts: bool,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), KafkaError> {
     let mut c = config.clone();
@@ -187,7 +220,15 @@ pub async fn print_alerts(
             _ = &mut shutdown => return Ok(()),
             m = consumer.recv() => m?,
         };
-        match ScoreAlert::decode(m.payload().unwrap_or_default()) {
+        let payload = m.payload().unwrap_or_default();
+        if accounts {
+            match crate::proto::AccountAlert::decode(payload) {
+                Ok(a) => println!("{}", format_account_alert(&a)),
+                Err(e) => eprintln!("offset {}: not an AccountAlert: {e}", m.offset()),
+            }
+            continue;
+        }
+        match ScoreAlert::decode(payload) {
             Ok(a) => println!("{}", format_alert(&a)),
             Err(e) => eprintln!("offset {}: not a ScoreAlert: {e}", m.offset()),
         }

@@ -240,11 +240,36 @@ pub struct Report {
     pub alerts: Vec<ScoreAlert>,
     /// Events that would be dead-lettered: line number and reason.
     pub rejected: Vec<(usize, String)>,
+    /// Per account, each account model's standing at the account's time
+    /// (its latest contribution), as the account stage holds it.
+    pub accounts: BTreeMap<String, Vec<AccountResult>>,
+    /// Account alerts, in the order raised.
+    pub account_alerts: Vec<crate::proto::AccountAlert>,
+}
+
+/// An account's standing in one model, in a replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountResult {
+    /// The model.
+    pub model: String,
+    /// Account score at `at_ms`.
+    pub score: f64,
+    /// Account tier.
+    pub tier: String,
+    /// Contacts at or above the breadth tier.
+    pub breadth: u32,
+    /// The account's time.
+    pub at_ms: Millis,
+    /// Its contacts, largest part first: (contact, weighted value, counted).
+    pub contacts: Vec<(String, f64, bool)>,
 }
 
 /// Scores events in order, as one partition of the service would. What the
 /// service sends to another contact's partition (an identified visitor's
 /// state and later events) is scored right after the event that sent it.
+/// Contacts' contributions to their accounts are rolled up as the account
+/// stage does, each right after the event that made it (the order the
+/// service applies them in when the events arrive in the file's order).
 /// Shadow models' crossings carry `shadow`; a `promotion` line switches
 /// roles from there on.
 pub fn replay(rules: &RuleSet, events: &[InteractionEvent]) -> Report {
@@ -261,6 +286,7 @@ pub fn replay_in(rules: &RuleSet, lane: &mut engine::Lane, events: &[Interaction
         Message::decode(offset, Some(e.contact_id.as_bytes()), Some(&payload), &limits, now)
     };
     let mut known: std::collections::HashMap<String, engine::Contact> = Default::default();
+    let mut accounts: BTreeMap<String, crate::account::AccountState> = BTreeMap::new();
     let mut report = Report::default();
     // Records sent on are numbered after the file's lines.
     let mut next = events.len() as i64;
@@ -278,6 +304,11 @@ pub fn replay_in(rules: &RuleSet, lane: &mut engine::Lane, events: &[Interaction
                 pending.push_back(decode(next, f));
                 next += 1;
             }
+            // A shadow lane sends none (the live service does).
+            for c in fx.contributions.iter().filter(|_| lane.name.is_empty()) {
+                let st = accounts.entry(c.account_id.clone()).or_default();
+                crate::account::apply(rules, &c.account_id, st, c, &mut report.account_alerts);
+            }
             known.extend(fx.contacts);
         }
     }
@@ -287,6 +318,22 @@ pub fn replay_in(rules: &RuleSet, lane: &mut engine::Lane, events: &[Interaction
         }
         // At `Millis::MIN`, each model is seen at its own latest event.
         report.contacts.insert(id, crate::query::model_views(rules, &contact.state, Millis::MIN));
+    }
+    for (id, st) in accounts {
+        let results = crate::account::models(rules)
+            .map(|(m, r)| {
+                let s = crate::account::standing(m, r, &st, st.at);
+                AccountResult {
+                    model: m.name.clone(),
+                    score: s.score,
+                    tier: r.tier_name(st.tier(m, r)).to_string(),
+                    breadth: s.breadth,
+                    at_ms: st.at,
+                    contacts: s.shares.iter().map(|x| (x.contact.clone(), x.value, x.counted)).collect(),
+                }
+            })
+            .collect();
+        report.accounts.insert(id, results);
     }
     report
 }
@@ -308,6 +355,34 @@ pub fn render(report: &Report) -> String {
     let _ = writeln!(out, "\ncrossings ({}):", report.alerts.len());
     for a in &report.alerts {
         let _ = writeln!(out, "  {}", crate::kafka::format_alert(a));
+    }
+    if report.accounts.is_empty() {
+        return out;
+    }
+    let _ =
+        writeln!(out, "\n{:<24} {:<16} {:>10}  {:<12} {:>7}  contacts", "account", "model", "score", "tier", "breadth");
+    for (account, results) in &report.accounts {
+        for r in results {
+            let parts: Vec<String> = r
+                .contacts
+                .iter()
+                .map(|(c, v, counted)| format!("{c} {v:.2}{}", if *counted { "" } else { " (not in top)" }))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:<24} {:<16} {:>10.3}  {:<12} {:>7}  {}",
+                account,
+                r.model,
+                r.score,
+                r.tier,
+                r.breadth,
+                parts.join(", ")
+            );
+        }
+    }
+    let _ = writeln!(out, "\naccount crossings ({}):", report.account_alerts.len());
+    for a in &report.account_alerts {
+        let _ = writeln!(out, "  {}", crate::kafka::format_account_alert(a));
     }
     out
 }
@@ -382,6 +457,46 @@ mod tests {
         assert_eq!(r.alerts[0].trigger_event_id, "2");
         assert_eq!(r.rejected, [(4, "invalid adjustment: reason is missing".to_string())]);
         assert!(render(&r).contains("adjustment:met at trade show 7.50"));
+    }
+
+    #[test]
+    fn replay_rolls_accounts_up_as_the_account_stage_does() {
+        let rules = RuleSet::parse(
+            "models:
+  - name: m
+    half_life: 1d
+    tiers: [{name: warm, enter: 20, exit: 10}]
+    rules: [{id: p, when: {kind: page_view}, points: 20}]
+    account: {tiers: [{name: buying, enter: 50, exit: 30, min_contacts: 3}]}",
+            "t",
+        )
+        .unwrap();
+        let line = |id: &str, c: &str, a: &str, at: &str| {
+            format!(
+                r#"{{"event_id":"{id}","contact_id":"{c}","account_id":"{a}","occurred_at":"{at}","page_view":{{}}}}"#
+            )
+        };
+        let lines = [
+            line("1", "x", "acme", "2026-11-01T00:00:00Z"),
+            line("2", "y", "acme", "2026-11-01T00:00:00Z"),
+            line("3", "z", "acme", "2026-11-01T00:00:00Z"),
+            // z moves to globex: acme falls under three contacts.
+            line("4", "z", "globex", "2026-11-01T12:00:00Z"),
+            // An older event naming acme again does not move z back.
+            line("5", "z", "acme", "2026-10-31T00:00:00Z"),
+        ];
+        let events: Vec<_> = lines.iter().map(|l| parse_event(l).unwrap()).collect();
+        let r = replay(&rules, &events);
+        let seen: Vec<(&str, &str, &str)> = r
+            .account_alerts
+            .iter()
+            .map(|a| (a.account_id.as_str(), a.tier.as_str(), a.trigger_event_id.as_str()))
+            .collect();
+        assert_eq!(seen, [("acme", "buying", "3"), ("acme", "cold", "4")]);
+        let acme = &r.accounts["acme"][0];
+        assert_eq!((acme.breadth, acme.contacts.len()), (2, 2));
+        assert_eq!(r.accounts["globex"][0].contacts[0].0, "z");
+        assert!(render(&r).contains("account crossings (2)"));
     }
 
     #[test]

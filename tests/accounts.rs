@@ -255,6 +255,18 @@ async fn an_account_heats_at_its_third_warm_contact_and_cools_at_the_exact_insta
     assert!(close(acme[3].score, score(left_engaged)) && acme[3].score < 45.0);
     assert!(!acme[1].historical, "raised a minute after the visit: live");
     assert!(acme[3].historical, "found by the sweep days later: historical");
+    // `hotlead rules test` on the same events gives the same crossings (the
+    // coolings after the last event are the sweep's, not an event's).
+    let rules = hotlead::rules::RuleSet::parse(RULES, "t").unwrap();
+    let offline = hotlead::replay::replay(&rules, &events);
+    let shape =
+        |a: &AccountAlert| (a.account_id.clone(), a.tier.clone(), a.trigger_event_id.clone(), millis(a), a.breadth);
+    let want: Vec<_> = offline.account_alerts.iter().map(shape).collect();
+    let got: Vec<_> = acme[..2].iter().map(|a| shape(a)).collect();
+    assert_eq!(got, want);
+    for (a, b) in acme[..2].iter().zip(&offline.account_alerts) {
+        assert!(close(a.score, b.score));
+    }
     let globex: Vec<&AccountAlert> = alerts.iter().filter(|a| a.account_id == "globex").collect();
     assert!(globex.is_empty(), "one warm contact (40) does not make globex engaged: {globex:?}");
 }
