@@ -140,7 +140,25 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
       - { id: demo, when: { kind: form_submission, form_id: demo-request }, points: 40 }
       - { id: webinar, when: { kind: webinar_attendance, attended: true }, points: 20 }
 ";
-    let text = std::fs::read_to_string(examples).unwrap().replace("alert: false", "alert: true") + shadow;
+    // And a model whose contacts roll up into accounts (a long half-life:
+    // the accounts heat as the buying groups warm, and their alerts are
+    // the crossings of the contribution log, whatever the faults).
+    let accounts = "
+  - name: buying-group
+    half_life: 365d
+    tiers:
+      - { name: active, enter: 10, exit: 5 }
+    rules:
+      - { id: pricing, when: { kind: page_view, url: { prefix: /pricing } }, points: 10 }
+      - { id: demo, when: { kind: form_submission, form_id: demo-request }, points: 30 }
+      - { id: webinar, when: { kind: webinar_attendance, attended: true }, points: 15 }
+    account:
+      breadth: active
+      tiers:
+        - { name: engaged, enter: 40, exit: 30 }
+        - { name: buying, enter: 90, exit: 70, min_contacts: 3 }
+";
+    let text = std::fs::read_to_string(examples).unwrap().replace("alert: false", "alert: true") + shadow + accounts;
     let (_rules_dir, rules_path) = support::rules_file(&text);
     let rules = RuleSet::load(&rules_path).unwrap();
     let logs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/faults/{}", plan.seed));
@@ -358,6 +376,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         contacts: want_state,
         shadow: want_shadow,
         decay: want_decay,
+        accounts: want_accounts,
     } = support::oracle_swept(&rules, &topics, delivered.iter().cloned(), Some(hotlead::decode::now_ms()));
 
     // Compare: sales' alerts and the shadow model's, together.
@@ -398,6 +417,79 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     }
     let got_records = sales.len() + shadowed.len();
     let out_of_order = want_by_topic.iter().filter(|(k, ids)| got_order.get(*k) != Some(ids)).count();
+    // Accounts: the account alerts are the crossings of the contribution
+    // log applied once, in each partition's offset order (a repeat keeps
+    // its id); each account holds each of its contacts once, as the
+    // contact stands after its last event.
+    let mut log: std::collections::BTreeMap<i32, Vec<(i64, hotlead::proto::AccountContribution)>> = Default::default();
+    for rec in stack.read_all(&topics.account_contributions, usize::MAX, Duration::from_secs(20)).await {
+        let c = hotlead::proto::AccountContribution::decode(rec.payload.as_slice()).unwrap();
+        log.entry(rec.partition).or_default().push((rec.offset, c));
+    }
+    let mut account_states: HashMap<String, hotlead::account::AccountState> = HashMap::new();
+    let mut want_account_alerts = Vec::new();
+    for records in log.values_mut() {
+        records.sort_by_key(|(o, _)| *o);
+        for (_, c) in records.iter() {
+            let st = account_states.entry(c.account_id.clone()).or_default();
+            hotlead::account::apply(&rules, &c.account_id, st, c, &mut want_account_alerts);
+        }
+    }
+    let account_alerts: Vec<hotlead::proto::AccountAlert> = stack
+        .read_all(&topics.account_alerts, usize::MAX, Duration::from_secs(20))
+        .await
+        .iter()
+        .map(|r| hotlead::proto::AccountAlert::decode(r.payload.as_slice()).unwrap())
+        .collect();
+    let want_account_ids: BTreeSet<&str> = want_account_alerts.iter().map(|a| a.alert_id.as_str()).collect();
+    let got_account_ids: BTreeSet<&str> = account_alerts.iter().map(|a| a.alert_id.as_str()).collect();
+    let account_lost = want_account_ids.difference(&got_account_ids).count();
+    let account_unexpected = got_account_ids.difference(&want_account_ids).count();
+    let account_duplicated = account_alerts.len() - got_account_ids.len();
+    let first_seen = |v: &[hotlead::proto::AccountAlert]| {
+        let mut m: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for a in v {
+            let ids = m.entry(a.account_id.clone()).or_default();
+            if !ids.contains(&a.alert_id) {
+                ids.push(a.alert_id.clone());
+            }
+        }
+        m
+    };
+    let accounts_out_of_order = {
+        let (got, want) = (first_seen(&account_alerts), first_seen(&want_account_alerts));
+        want.iter().filter(|(k, ids)| got.get(*k) != Some(ids)).count()
+    };
+    let mut accounts_differ = Vec::new();
+    for (account, members) in &want_accounts {
+        let stored = (0..topics.partitions).find_map(|p| {
+            let key = hotlead::store::PartitionKeys::new(&topics.account_contributions, p).states();
+            let v: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg(account).query(&mut r).unwrap();
+            v.map(|v| hotlead::account::AccountState::decode(&v).unwrap())
+        });
+        let got: std::collections::BTreeMap<String, Vec<(String, f64, i64, f64, String)>> = stored
+            .map(|st| {
+                st.members
+                    .iter()
+                    .map(|(c, m)| {
+                        let parts = m.parts.iter().map(|(k, p)| (k.clone(), p.b, p.a, p.f, p.tier.clone())).collect();
+                        (c.clone(), parts)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let want: std::collections::BTreeMap<String, Vec<(String, f64, i64, f64, String)>> = members
+            .iter()
+            .map(|(c, parts)| {
+                let parts =
+                    parts.iter().map(|p| (p.model.clone(), p.behaviour, p.at_ms, p.fit, p.tier.clone())).collect();
+                (c.clone(), parts)
+            })
+            .collect();
+        if got != want {
+            accounts_differ.push(account.clone());
+        }
+    }
     let dead = stack.read_all(&topics.dead_letter, usize::MAX, Duration::from_secs(20)).await;
     let got_dead: BTreeSet<(i32, String)> = dead
         .iter()
@@ -414,7 +506,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         }
     }
     println!(
-        "faults: seed {} | {} events ({} duplicates, {} late, {} poison) | {} kills, zombie {}, redis restart {}, {} added, {} removed | sweep on | promotion and rollback {} | alerts: {} expected, {} delivered ({} to sales, {} shadow), lost {}, delivered more than once {}, unexpected {}, misrouted {}, contacts out of order {} | dead letters {}/{} | contacts {} checked, {} differ | logs {}",
+        "faults: seed {} | {} events ({} duplicates, {} late, {} poison) | {} kills, zombie {}, redis restart {}, {} added, {} removed | sweep on | promotion and rollback {} | alerts: {} expected, {} delivered ({} to sales, {} shadow), lost {}, delivered more than once {}, unexpected {}, misrouted {}, contacts out of order {} | dead letters {}/{} | contacts {} checked, {} differ | account alerts: {} expected, {} delivered, lost {}, delivered more than once {}, unexpected {}, accounts out of order {} | accounts {} checked, {} differ | logs {}",
         plan.seed,
         delivered.len(),
         duplicates,
@@ -439,6 +531,14 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         want_dead.len(),
         want_state.len(),
         mismatched.len(),
+        want_account_ids.len(),
+        account_alerts.len(),
+        account_lost,
+        account_duplicated,
+        account_unexpected,
+        accounts_out_of_order,
+        want_accounts.len(),
+        accounts_differ.len(),
         logs.display()
     );
     assert!(want_alerts.len() > 50, "the stream should raise alerts");
@@ -450,6 +550,10 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         assert!(heard.contains("engagement-v2"), "sales heard the promoted model: {heard:?}");
     }
     assert_eq!(out_of_order, 0, "contacts whose alerts arrived out of the order raised");
+    assert!(want_account_ids.len() >= 10, "the stream should heat accounts ({})", want_account_ids.len());
+    assert_eq!((account_lost, account_unexpected), (0, 0), "account alerts lost or unexpected");
+    assert_eq!(accounts_out_of_order, 0, "accounts whose alerts arrived out of the order raised");
+    assert!(accounts_differ.is_empty(), "accounts differ from their contacts: {:?}", &accounts_differ);
     assert!(mismatched.is_empty(), "scores differ from the oracle: {:?}", &mismatched[..mismatched.len().min(10)]);
     assert_eq!(got_dead, want_dead, "dead letters are exactly the poison input");
     assert_eq!(want_dead.len(), poison);

@@ -623,6 +623,9 @@ pub struct Oracle {
     pub shadow: std::collections::BTreeSet<String>,
     /// Ids of the coolings by decay.
     pub decay: std::collections::BTreeSet<String>,
+    /// Each account's contacts with their parts in its roll-ups, as the
+    /// contacts stand after their last event (what the account stage holds).
+    pub accounts: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<hotlead::proto::ContactPart>>>,
 }
 
 /// The oracle: the same scoring engine the service runs, over each whole
@@ -658,12 +661,19 @@ pub fn oracle_swept(
         contacts: vec![],
         shadow: Default::default(),
         decay: Default::default(),
+        accounts: Default::default(),
     };
     for (p, mut msgs) in by_partition {
         msgs.sort_by_key(|m: &(i64, Vec<u8>, Vec<u8>)| m.0);
         let msgs = msgs.iter().map(|(o, k, v)| Message::decode(*o, Some(k), Some(v), &limits, now));
         let source = Source { topic: &topics.input, partition: p };
         let mut effects = score_partition(rules, source, msgs);
+        for (contact, c) in &effects.contacts {
+            let parts = hotlead::account::parts(rules, &c.state);
+            if let (Some(account), false) = (&c.account, parts.is_empty() || c.erased) {
+                out.accounts.entry(account.clone()).or_default().insert(contact.clone(), parts);
+            }
+        }
         if let Some(at) = sweep_at {
             let swept = sweep(rules, source, std::mem::take(&mut effects.contacts), at);
             effects.alerts.extend(swept.alerts);
