@@ -268,6 +268,12 @@ pub struct SimulateArgs {
     /// identify (an `identify` event), in [0, 1].
     #[arg(long, default_value_t = 0.2)]
     pub anonymous_share: f64,
+    /// Contacts in accounts as buying groups (1 to 8 contacts, each with a
+    /// `role` and `seniority` in its profile), several contacts of an
+    /// account in market active together; `--buying-groups=false` gives the
+    /// plain stream (four contacts an account, no roles).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub buying_groups: bool,
     /// Make every Nth event unscorable (to exercise the dead-letter topic); 0 never.
     #[arg(long, default_value_t = 0)]
     pub poison_every: u64,
@@ -588,6 +594,7 @@ async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         zipf_exponent: args.zipf,
         seed: args.seed,
         anonymous_share: args.anonymous_share,
+        buying_groups: args.buying_groups,
         ..SimConfig::default()
     };
     if let Some(path) = &args.jsonl {
