@@ -526,6 +526,29 @@ fn rules_check(file: &std::path::Path, strict: bool) -> std::process::ExitCode {
                     crate::rules::describe::duration(m.half_life_secs),
                     tiers.join(" | ")
                 );
+                if let Some(a) = &m.account {
+                    let mut tiers = vec![a.base_tier.clone()];
+                    for t in &a.tiers {
+                        let mut s = format!("{} ≥{} (exit <{})", t.name, t.enter, t.exit);
+                        if t.min_contacts > 0 {
+                            s.push_str(&format!(" and {} contacts", t.min_contacts));
+                        }
+                        if !t.alert {
+                            s.push_str(" no alert");
+                        }
+                        tiers.push(s);
+                    }
+                    let weights =
+                        a.weights.as_ref().map_or(String::new(), |w| format!(", weighted by {}", w.attribute));
+                    println!(
+                        "{}: model `{}` rolls up into accounts: {}{weights}, breadth at {}, account tiers: {}",
+                        file.display(),
+                        m.name,
+                        a.top.map_or("sum of all contacts".to_string(), |n| format!("sum of the top {n} contacts")),
+                        m.tier_name(a.breadth_tier),
+                        tiers.join(" | ")
+                    );
+                }
             }
             match checked.warnings.len() {
                 0 => println!("{}: ok", file.display()),
