@@ -268,6 +268,12 @@ pub struct SimulateArgs {
     /// identify (an `identify` event), in [0, 1].
     #[arg(long, default_value_t = 0.2)]
     pub anonymous_share: f64,
+    /// Contacts in accounts as buying groups (1 to 8 contacts, each with a
+    /// `role` and `seniority` in its profile), several contacts of an
+    /// account in market active together; `--buying-groups=false` gives the
+    /// plain stream (four contacts an account, no roles).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub buying_groups: bool,
     /// Make every Nth event unscorable (to exercise the dead-letter topic); 0 never.
     #[arg(long, default_value_t = 0)]
     pub poison_every: u64,
@@ -530,6 +536,29 @@ fn rules_check(file: &std::path::Path, strict: bool) -> std::process::ExitCode {
                     crate::rules::describe::duration(m.half_life_secs),
                     tiers.join(" | ")
                 );
+                if let Some(a) = &m.account {
+                    let mut tiers = vec![a.base_tier.clone()];
+                    for t in &a.tiers {
+                        let mut s = format!("{} ≥{} (exit <{})", t.name, t.enter, t.exit);
+                        if t.min_contacts > 0 {
+                            s.push_str(&format!(" and {} contacts", t.min_contacts));
+                        }
+                        if !t.alert {
+                            s.push_str(" no alert");
+                        }
+                        tiers.push(s);
+                    }
+                    let weights =
+                        a.weights.as_ref().map_or(String::new(), |w| format!(", weighted by {}", w.attribute));
+                    println!(
+                        "{}: model `{}` rolls up into accounts: {}{weights}, breadth at {}, account tiers: {}",
+                        file.display(),
+                        m.name,
+                        a.top.map_or("sum of all contacts".to_string(), |n| format!("sum of the top {n} contacts")),
+                        m.tier_name(a.breadth_tier),
+                        tiers.join(" | ")
+                    );
+                }
             }
             match checked.warnings.len() {
                 0 => println!("{}: ok", file.display()),
@@ -598,6 +627,7 @@ async fn simulate(config: &Config, args: SimulateArgs) -> anyhow::Result<()> {
         zipf_exponent: args.zipf,
         seed: args.seed,
         anonymous_share: args.anonymous_share,
+        buying_groups: args.buying_groups,
         ..SimConfig::default()
     };
     if let Some(path) = &args.jsonl {

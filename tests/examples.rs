@@ -44,11 +44,13 @@ async fn the_demo_alerts_sales_only_on_the_crossings_its_models_mark() {
     let topics = stack.topics(2).await;
     let path = root().join("examples/models.yaml");
     let rules = hotlead::rules::RuleSet::load(&path).unwrap();
-    // The demo's stream: `hotlead simulate` with its defaults, seed 42.
+    // The demo's stream: `hotlead simulate` with its defaults, seed 42
+    // (buying groups included).
     let mut sim = hotlead::simulate::Simulator::new(&hotlead::simulate::SimConfig {
         contacts: 150,
         seed: 42,
         anonymous_share: 0.2,
+        buying_groups: true,
         ..Default::default()
     });
     let start = hotlead::decode::now_ms() - 2 * 86_400_000;

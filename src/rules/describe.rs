@@ -1,9 +1,11 @@
 //! Models as sentences, for the people who own the rules but do not read
 //! YAML: "page view where url starts with `/pricing`: +10, at most 3 a day".
+//! A model with an `account:` roll-up says, in words too, how its contacts'
+//! scores make an account score and what the account tiers need.
 
 use serde::Serialize;
 
-use super::{Cap, CapLimit, Condition, Conditions, InteractionKind, Model, RuleSet, Tier};
+use super::{AccountRollup, AccountTier, Cap, CapLimit, Condition, Conditions, InteractionKind, Model, RuleSet, Tier};
 
 /// A model in words.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -24,6 +26,19 @@ pub struct ModelText {
     pub rules: Vec<RuleText>,
     /// Fit rules.
     pub fit: Vec<RuleText>,
+    /// The account roll-up, when the model has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<AccountText>,
+}
+
+/// A model's account roll-up in words.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AccountText {
+    /// How the contacts' scores make the account score: sum or top N,
+    /// weights, and which contacts count toward breadth.
+    pub summary: String,
+    /// Each account tier, lowest first, base tier included.
+    pub tiers: Vec<String>,
 }
 
 /// A rule in words.
@@ -85,7 +100,47 @@ fn model(m: &Model) -> ModelText {
                 hits: None,
             })
             .collect(),
+        account: m.account.as_ref().map(|a| account(m, a)),
     }
+}
+
+fn account(m: &Model, a: &AccountRollup) -> AccountText {
+    let broad = m.tier_name(a.breadth_tier);
+    let mut summary = String::from("Contacts roll up into an account score: the sum of ");
+    match a.top {
+        None => summary.push_str("every contact's score in this model"),
+        Some(1) => summary.push_str("the highest contact score in this model"),
+        Some(n) => summary.push_str(&format!("the {n} highest contact scores in this model")),
+    }
+    summary.push_str(", a score below zero counting as zero");
+    match &a.weights {
+        None => summary.push('.'),
+        Some(w) => {
+            let mut values: Vec<String> = w.values.iter().map(|(v, x)| format!("`{v}` \u{d7}{}", number(*x))).collect();
+            values.push(format!("any other \u{d7}{}", number(w.default)));
+            summary.push_str(&format!(
+                ", each weighted by the contact's `{}` before it is {}: {}.",
+                w.attribute,
+                if a.top.is_some() { "ranked" } else { "added" },
+                values.join(", ")
+            ));
+        }
+    }
+    summary.push_str(&format!(" Breadth counts the account's contacts at {broad} or above."));
+    let mut tiers = vec![format!("{}: below every threshold, where accounts start", a.base_tier)];
+    tiers.extend(a.tiers.iter().map(|t| account_tier(t, broad)));
+    AccountText { summary, tiers }
+}
+
+fn account_tier(t: &AccountTier, broad: &str) -> String {
+    let mut s = format!("{}: from {}, left below {}", t.name, number(t.enter), number(t.exit));
+    match t.min_contacts {
+        0 => {}
+        1 => s.push_str(&format!(", needs a contact at {broad} or above to enter and to stay")),
+        n => s.push_str(&format!(", needs {n} contacts at {broad} or above to enter and to stay")),
+    }
+    s.push_str(if t.alert { "; crossing it raises an account alert" } else { "; crossing it raises no alert" });
+    s
 }
 
 fn tier(t: &Tier) -> String {
@@ -221,5 +276,61 @@ models:
         );
         assert!(d[0].tiers[2].ends_with("crossing it raises no alert"), "{}", d[0].tiers[2]);
         assert_eq!(d[1].fit[0].text, "profile where job title matches /(?i)founder/: +20 while it holds");
+    }
+
+    #[test]
+    fn an_account_roll_up_reads_as_sentences() {
+        let rs = RuleSet::parse(
+            r#"
+models:
+  - name: engagement
+    half_life: 14d
+    base_tier: cold
+    tiers: [{ name: warm, enter: 30, exit: 20 }, { name: hot, enter: 60, exit: 45 }]
+    rules: [{ id: p, when: { kind: page_view }, points: 2, cap: { hits: 5, per: day } }]
+    account:
+      top: 3
+      weights: { attribute: role, values: { decision_maker: 2, champion: 1.5 }, default: 1 }
+      breadth: warm
+      tiers:
+        - { name: engaged, enter: 80, exit: 60, alert: false }
+        - { name: buying, enter: 150, exit: 110, min_contacts: 3 }
+  - name: plain
+    half_life: 7d
+    tiers: [{ name: warm, enter: 30, exit: 20 }]
+    rules: [{ id: p, when: { kind: page_view }, points: 2, cap: { hits: 5, per: day } }]
+    account:
+      tiers: [{ name: engaged, enter: 50, exit: 40, min_contacts: 1 }]
+"#,
+            "t",
+        )
+        .unwrap();
+        let d = describe(&rs);
+        let a = d[0].account.as_ref().unwrap();
+        assert_eq!(
+            a.summary,
+            "Contacts roll up into an account score: the sum of the 3 highest contact scores in this model, \
+             a score below zero counting as zero, each weighted by the contact's `role` before it is ranked: \
+             `champion` \u{d7}1.5, `decision_maker` \u{d7}2, any other \u{d7}1. Breadth counts the account's \
+             contacts at warm or above."
+        );
+        assert_eq!(
+            a.tiers,
+            [
+                "cold: below every threshold, where accounts start",
+                "engaged: from 80, left below 60; crossing it raises no alert",
+                "buying: from 150, left below 110, needs 3 contacts at warm or above to enter and to stay; \
+                 crossing it raises an account alert",
+            ]
+        );
+        let p = d[1].account.as_ref().unwrap();
+        assert_eq!(
+            p.summary,
+            "Contacts roll up into an account score: the sum of every contact's score in this model, \
+             a score below zero counting as zero. Breadth counts the account's contacts at warm or above."
+        );
+        assert_eq!(p.tiers[1], "engaged: from 50, left below 40, needs a contact at warm or above to enter and to stay; crossing it raises an account alert");
+        assert_eq!(p.tiers[0], "cold: below every threshold, where accounts start");
+        assert!(serde_json::to_value(&d[0]).unwrap()["account"]["tiers"].is_array());
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | code | finding |
 //! | --- | --- |
-//! | `unreachable_tier` | no sequence of events can reach the tier within its model's caps and half-life (or a model it requires cannot reach the score it needs) |
+//! | `unreachable_tier` | no sequence of events can reach the tier within its model's caps and half-life (or a model it requires cannot reach the score it needs); or an account tier of a `top: N` roll-up is entered above N contacts at that ceiling, at the highest weight |
 //! | `shadowed_rule` | a rule matches exactly what an earlier rule of the model matches, so every such event is counted twice |
 //! | `never_holds` | a condition that can never hold: `exists: false` together with a test on the value |
 //! | `fit_tiers_unused` | a fit-only model has tiers but no tier of another model `requires` it: its tiers move on profile changes alone |
@@ -79,6 +79,26 @@ pub fn lint(rules: &RuleSet, positions: &HashMap<String, Pos>) -> Vec<Problem> {
                             t.name, t.exit, prev.enter, prev.name, t.name, prev.name, prev.enter
                         ),
                     );
+                }
+            }
+        }
+        if let (Some(a), Some(max)) = (&m.account, ceilings[mi]) {
+            // Without `top` every contact adds: no bound. With it, N
+            // contacts at the ceiling, each at the highest weight.
+            if let Some(n) = a.top {
+                let weight = a.weights.as_ref().map_or(1.0, |w| w.values.values().copied().fold(w.default, f64::max));
+                let most = n as f64 * weight.max(0.0) * max;
+                for (ti, t) in a.tiers.iter().enumerate() {
+                    if t.enter > most + 1e-9 {
+                        warn(
+                            at(&format!("account.tiers[{ti}].enter")),
+                            "unreachable_tier",
+                            format!(
+                                "account tier `{}` is entered at {}, but with `top: {n}` an account scores at most {:.1} in `{}` ({n} contacts at its ceiling of {:.1}, weight {}); lower `enter`, or raise `top`",
+                                t.name, t.enter, most, m.name, max, weight
+                            ),
+                        );
+                    }
                 }
             }
         }
@@ -363,5 +383,35 @@ models:
 ";
         assert_eq!(codes(&yaml.replace("EXIT", "25")), [("overlapping_tiers", 7)]);
         assert_eq!(codes(&yaml.replace("EXIT", "30")), []);
+    }
+
+    #[test]
+    fn an_account_tier_above_what_top_n_contacts_can_score_is_unreachable() {
+        // One rule, 10 points once: a contact scores at most 10; the top 2
+        // at weight 3 make at most 60.
+        let yaml = |enter: u32, top: &str| {
+            format!(
+                "
+models:
+  - name: m
+    half_life: 7d
+    tiers: [{{ name: warm, enter: 5, exit: 4 }}]
+    rules: [{{ id: demo, when: {{ kind: form_submission }}, points: 10, once: true }}]
+    account:
+{top}
+      weights: {{ attribute: role, values: {{ decision_maker: 3 }}, default: 1 }}
+      tiers:
+        - {{ name: engaged, enter: 20, exit: 15 }}
+        - {{ name: buying, enter: {enter}, exit: 50 }}
+"
+            )
+        };
+        assert_eq!(codes(&yaml(60, "      top: 2")), []);
+        assert_eq!(codes(&yaml(61, "      top: 2")), [("unreachable_tier", 12)]);
+        let checked = RuleSet::check(&yaml(61, "      top: 2"));
+        assert_eq!(checked.warnings[0].field, "models[0].account.tiers[1].enter");
+        assert!(checked.warnings[0].message.contains("at most 60.0"), "{}", checked.warnings[0].message);
+        // Without `top` more contacts always add more.
+        assert_eq!(codes(&yaml(1000, "")), []);
     }
 }
