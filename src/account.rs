@@ -333,11 +333,14 @@ pub fn next_cooling(rules: &RuleSet, state: &AccountState) -> Option<Millis> {
     models(rules).filter_map(|(m, r)| cooling_due(m, r, state)).min()
 }
 
-/// What caused an account crossing: a contact's contribution, or decay.
-#[derive(Debug, Clone, Copy)]
-pub struct Trigger<'a> {
-    /// The contribution.
-    pub contribution: &'a AccountContribution,
+/// The account's leaderboard entry in `model`: `log2(S) + (t - E) / H`
+/// for its score `S` at its time `t` (as a contact's: the order by it is the
+/// order by current score while the account's contacts only decay; the
+/// read side scores the entries it lists exactly). `None` for a score of
+/// zero.
+pub fn leaderboard_value(model: &Model, rollup: &AccountRollup, state: &AccountState) -> Option<f64> {
+    let (s, _) = score_and_breadth(model, rollup, state, state.at);
+    (s > 0.0).then(|| crate::score::leaderboard_value(model, s, state.at))
 }
 
 /// What applying a contribution did.
