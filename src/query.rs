@@ -167,6 +167,9 @@ pub struct LeaderboardEntry {
     pub partition: i32,
     /// Current tier in the model.
     pub tier: String,
+    /// The contact's account id, if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
 }
 
 /// An alert as the read API shows it.
