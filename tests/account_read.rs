@@ -283,12 +283,12 @@ async fn accounts_are_served_with_the_exact_standing() {
         .iter()
         .map(|a| (hotlead::decode::millis(a.crossed_at.as_ref().unwrap()), a.alert_id.clone()))
         .collect();
-    ids.sort_by(|a, b| b.0.cmp(&a.0));
+    ids.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
     let got: Vec<(i64, String)> = recent
         .iter()
         .map(|a| (a["crossed_at_ms"].as_i64().unwrap(), a["alert_id"].as_str().unwrap().to_string()))
         .collect();
-    assert_eq!(got.iter().map(|x| x.0).collect::<Vec<_>>(), ids.iter().map(|x| x.0).collect::<Vec<_>>());
+    assert_eq!(got, ids, "newest first");
     let buying = recent.iter().find(|a| a["tier"] == "buying").unwrap();
     assert_eq!((buying["account_id"].as_str(), buying["direction"].as_str()), (Some("acme"), Some("heated")));
     assert_eq!(buying["drivers"].as_array().unwrap().len(), 3);
