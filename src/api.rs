@@ -18,6 +18,9 @@
 //! - `GET /v1/compare?live=&shadow=&top=&at=`: a shadow model against a live
 //!   one ([`crate::compare`]), and its page at `/compare`;
 //! - `GET /v1/alerts/recent?limit=`: the latest alerts, newest first;
+//! - `GET /v1/accounts/{account_id}`, `/v1/accounts/models/{model}/leaderboard`
+//!   and `/v1/accounts/alerts/recent`: accounts' roll-ups, their
+//!   leaderboards and alerts ([`crate::account_query`]);
 //! - the rules workbench at `/board/rules` and its routes under `/v1/rules`
 //!   ([`crate::workbench`]);
 //! - `DELETE /v1/contacts/{contact_id}`: erase the contact (GDPR Art. 17),
@@ -87,6 +90,10 @@ pub struct ApiContext {
     /// The pipeline's repeat check: a contact's history counts a repeat as
     /// the pipeline did.
     pub dedup: crate::engine::Dedup,
+    /// The account stage's internal topic (`topics.account_contributions`):
+    /// its partitions key the account state ([`crate::account_query`]).
+    pub account_topic: String,
+    account_partitions: Arc<Mutex<Option<i32>>>,
 }
 
 impl ApiContext {
@@ -113,6 +120,8 @@ impl ApiContext {
             producer: Arc::new(crate::kafka::event_producer(kafka)?),
             limits: crate::decode::Limits::default(),
             dedup: crate::engine::Dedup::default(),
+            account_topic: crate::config::Topics::default().account_contributions,
+            account_partitions: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -145,6 +154,22 @@ impl ApiContext {
         *self.partitions.lock().expect("partitions lock") = Some(n);
         Ok(n)
     }
+
+    /// The account topic's partition count from the broker, read on first
+    /// use.
+    pub(crate) async fn account_partitions(&self) -> Result<i32, ApiError> {
+        if let Some(n) = *self.account_partitions.lock().expect("partitions lock") {
+            return Ok(n);
+        }
+        let (kafka, topic) = (self.kafka.clone(), self.account_topic.clone());
+        let timeout = std::time::Duration::from_secs(10);
+        let n = tokio::task::spawn_blocking(move || crate::kafka::partition_count_with(&kafka, &topic, timeout))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?
+            .map_err(|e| ApiError::unavailable(format!("cannot read the partitions of {}: {e}", self.account_topic)))?;
+        *self.account_partitions.lock().expect("partitions lock") = Some(n);
+        Ok(n)
+    }
 }
 
 /// An error answer: a status and a JSON body `{"error": "..."}`.
@@ -158,8 +183,11 @@ impl ApiError {
     pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self { status: StatusCode::BAD_REQUEST, message: message.into() }
     }
-    fn not_found(message: impl Into<String>) -> Self {
+    pub(crate) fn not_found(message: impl Into<String>) -> Self {
         Self { status: StatusCode::NOT_FOUND, message: message.into() }
+    }
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
+        Self { status: StatusCode::INTERNAL_SERVER_ERROR, message: message.into() }
     }
     pub(crate) fn unavailable(message: impl Into<String>) -> Self {
         Self { status: StatusCode::SERVICE_UNAVAILABLE, message: message.into() }
@@ -198,6 +226,7 @@ pub fn router(ctx: ApiContext) -> Router {
         .route("/compare", get(|| async { axum::response::Html(include_str!("compare.html")) }))
         .merge(crate::workbench::routes())
         .merge(crate::adjust::routes())
+        .merge(crate::account_query::routes())
         .with_state(ctx)
 }
 
@@ -280,7 +309,7 @@ async fn erase(
 
 /// The `at` parameter: RFC 3339 text or milliseconds since the epoch;
 /// default now.
-fn at_param(q: &HashMap<String, String>) -> Result<Millis, ApiError> {
+pub(crate) fn at_param(q: &HashMap<String, String>) -> Result<Millis, ApiError> {
     Ok(time_param(q, "at")?.unwrap_or_else(crate::decode::now_ms))
 }
 
@@ -435,15 +464,16 @@ async fn leaderboard(
     let all = read(|| s.store.leaderboard_top(&s.topic, partitions, &m.name, floor, limit)).await?;
     let who: Vec<(i32, &str)> = all.iter().map(|(c, _, p)| (*p, c.as_str())).collect();
     let index = rules.models.iter().position(|x| x.name == m.name).unwrap_or_default();
-    let tiers = read(|| s.store.tiers(&s.topic, &rules, index, &who)).await?;
+    let tiers = read(|| s.store.tiers_and_accounts(&s.topic, &rules, index, &who)).await?;
     let entries: Vec<crate::query::LeaderboardEntry> = all
         .iter()
         .zip(tiers)
-        .map(|((contact_id, z, partition), tier)| crate::query::LeaderboardEntry {
+        .map(|((contact_id, z, partition), (tier, account_id))| crate::query::LeaderboardEntry {
             contact_id: contact_id.clone(),
             score: crate::query::leaderboard_value(m, *z, at),
             partition: *partition,
             tier,
+            account_id,
         })
         .collect();
     let floor = crate::score::leaderboard_floor(m);
@@ -490,7 +520,7 @@ async fn board() -> axum::response::Html<&'static str> {
 }
 
 /// The `limit` parameter: `default` when absent, 1 to `max`.
-fn limit_param(q: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, ApiError> {
+pub(crate) fn limit_param(q: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, ApiError> {
     count_param(q, "limit", default, max)
 }
 

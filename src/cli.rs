@@ -51,6 +51,9 @@ pub enum Command {
     Score(ScoreArgs),
     /// Show a model's leaderboard: the top contacts by current score.
     Top(TopArgs),
+    /// Show an account's score, tier and breadth in each model with an
+    /// account roll-up, and its contacts' shares, decayed to now.
+    Account(AccountArgs),
     /// Show a contact's score history in a model: its events, the points
     /// each gave, and every change of tier, rebuilt from the input topic
     /// with the rules in force.
@@ -197,6 +200,22 @@ pub struct CompareArgs {
 pub struct ScoreArgs {
     /// The contact id.
     pub contact_id: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Rules file; overrides `rules.path` of the configuration.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+}
+
+/// `hotlead account`.
+#[derive(Debug, Args)]
+pub struct AccountArgs {
+    /// The account id.
+    pub account_id: String,
+    /// The moment: RFC 3339 time or milliseconds since 1970; default now.
+    #[arg(long)]
+    pub at: Option<String>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -397,6 +416,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             let config = load_config()?;
             history(&config, args).await
         }
+        Command::Account(args) => account(&load_config()?, args).await,
         Command::Top(args) => {
             let mut config = load_config()?;
             if let Some(r) = args.rules {
@@ -453,6 +473,37 @@ pub async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 args.replication,
             )
             .await?;
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `hotlead account ID`: the account's view at `--at` (default now); exit
+/// code 1 for an account with no score.
+async fn account(config: &Config, args: AccountArgs) -> anyhow::Result<std::process::ExitCode> {
+    let rules = load_rules_file(args.rules.as_deref().unwrap_or(&config.rules.path))?;
+    let at = match &args.at {
+        None => crate::decode::now_ms(),
+        Some(t) => crate::history::parse_time(t)
+            .with_context(|| format!("--at `{t}` is not RFC 3339 time or milliseconds since 1970"))?,
+    };
+    let topic = &config.topics.account_contributions;
+    let partitions = crate::kafka::partition_count(&config.client_config(), topic)
+        .with_context(|| format!("cannot read the partitions of {topic} (topics.account_contributions)"))?;
+    let store =
+        crate::store::Store::connect_with(&config.redis).await.context("cannot connect to Redis (redis.url)")?;
+    match crate::account_query::find(&store, topic, partitions, &args.account_id).await? {
+        None => {
+            eprintln!("account {} has no score", args.account_id);
+            Ok(std::process::ExitCode::from(1))
+        }
+        Some((p, state)) => {
+            let view = crate::account_query::view(&rules, &args.account_id, p, &state, at);
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&view)?);
+            } else {
+                print!("{}", crate::account_query::render(&view));
+            }
             Ok(std::process::ExitCode::SUCCESS)
         }
     }

@@ -25,6 +25,8 @@
 //! - [`service`]: the service wired (rules, HTTP listener, pipeline):
 //!   [`run`].
 //! - [`query`]: a contact's scores and explanations, decayed to now.
+//! - [`account_query`]: accounts' roll-ups read back: an account's contacts
+//!   and shares, account leaderboards, recent account alerts.
 //! - [`history`]: a contact's score history in a model, rebuilt from its
 //!   events (pure).
 //! - [`compare`]: a shadow model against a live one over every contact:
@@ -41,6 +43,7 @@
 //! - [`cli`]: the `hotlead` command line.
 
 pub mod account;
+pub mod account_query;
 pub mod adjust;
 pub mod api;
 pub mod cli;

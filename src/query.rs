@@ -167,6 +167,9 @@ pub struct LeaderboardEntry {
     pub partition: i32,
     /// Current tier in the model.
     pub tier: String,
+    /// The contact's account id, if known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
 }
 
 /// An alert as the read API shows it.
@@ -272,6 +275,10 @@ pub struct ModelInfo {
     pub rules: Vec<serde_json::Value>,
     /// Fit rules: id, attributes tested, points.
     pub fit: Vec<serde_json::Value>,
+    /// The account roll-up, if the model has one: top, breadth tier, base
+    /// tier and account tiers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account: Option<serde_json::Value>,
 }
 
 /// The models in force, for the read API.
@@ -320,6 +327,12 @@ pub fn models_info(rules: &RuleSet) -> Vec<ModelInfo> {
                     json!({"id": f.id, "points": f.points, "attributes": f.when.0.iter().map(|(a, _)| a.clone()).collect::<Vec<_>>()})
                 })
                 .collect(),
+            account: m.account.as_ref().map(|a| {
+                json!({
+                    "top": a.top, "breadth_tier": m.tier_name(a.breadth_tier), "base_tier": a.base_tier,
+                    "tiers": a.tiers.iter().map(|t| json!({"name": t.name, "enter": t.enter, "exit": t.exit, "min_contacts": t.min_contacts, "alert": t.alert})).collect::<Vec<_>>(),
+                })
+            }),
         })
         .collect()
 }

@@ -90,6 +90,7 @@ impl Service {
             ctx.rules_editable = config.rules.editable;
             ctx.limits = config.limits();
             ctx.dedup = config.dedup();
+            ctx.account_topic = config.topics.account_contributions.clone();
             tracing::info!(address = %config.http.listen, auth = ctx.token.is_some(), hidden_attributes = ctx.privacy.hidden_attributes.len(), "Serving /metrics, /healthz, /readyz, /v1 and the board.");
             let s = stopped();
             listener = Some(tokio::spawn(async move {

@@ -899,6 +899,18 @@ impl Store {
         model: usize,
         contacts: &[(i32, &str)],
     ) -> Result<Vec<String>, StoreError> {
+        Ok(self.tiers_and_accounts(topic, rules, model, contacts).await?.into_iter().map(|(t, _)| t).collect())
+    }
+
+    /// [`Store::tiers`], with each contact's account id (`None` when
+    /// unknown).
+    pub async fn tiers_and_accounts(
+        &self,
+        topic: &str,
+        rules: &RuleSet,
+        model: usize,
+        contacts: &[(i32, &str)],
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
         let v: Vec<Vec<StoredValue>> = futures::future::try_join_all(contacts.iter().map(|(p, c)| {
             let mut conn = self.conn.clone();
             let cmd = load_command(&self.keys(topic, *p), rules, &[c]);
@@ -909,10 +921,37 @@ impl Store {
         Ok(v.iter()
             .flatten()
             .map(|v| match decode_stored(rules, v) {
-                Ok((_, c)) => c.models[model].as_ref().map(|st| m.tier_name(st.tier).to_string()).unwrap_or_default(),
-                Err(_) => String::new(),
+                Ok((account, c)) => {
+                    let tier = c.models[model].as_ref().map(|st| m.tier_name(st.tier).to_string()).unwrap_or_default();
+                    (tier, account)
+                }
+                Err(_) => (String::new(), None),
             })
             .collect())
+    }
+
+    /// Finds `field` in a hash of each of `topic`'s `partitions` partitions
+    /// (`hash` names it from the partition's keys; one HGET per partition,
+    /// pipelined): the first partition that has it, and its value.
+    pub async fn find_in_hash(
+        &self,
+        topic: &str,
+        partitions: i32,
+        hash: impl Fn(&PartitionKeys) -> String,
+        field: &str,
+    ) -> Result<Option<(i32, Vec<u8>)>, StoreError> {
+        let all: Vec<Option<Vec<u8>>> = self
+            .per_partition(partitions, |p| redis::cmd("HGET").arg(hash(&self.keys(topic, p))).arg(field).clone())
+            .await?;
+        Ok(all.into_iter().enumerate().find_map(|(p, v)| v.map(|v| (p as i32, v))))
+    }
+
+    /// The values of these fields of one hash, `None` where unset.
+    pub async fn hash_values(&self, hash: &str, fields: &[&str]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if fields.is_empty() {
+            return Ok(vec![]);
+        }
+        Ok(redis::cmd("HMGET").arg(hash).arg(fields).query_async(&mut self.conn.clone()).await?)
     }
 
     /// Runs one command per partition, concurrently (on a multiplexed
