@@ -135,7 +135,9 @@ fn serve(stack: &Stack, topics: &Topics, rules: &std::path::Path, log: &std::pat
         rules,
         log,
         &["run"],
-        &[("HOTLEAD_HTTP__LISTEN", &listen), ("HOTLEAD_HTTP__TOKEN", TOKEN)],
+        // The contact stage alone: the accounts read here are written by
+        // the test, not rolled up from the contacts' events.
+        &[("HOTLEAD_HTTP__LISTEN", &listen), ("HOTLEAD_HTTP__TOKEN", TOKEN), ("HOTLEAD_PIPELINE__STAGES", "contacts")],
     );
     let child = KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(30);

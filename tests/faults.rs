@@ -359,6 +359,23 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
         assert!(Instant::now() < deadline, "not everything was applied within 180s; logs in {}", logs.display());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // And the account stage has applied its topic to its end (the outbox
+    // relays may still be sending when the contacts are applied).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let watcher: rdkafka::consumer::BaseConsumer = hotlead::kafka::client_config(&stack.brokers, &[]).create().unwrap();
+    let mut quiet = 0;
+    while quiet < 3 {
+        let done = (0..topics.partitions).all(|p| {
+            use rdkafka::consumer::Consumer as _;
+            let (_, end) = watcher.fetch_watermarks(&topics.account_contributions, p, Duration::from_secs(10)).unwrap();
+            let key = hotlead::store::PartitionKeys::new(&topics.account_contributions, p).watermark();
+            let w: Option<i64> = redis::cmd("GET").arg(key).query(&mut r).unwrap();
+            end == 0 || w.is_some_and(|w| w + 1 >= end)
+        });
+        quiet = if done { quiet + 1 } else { 0 };
+        assert!(Instant::now() < deadline, "the account stage did not catch up within 180s; logs in {}", logs.display());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+    }
     for c in &instances {
         signal(c, "-TERM");
     }

@@ -978,14 +978,6 @@ impl Store {
         Ok(redis::cmd("MGET").arg(keys).query_async(&mut self.conn.clone()).await?)
     }
 
-    /// The values of these fields of a hash (`None` for a field not set).
-    pub async fn hash_values(&self, key: &str, fields: &[&str]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        if fields.is_empty() {
-            return Ok(vec![]);
-        }
-        Ok(redis::cmd("HMGET").arg(key).arg(fields).query_async(&mut self.conn.clone()).await?)
-    }
-
     /// Every member of these sorted sets (of one partition).
     pub async fn members(&self, sets: &[String]) -> Result<Vec<String>, StoreError> {
         let mut pipe = redis::pipe();
