@@ -736,6 +736,7 @@ fn hot_path(rules_path: &str, events: u64, contacts: usize, batch: usize) -> any
         dead_letter_max_bytes: 512 * 1024,
         erasures: "erasures",
         contributions: "account-contributions",
+        contribution_partitions: 8,
     };
     let mut cache: HashMap<String, Written> = HashMap::new();
     let cpu0 = cpu_seconds();

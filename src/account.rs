@@ -128,6 +128,14 @@ impl AccountState {
     }
 }
 
+/// The partition of the contribution topic an account's contributions go
+/// to: FNV-1a (32 bits) of its id, modulo the topic's partitions. Fixed for
+/// the topic's life: an account is rolled up by the owner of one partition.
+pub fn partition_of(account: &str, partitions: i32) -> i32 {
+    let h = account.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    (h % partitions.max(1) as u32) as i32
+}
+
 /// The models of `rules` with an account roll-up.
 pub fn models(rules: &RuleSet) -> impl Iterator<Item = (&Model, &AccountRollup)> {
     rules.models.iter().filter_map(|m| m.account.as_ref().map(|a| (m, a)))

@@ -94,16 +94,15 @@ async fn account_alerts(stack: &Stack, topic: &str, wait: Duration) -> Vec<Accou
 /// Every record of the contribution topic, per partition in offset order.
 async fn contribution_log(stack: &Stack, topics: &Topics) -> BTreeMap<i32, Vec<AccountContribution>> {
     let records = stack.read_all(&topics.account_contributions, usize::MAX, Duration::from_secs(5)).await;
-    let mut out: BTreeMap<i32, Vec<(i64, AccountContribution)>> = BTreeMap::new();
+    let mut out: BTreeMap<i32, Vec<(i64, Vec<AccountContribution>)>> = BTreeMap::new();
     for r in records {
-        out.entry(r.partition)
-            .or_default()
-            .push((r.offset, AccountContribution::decode(r.payload.as_slice()).unwrap()));
+        let bundle = hotlead::proto::AccountContributions::decode(r.payload.as_slice()).unwrap();
+        out.entry(r.partition).or_default().push((r.offset, bundle.contributions));
     }
     out.into_iter()
         .map(|(p, mut v)| {
             v.sort_by_key(|(o, _)| *o);
-            (p, v.into_iter().map(|(_, c)| c).collect())
+            (p, v.into_iter().flat_map(|(_, c)| c).collect())
         })
         .collect()
 }
@@ -393,7 +392,10 @@ async fn account_scores_are_exact_through_kills_of_both_stages_a_rebalance_and_a
     let expected = truth.accounts();
     let mut checked = 0;
     for (account, members) in &expected {
-        let st = stored_account(&stack, &topics, account).unwrap_or_else(|| panic!("{account} not stored"));
+        let st = stored_account(&stack, &topics, account).unwrap_or_else(|| {
+            let tail: String = text.chars().rev().take(4000).collect::<Vec<_>>().into_iter().rev().collect();
+            panic!("{account} not stored; the log ends:\n{tail}")
+        });
         let got = hotlead::account::standing(model, rollup, &st, now).score;
         let want = oracle_score(members, now);
         assert!(close(got, want), "{account}: stored {got}, oracle {want}");

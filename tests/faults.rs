@@ -30,6 +30,9 @@ use support::{free_port, Stack};
 /// Where a message landed: partition, offset, key, payload.
 type Landed = (i32, i64, Vec<u8>, Vec<u8>);
 
+/// A contact's part in an account model: model, behaviour, its time, fit, tier.
+type PartFields = (String, f64, i64, f64, String);
+
 struct Plan {
     seed: u64,
     seconds: u64,
@@ -373,7 +376,11 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
             end == 0 || w.is_some_and(|w| w + 1 >= end)
         });
         quiet = if done { quiet + 1 } else { 0 };
-        assert!(Instant::now() < deadline, "the account stage did not catch up within 180s; logs in {}", logs.display());
+        assert!(
+            Instant::now() < deadline,
+            "the account stage did not catch up within 180s; logs in {}",
+            logs.display()
+        );
         tokio::time::sleep(Duration::from_millis(700)).await;
     }
     for c in &instances {
@@ -438,16 +445,17 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
     // log applied once, in each partition's offset order (a repeat keeps
     // its id); each account holds each of its contacts once, as the
     // contact stands after its last event.
-    let mut log: std::collections::BTreeMap<i32, Vec<(i64, hotlead::proto::AccountContribution)>> = Default::default();
+    let mut log: std::collections::BTreeMap<i32, Vec<(i64, Vec<hotlead::proto::AccountContribution>)>> =
+        Default::default();
     for rec in stack.read_all(&topics.account_contributions, usize::MAX, Duration::from_secs(20)).await {
-        let c = hotlead::proto::AccountContribution::decode(rec.payload.as_slice()).unwrap();
-        log.entry(rec.partition).or_default().push((rec.offset, c));
+        let bundle = hotlead::proto::AccountContributions::decode(rec.payload.as_slice()).unwrap();
+        log.entry(rec.partition).or_default().push((rec.offset, bundle.contributions));
     }
     let mut account_states: HashMap<String, hotlead::account::AccountState> = HashMap::new();
     let mut want_account_alerts = Vec::new();
     for records in log.values_mut() {
         records.sort_by_key(|(o, _)| *o);
-        for (_, c) in records.iter() {
+        for c in records.iter().flat_map(|(_, b)| b) {
             let st = account_states.entry(c.account_id.clone()).or_default();
             hotlead::account::apply(&rules, &c.account_id, st, c, &mut want_account_alerts);
         }
@@ -484,7 +492,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
             let v: Option<Vec<u8>> = redis::cmd("HGET").arg(key).arg(account).query(&mut r).unwrap();
             v.map(|v| hotlead::account::AccountState::decode(&v).unwrap())
         });
-        let got: std::collections::BTreeMap<String, Vec<(String, f64, i64, f64, String)>> = stored
+        let got: std::collections::BTreeMap<String, Vec<PartFields>> = stored
             .map(|st| {
                 st.members
                     .iter()
@@ -495,7 +503,7 @@ async fn nothing_is_lost_or_applied_twice_under_faults() {
                     .collect()
             })
             .unwrap_or_default();
-        let want: std::collections::BTreeMap<String, Vec<(String, f64, i64, f64, String)>> = members
+        let want: std::collections::BTreeMap<String, Vec<PartFields>> = members
             .iter()
             .map(|(c, parts)| {
                 let parts =

@@ -114,9 +114,22 @@ pub async fn run(
     let stages = config.pipeline.stages;
     let accounts = live && has_accounts && stages != Stages::Contacts;
     let mut running = Vec::new();
+    // Contributions are bundled per partition of their topic: its
+    // partitions are counted once, here (they are fixed for its life).
+    let contribution_partitions = if live && has_accounts {
+        let (kafka, topic) = (config.client_config(), config.topics.account_contributions.clone());
+        let count = move || crate::kafka::partition_count(&kafka, &topic);
+        let n = tokio::task::spawn_blocking(count).await.map_err(|e| PipelineError::Task(e.to_string()))?;
+        Some(n.map_err(|e| {
+            tracing::error!(topic = config.topics.account_contributions, error = %e, "Cannot read the contribution topic's partitions (create the topics with `hotlead topics`).");
+            PipelineError::Kafka(e)
+        })?)
+    } else {
+        None
+    };
     if stages != Stages::Accounts || !live {
         let store = store.for_lane(&config.pipeline.lane);
-        let shared = shared(config, Stage::Contacts, store, producer.clone(), &rules, &clock, live && has_accounts);
+        let shared = shared(config, Stage::Contacts, store, producer.clone(), &rules, &clock, contribution_partitions);
         running.push(start(config, shared, status.clone(), config.consumer_config(), &config.topics.input)?);
         tracing::info!(
             topic = config.topics.input,
@@ -126,7 +139,7 @@ pub async fn run(
         );
     }
     if accounts {
-        let shared = shared(config, Stage::Accounts, store, producer, &rules, &clock, false);
+        let shared = shared(config, Stage::Accounts, store, producer, &rules, &clock, None);
         let group = format!("{}.accounts", config.group_id());
         let mut consumer = config.consumer_config();
         consumer.set("group.id", &group);
@@ -197,13 +210,14 @@ fn shared(
     producer: FutureProducer<crate::kafka::QuietContext>,
     rules: &Arc<LiveRules>,
     clock: &Clock,
-    contributions: bool,
+    contributions: Option<i32>,
 ) -> worker::Shared {
     let contacts = stage == Stage::Contacts;
     let t = &config.topics;
     worker::Shared {
         stage,
-        contributions_topic: if contributions { t.account_contributions.clone() } else { String::new() },
+        contributions_topic: if contributions.is_some() { t.account_contributions.clone() } else { String::new() },
+        contribution_partitions: contributions.unwrap_or(1),
         topic: if contacts { t.input.clone() } else { t.account_contributions.clone() },
         alerts_topic: if contacts { t.alerts.clone() } else { t.account_alerts.clone() },
         dead_letter_topic: t.dead_letter.clone(),

@@ -111,7 +111,10 @@ impl Relay<'_> {
                 for (k, v) in &e.headers {
                     headers = headers.insert(Header { key: k, value: Some(v) });
                 }
-                let record = FutureRecord::to(&e.topic).key(&e.key).payload(&e.payload).headers(headers);
+                let mut record = FutureRecord::to(&e.topic).key(&e.key).payload(&e.payload).headers(headers);
+                if let Some(p) = e.partition {
+                    record = record.partition(p);
+                }
                 self.producer.send(record, Duration::from_secs(30))
             });
             for (result, (_, e)) in join_all(sends).await.into_iter().zip(&entries) {

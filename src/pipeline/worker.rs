@@ -129,6 +129,8 @@ pub struct Shared {
     /// Where contacts' contributions to accounts go (empty: nowhere; a
     /// shadow lane, or no model has an account roll-up).
     pub contributions_topic: String,
+    /// Partitions of the contributions topic.
+    pub contribution_partitions: i32,
     /// Input topic.
     pub topic: String,
     /// Where outbox entries go.
@@ -822,13 +824,16 @@ impl Worker {
         let mut records = Vec::with_capacity(raws.len());
         let mut undecodable = 0;
         for r in &raws {
-            match r.payload.as_deref().map(crate::proto::AccountContribution::decode) {
-                Some(Ok(c)) if !c.account_id.is_empty() => records.push(c),
-                _ => {
+            match crate::proto::AccountContributions::decode(r.payload.as_deref().unwrap_or_default()) {
+                Ok(bundle) => records.extend(bundle.contributions.into_iter().filter(|c| !c.account_id.is_empty())),
+                Err(e) => {
                     undecodable += 1;
+                    let bytes = r.payload.as_ref().map_or(0, Vec::len);
                     tracing::error!(
                         partition = self.partition,
                         offset = r.offset,
+                        bytes,
+                        error = %e,
                         "A contribution record cannot be read; skipped."
                     );
                 }
@@ -927,6 +932,7 @@ impl Worker {
                 key: a.account_id.as_bytes().to_vec(),
                 payload,
                 headers: vec![],
+                partition: None,
             });
         }
         commit
@@ -980,6 +986,7 @@ impl Worker {
             dead_letter_max_bytes: self.shared.dead_letter_max_bytes,
             erasures: if live { &self.shared.erasures_topic } else { "" },
             contributions: if live { &self.shared.contributions_topic } else { "" },
+            contribution_partitions: self.shared.contribution_partitions,
         }
     }
 

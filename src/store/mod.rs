@@ -404,6 +404,8 @@ pub struct OutboxEntry {
     pub payload: Vec<u8>,
     /// Message headers.
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The partition to produce to; `None`: the one the key gives.
+    pub partition: Option<i32>,
 }
 
 impl OutboxEntry {
@@ -416,16 +418,21 @@ impl OutboxEntry {
         for (k, v) in &self.headers {
             f.push((format!("h.{k}"), v.clone()));
         }
+        if let Some(p) = self.partition {
+            f.push(("partition".to_string(), p.to_string().into_bytes()));
+        }
         f
     }
 
     fn from_fields(fields: &[(String, Vec<u8>)]) -> Option<Self> {
-        let mut e = OutboxEntry { topic: String::new(), key: vec![], payload: vec![], headers: vec![] };
+        let mut e =
+            OutboxEntry { topic: String::new(), key: vec![], payload: vec![], headers: vec![], partition: None };
         for (k, v) in fields {
             match k.as_str() {
                 "topic" => e.topic = String::from_utf8(v.clone()).ok()?,
                 "key" => e.key = v.clone(),
                 "payload" => e.payload = v.clone(),
+                "partition" => e.partition = std::str::from_utf8(v).ok()?.parse().ok(),
                 h => e.headers.push((h.strip_prefix("h.")?.to_string(), v.clone())),
             }
         }

@@ -18,6 +18,7 @@ use prost::Message as _;
 
 use super::{codec, decode_stored, Commit, ContactWrite, EntryWrite, OutboxEntry, StoreError, StoredValue};
 use crate::engine::{Contact, DeadLetter, Effects, Source};
+use crate::proto::{AccountContribution, AccountContributions};
 use crate::rules::RuleSet;
 use crate::score::{self, ContactState, Millis};
 
@@ -55,6 +56,8 @@ pub struct Outputs<'a> {
     /// Contributions to accounts' topic (empty: a shadow lane, which
     /// publishes none).
     pub contributions: &'a str,
+    /// Partitions of the contributions topic.
+    pub contribution_partitions: i32,
 }
 
 /// What a partition's leaderboard and cooling entries depend on in a
@@ -245,6 +248,7 @@ pub fn commit_for(
             key: alert.contact_id.as_bytes().to_vec(),
             payload,
             headers: vec![],
+            partition: None,
         });
     }
     for d in effects.dead_letters.iter().filter(|_| !outputs.dead_letter.is_empty()) {
@@ -256,15 +260,11 @@ pub fn commit_for(
             key: f.contact_id.as_bytes().to_vec(),
             payload: f.encode_to_vec(),
             headers: vec![],
+            partition: None,
         });
     }
-    for c in effects.contributions.iter().filter(|_| !outputs.contributions.is_empty()) {
-        commit.outbox.push(OutboxEntry {
-            topic: outputs.contributions.to_string(),
-            key: c.account_id.as_bytes().to_vec(),
-            payload: c.encode_to_vec(),
-            headers: vec![],
-        });
+    if !outputs.contributions.is_empty() {
+        commit.outbox.extend(contribution_bundles(outputs, &effects.contributions));
     }
     for e in effects.erasures.iter().filter(|_| !outputs.erasures.is_empty()) {
         commit.outbox.push(OutboxEntry {
@@ -272,9 +272,49 @@ pub fn commit_for(
             key: e.contact_id.as_bytes().to_vec(),
             payload: e.encode_to_vec(),
             headers: vec![],
+            partition: None,
         });
     }
     (commit, after)
+}
+
+/// Most bytes of contributions one bundle carries: a bundle always fits the
+/// broker's message size (1 MiB by default), however many contacts a
+/// batch changed.
+pub const BUNDLE_MAX_BYTES: usize = 256 * 1024;
+
+/// The outbox entries of a batch's contributions: per partition of the
+/// contribution topic (the account's, [`crate::account::partition_of`]), one
+/// bundle per [`BUNDLE_MAX_BYTES`], each keeping the contributions' order.
+/// A batch of thousands of events so costs the outbox a few entries, not one
+/// per event.
+pub fn contribution_bundles(outputs: Outputs<'_>, contributions: &[AccountContribution]) -> Vec<OutboxEntry> {
+    let partitions = outputs.contribution_partitions.max(1);
+    let mut per: std::collections::BTreeMap<i32, Vec<Vec<AccountContribution>>> = Default::default();
+    let mut sizes: HashMap<i32, usize> = HashMap::new();
+    for c in contributions {
+        let p = crate::account::partition_of(&c.account_id, partitions);
+        let bundles = per.entry(p).or_insert_with(|| vec![Vec::new()]);
+        let size = sizes.entry(p).or_insert(0);
+        let n = c.encoded_len() + 4;
+        if *size + n > BUNDLE_MAX_BYTES && !bundles.last().is_some_and(Vec::is_empty) {
+            bundles.push(Vec::new());
+            *size = 0;
+        }
+        *size += n;
+        bundles.last_mut().expect("a bundle").push(c.clone());
+    }
+    per.into_iter()
+        .flat_map(|(p, bundles)| {
+            bundles.into_iter().map(move |contributions| OutboxEntry {
+                topic: outputs.contributions.to_string(),
+                key: Vec::new(),
+                payload: AccountContributions { contributions }.encode_to_vec(),
+                headers: vec![],
+                partition: Some(p),
+            })
+        })
+        .collect()
 }
 
 /// Removes an erased contact's sorted-set entries (those `old` says may be
@@ -325,7 +365,7 @@ pub fn dead_letter(source: Source<'_>, outputs: Outputs<'_>, d: &DeadLetter) -> 
     } else {
         full.to_vec()
     };
-    OutboxEntry { topic: outputs.dead_letter.to_string(), key, payload, headers }
+    OutboxEntry { topic: outputs.dead_letter.to_string(), key, payload, headers, partition: None }
 }
 
 #[cfg(test)]
@@ -344,7 +384,42 @@ mod tests {
         dead_letter_max_bytes: 2048,
         erasures: "e",
         contributions: "c",
+        contribution_partitions: 3,
     };
+
+    #[test]
+    fn contributions_travel_in_bundles_per_partition_in_order_and_fit() {
+        let c = |account: &str, offset: i64, attr: usize| AccountContribution {
+            account_id: account.into(),
+            contact_id: format!("c{offset}"),
+            offset,
+            attributes: [("role".to_string(), "x".repeat(attr))].into_iter().collect(),
+            ..Default::default()
+        };
+        let mut all: Vec<AccountContribution> = (0..300).map(|i| c(&format!("acct-{}", i % 7), i, 10)).collect();
+        // Large ones: a partition's bundle is cut before it grows past the bound.
+        all.extend((300..310).map(|i| c("acct-big", i, 100_000)));
+        let entries = contribution_bundles(OUT, &all);
+        let mut seen: HashMap<String, (i32, Vec<i64>)> = HashMap::new();
+        for e in &entries {
+            assert!(e.payload.len() <= BUNDLE_MAX_BYTES + 16, "{}", e.payload.len());
+            assert_eq!(e.topic, "c");
+            let bundle = AccountContributions::decode(e.payload.as_slice()).unwrap();
+            for x in bundle.contributions {
+                let p = e.partition.unwrap();
+                assert_eq!(p, crate::account::partition_of(&x.account_id, 3));
+                let s = seen.entry(x.account_id.clone()).or_insert((p, vec![]));
+                assert_eq!(s.0, p, "an account keeps its partition");
+                s.1.push(x.offset);
+            }
+        }
+        let n: usize = seen.values().map(|(_, o)| o.len()).sum();
+        assert_eq!(n, all.len(), "each contribution once");
+        for (_, offsets) in seen.values() {
+            assert!(offsets.windows(2).all(|w| w[0] < w[1]), "in the order made");
+        }
+        assert!(entries.len() <= 3 + 10, "a few entries, not one per contribution: {}", entries.len());
+    }
 
     #[test]
     fn a_dead_letter_always_fits() {

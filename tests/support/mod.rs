@@ -625,7 +625,8 @@ pub struct Oracle {
     pub decay: std::collections::BTreeSet<String>,
     /// Each account's contacts with their parts in its roll-ups, as the
     /// contacts stand after their last event (what the account stage holds).
-    pub accounts: std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<hotlead::proto::ContactPart>>>,
+    pub accounts:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, Vec<hotlead::proto::ContactPart>>>,
 }
 
 /// The oracle: the same scoring engine the service runs, over each whole
