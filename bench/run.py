@@ -30,13 +30,26 @@ Started by scripts/bench.sh, which installs what it needs first. In one run:
    events/s, peak RSS, Redis bytes per contact-model and the oracle check,
    and Redis projected for 10M contacts x 2 models (bytes per contact-model
    x 10,000,000 x 2). `--scaling-peers` adds the peers; `--no-scaling` skips
-   the phase.
+   the phase;
+5. back-fill (`--backfill-rates`): hotlead drains the backlog beside a
+   `hotlead backfill` at each rate limit;
+6. accounts (`--accounts` / `--no-accounts`): hotlead drains the backlog
+   without account models, then with bench/rules-accounts.yaml (the same
+   model with an account roll-up; both stages in one process), then with
+   the stages apart (`pipeline.stages`): the contact stage alone, then the
+   account stage alone over the contributions it sent. The contact stage's
+   events/s against the run without, when the account stage has caught up
+   (its watermarks reach the contribution topic's end offsets) and its
+   contributions/s, contributions per event, CPU seconds of hotlead, Redis
+   and the broker, Redis memory of the account keys, and the contacts'
+   oracle check.
 
 Then the targets, each with its measured figure and whether it holds.
 
 `--quick` is the regression guard: the default backlog (1,000,000 events
 over 100,000 contacts, so that bytes per contact-model are measured where
-the target is set), the ceiling and hotlead only, no latency, no scaling; it exits non-zero when
+the target is set), the ceiling and hotlead only, no latency, no scaling,
+no back-fill and no accounts phase unless asked for; it exits non-zero when
 hotlead drains under GUARD_MIN_OF_CEILING of the ceiling or Redis holds more
 than GUARD_MAX_BYTES per contact-model (or an oracle check fails).
 
@@ -62,11 +75,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "bench" / "rules.yaml"
 RULES_V2 = ROOT / "bench" / "rules-v2.yaml"  # the model the back-fill phase scores beside the live one
+RULES_ACCOUNTS = ROOT / "bench" / "rules-accounts.yaml"  # bench/rules.yaml with an account roll-up
 BACKFILL_DEFAULT_RATE = 3_000  # `hotlead backfill --max-rate` by default (src/shadow.rs)
 TARGET_BACKFILL_SHARE = 0.80  # the live drain beside a back-fill at its default rate, at least this share of alone
-HOTLEAD = ROOT / "target" / "release" / "hotlead"
-BENCH = ROOT / "target" / "release" / "hotlead-bench"
+# With account models (both stages in one process), the contact stage's drain, at least this share of its drain
+# without them: account roll-ups may at most halve it on the benchmark's machine.
+TARGET_ACCOUNTS_SHARE = 0.50
+# Where cargo puts the binaries (scripts/bench.sh builds them; CARGO_TARGET_DIR is honoured).
+BUILD = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target") / "release"
+HOTLEAD = BUILD / "hotlead"
+BENCH = BUILD / "hotlead-bench"
 INPUT, ALERTS = "interactions", "sales-alerts"
+# The accounts phase's contribution topics (both stages in one process; the stages run apart) and its account
+# alert topic.
+CONTRIBUTIONS, CONTRIBUTIONS_APART = "bench-contributions", "bench-contributions-apart"
+ACCOUNT_ALERTS = "bench-account-alerts"
 SYSTEMS = ["ceiling", "hotlead", "python", "quix"]
 # Latency: the fixed rates (events/s), beside half of hotlead's rate.
 FIXED_RATES = [1_000, 5_000]
@@ -172,6 +195,11 @@ class Broker:
         wait_port(self.port, "tansu")
         self.brokers = f"127.0.0.1:{self.port}"
 
+    def cpu(self) -> float:
+        """The broker's CPU seconds so far (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
@@ -200,10 +228,13 @@ def bench_json(args: list[str], brokers: str, topic: str = INPUT, timeout: float
 
 
 def hotlead_config(work: Path, name: str, brokers: str, redis: Redis, topic: str, http_port: int,
-                   fetch_wait_ms: int) -> Path:
+                   fetch_wait_ms: int, rules: Path = RULES, contributions: str | None = None,
+                   stages: str = "all") -> Path:
     # Offsets are committed every 100 ms (default 1 s), so that the group's
     # committed offsets, which tell the harness that hotlead is done, follow
-    # closely behind.
+    # closely behind. `contributions`: the accounts phase's contribution topic (with its account alert topic).
+    account_topics = (f'account_contributions = "{contributions}"\naccount_alerts = "{ACCOUNT_ALERTS}"\n'
+                      if contributions else "")
     path = work / f"{name}.toml"
     path.write_text(f"""[kafka]
 "bootstrap.servers" = "{brokers}"
@@ -214,12 +245,15 @@ def hotlead_config(work: Path, name: str, brokers: str, redis: Redis, topic: str
 [topics]
 input = "{topic}"
 alerts = "{ALERTS}"
-
+{account_topics}
 [redis]
 url = "{redis.url}"
 
 [rules]
-path = "{RULES}"
+path = "{rules}"
+
+[pipeline]
+stages = "{stages}"
 
 [http]
 listen = "127.0.0.1:{http_port}"
@@ -228,8 +262,9 @@ listen = "127.0.0.1:{http_port}"
 
 
 def start_hotlead(work: Path, name: str, broker: Broker, redis: Redis, topic: str, fetch_wait_ms: int,
-                  logf) -> subprocess.Popen:
-    cfg = hotlead_config(work, name, broker.brokers, redis, topic, free_port(), fetch_wait_ms)
+                  logf, **config) -> subprocess.Popen:
+    """`hotlead run`; `config`: hotlead_config's rules, contributions and stages."""
+    cfg = hotlead_config(work, name, broker.brokers, redis, topic, free_port(), fetch_wait_ms, **config)
     return subprocess.Popen([str(HOTLEAD), "run", "-c", str(cfg)], stdout=logf, stderr=subprocess.STDOUT)
 
 
@@ -250,10 +285,14 @@ def wait_drained(proc: subprocess.Popen, broker: Broker, topic: str, group: str,
     return done
 
 
-def make_topic(broker: Broker, partitions: int, topic: str) -> None:
-    """Creates `topic` (with hotlead's alert topics) through `hotlead topics`."""
+def make_topic(broker: Broker, partitions: int, topic: str, contributions: str = CONTRIBUTIONS) -> None:
+    """Creates `topic` (with hotlead's alert topics, and `contributions` and the account alert topic of the
+    accounts phase, all of `partitions`) through `hotlead topics`."""
     subprocess.run([str(HOTLEAD), "topics", "--brokers", broker.brokers, "--partitions", str(partitions)],
-                   check=True, capture_output=True, env={**os.environ, "HOTLEAD_TOPICS__INPUT": topic})
+                   check=True, capture_output=True,
+                   env={**os.environ, "HOTLEAD_TOPICS__INPUT": topic,
+                        "HOTLEAD_TOPICS__ACCOUNT_CONTRIBUTIONS": contributions,
+                        "HOTLEAD_TOPICS__ACCOUNT_ALERTS": ACCOUNT_ALERTS})
 
 
 def peer_command(system: str, args, brokers: str, redis: Redis, topic: str, group: str, work: Path) -> list[str]:
@@ -383,6 +422,165 @@ def backfill_table(results: dict) -> list[str]:
         lines.append(f"| {limit} | {fmt(r['live_events_per_second'])} | {r['share_of_alone']:.0%} | "
                      f"{bf} | {check_text(r['check'])} |")
     return lines
+
+
+def account_keys(redis: Redis, topic: str) -> list[str]:
+    """The account stage's Redis keys for contribution topic `topic`."""
+    return [k for k in redis.cli("--scan", "--pattern", f"hl:{{{topic}:*").splitlines() if k]
+
+
+def contributions_applied(redis: Redis, topic: str, partitions: int) -> int:
+    """Contributions of `topic` the account stage has committed (its watermarks + 1, summed)."""
+    keys = [f"hl:{{{topic}:{p}}}:wm" for p in range(partitions)]
+    return sum(int(w) + 1 for w in redis.cli("MGET", *keys).splitlines() if w.strip())
+
+
+def wait_accounts(proc: subprocess.Popen, redis: Redis, topic: str, partitions: int, contributions: int,
+                  timeout: float, logfile: Path) -> float:
+    """Waits until the account stage's watermarks reach `topic`'s end offsets; returns when (time.time())."""
+    deadline = time.time() + timeout
+    while contributions_applied(redis, topic, partitions) < contributions:
+        if proc.poll() is not None:
+            sys.exit(f"bench: hotlead stopped before rolling up every contribution; see {logfile}")
+        if time.time() > deadline:
+            sys.exit(f"bench: the account stage did not catch up in {timeout:.0f} s; see {logfile}")
+        time.sleep(0.02)
+    return time.time()
+
+
+def topic_total(broker: Broker, topic: str) -> int:
+    """Messages in `topic` (its end offsets, summed)."""
+    return sum(bench_json(["ends"], broker.brokers, topic).values())
+
+
+def account_run(args, work: Path, broker: Broker, redis: Redis, events: int, name: str, stages: str,
+                topic: str) -> dict:
+    """hotlead with bench/rules-accounts.yaml, `stages` (all, contacts or accounts) and contribution topic
+    `topic`. The contact stage (all, contacts) drains the backlog from fresh Redis; the account stage (all,
+    accounts) runs until its watermarks reach the end of `topic` (accounts: a fresh group over what is there)."""
+    log(f"{name}: {'both stages' if stages == 'all' else f'the {stages[:-1]} stage'} with account roll-ups "
+        "(bench/rules-accounts.yaml) ...")
+    if stages != "accounts":
+        redis.cli("FLUSHALL")
+    mem0, cpu0, broker0 = redis.memory(), redis.cpu(), broker.cpu()
+    topic0, alerts0 = topic_total(broker, topic), topic_total(broker, ACCOUNT_ALERTS)
+    logfile = work / f"{name}.log"
+    proc = start_hotlead(work, name, broker, redis, INPUT, args.fetch_wait_ms, open(logfile, "w"),
+                         rules=RULES_ACCOUNTS, contributions=topic, stages=stages)
+    out = {"stages": stages}
+    if stages != "accounts":
+        t0 = first_key_time(redis, proc)
+        if t0 is None:
+            sys.exit(f"bench: {name} wrote nothing to Redis; see {logfile}")
+        t1 = wait_drained(proc, broker, INPUT, f"bench-{name}", args.timeout, logfile)
+        # Offsets are stored once the outbox is relayed: the contributions are all on the topic.
+        contributions = topic_total(broker, topic) - topic0
+        out |= {"events_per_second": events / (t1 - t0), "seconds": t1 - t0, "contributions": contributions,
+                "contributions_per_event": contributions / events}
+    else:
+        contributions = topic0
+        deadline = time.time() + 120
+        while contributions_applied(redis, topic, args.partitions) == 0:
+            if proc.poll() is not None or time.time() > deadline:
+                sys.exit(f"bench: {name} rolled nothing up; see {logfile}")
+            time.sleep(0.01)
+        t0 = t1 = time.time()
+        out["contributions"] = contributions
+    if stages != "contacts":
+        behind = contributions - contributions_applied(redis, topic, args.partitions)
+        t2 = wait_accounts(proc, redis, topic, args.partitions, contributions, args.timeout, logfile)
+        out |= {"contributions_per_second": contributions / (t2 - t0), "behind_at_drain": behind,
+                "caught_up_after_seconds": t2 - t1}
+    proc.send_signal(signal.SIGTERM)
+    _, cpu, rss = wait4(proc, 60)
+    out |= {"cpu_seconds": cpu, "redis_cpu_seconds": redis.cpu() - cpu0, "broker_cpu_seconds": broker.cpu() - broker0,
+            "peak_rss_mib": rss / 1024, "redis_memory_bytes": redis.memory() - mem0}
+    if stages != "contacts":
+        keys = account_keys(redis, topic)
+        usage = subprocess.run(["redis-cli", "-p", str(redis.port)], check=True, capture_output=True, text=True,
+                               input="".join(f"MEMORY USAGE {k} SAMPLES 0\n" for k in keys)).stdout
+        out |= {"account_key_bytes": sum(int(v) for v in usage.split()),
+                "accounts": sum(int(redis.cli("HLEN", k).strip()) for k in keys if k.endswith(":states")),
+                "account_alerts": topic_total(broker, ACCOUNT_ALERTS) - alerts0}
+    if stages != "accounts":
+        out["check"] = bench_json(["verify", "--rules", str(RULES_ACCOUNTS), "--redis", redis.url, "--pattern",
+                                   f"hl:{{{INPUT}:*:states"], broker.brokers, INPUT)
+    parts = []
+    if "events_per_second" in out:
+        parts.append(f"contacts {out['events_per_second']:,.0f} events/s, {contributions:,} contributions "
+                     f"({out['contributions_per_event']:.2f} per event)")
+    if "contributions_per_second" in out:
+        behind = (f"{out['behind_at_drain']:,} behind at the drain, caught up "
+                  f"{out['caught_up_after_seconds']:.1f} s later, " if stages == "all" else "")
+        parts.append(f"accounts {out['contributions_per_second']:,.0f} contributions/s, {behind}"
+                     f"{out['accounts']:,} accounts, {out['account_alerts']:,} account alerts")
+    parts.append(f"CPU s: hotlead {cpu:.1f}, Redis {out['redis_cpu_seconds']:.1f}, broker "
+                 f"{out['broker_cpu_seconds']:.1f}")
+    if "check" in out:
+        parts.append(f"check {'ok' if out['check']['ok'] else 'FAILED'}")
+    log(f"{name}: {'; '.join(parts)}")
+    return out
+
+
+def accounts_cost(args, work: Path, broker: Broker, redis: Redis, events: int) -> dict:
+    """The accounts phase: hotlead drains the backlog without account models, then with them (both stages in
+    one process); then the stages apart, each alone on the machine: the contact stage (sending contributions
+    that nothing reads meanwhile), then the account stage over what it sent."""
+    make_topic(broker, args.partitions, INPUT, CONTRIBUTIONS_APART)
+    broker0 = broker.cpu()
+    without = drain("hotlead", args, work, broker, redis, INPUT, {}, events, tag="-no-accounts")
+    without["broker_cpu_seconds"] = broker.cpu() - broker0
+    without["share_of_without"] = 1.0
+    both = account_run(args, work, broker, redis, events, "hotlead-accounts", "all", CONTRIBUTIONS)
+    both["share_of_without"] = both["events_per_second"] / without["events_per_second"]
+    contacts = account_run(args, work, broker, redis, events, "hotlead-accounts-contacts", "contacts",
+                           CONTRIBUTIONS_APART)
+    contacts["share_of_without"] = contacts["events_per_second"] / without["events_per_second"]
+    accounts = account_run(args, work, broker, redis, events, "hotlead-accounts-alone", "accounts",
+                           CONTRIBUTIONS_APART)
+    return {"without": without, "with": both, "contacts": contacts, "alone": accounts}
+
+
+def accounts_table(results: dict) -> list[str]:
+    a = results["accounts"]
+    wo, w, co, alone = a["without"], a["with"], a["contacts"], a["alone"]
+    n, c = results["params"]["events"], w["contributions"]
+    per_m = lambda v: v / n * 1e6  # noqa: E731
+    pct = lambda v: f"{v * 100:.0f} %"  # noqa: E731
+    mib = lambda v: f"{v / 2**20:.1f}"  # noqa: E731
+
+    def row(label: str, r: dict) -> str:
+        share = pct(r["share_of_without"]) if "share_of_without" in r else "–"
+        return (f"| {label} | {fmt(r.get('events_per_second'))} | {share} | "
+                f"{fmt(r.get('contributions_per_second'))} | {per_m(r['cpu_seconds']):.2f} | "
+                f"{per_m(r['redis_cpu_seconds']):.2f} | {per_m(r['broker_cpu_seconds']):.2f} | "
+                f"{fmt(r['peak_rss_mib'])} | {mib(r['redis_memory_bytes'])} | "
+                f"{check_text(r['check']) if 'check' in r else '–'} |")
+
+    return ["## Account roll-ups: the cost of the account stage", "",
+            "hotlead drains the backlog with bench/rules.yaml, then with bench/rules-accounts.yaml (the same model "
+            "with an account roll-up) on the same broker, Redis and cores: the contact stage sends each contact's "
+            "part in its account to an internal topic through its outbox, and the account stage (group "
+            "`<group.id>.accounts`) rolls accounts up from it. Then the two stages run apart "
+            "(`pipeline.stages`), each alone on the machine: the contact stage, then the account stage over the "
+            "contributions it sent. The contact stage has drained when its group has committed the end of the "
+            "input; the account stage has caught up when its watermarks reach the contribution topic's end "
+            "offsets. CPU seconds are per million input events.", "",
+            "| run | contact stage events/s | of without | account stage contributions/s | hotlead CPU s | Redis CPU s "
+            "| broker CPU s | peak RSS MiB | Redis MiB added | contacts' oracle check |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+            row("no account model", wo),
+            row("account roll-ups, both stages in one process", w),
+            row("contact stage alone (`pipeline.stages = contacts`)", co),
+            row("account stage alone (`pipeline.stages = accounts`), same contributions", alone), "",
+            f"{fmt(c)} contributions ({w['contributions_per_event']:.2f} per event) for {fmt(w['accounts'])} accounts "
+            f"({fmt(w['account_alerts'])} account alerts). With both stages in one process the account stage was "
+            f"{fmt(w['behind_at_drain'])} contributions behind when the contact stage had drained and caught up "
+            f"{w['caught_up_after_seconds']:.1f} s later. Alone it takes {alone['cpu_seconds'] / c * 1e6:.1f} µs of "
+            f"hotlead's CPU and {alone['redis_cpu_seconds'] / c * 1e6:.1f} µs of Redis's per contribution. The "
+            f"account keys hold {mib(w['account_key_bytes'])} MiB of Redis "
+            f"({w['account_key_bytes'] / max(w['accounts'], 1):,.0f} bytes per account); "
+            f"{mib(w['redis_memory_bytes'] - wo['redis_memory_bytes'])} MiB more than the run without accounts."]
 
 
 def load_backlog(broker: Broker, topic: str, partitions: int, events: int,
@@ -629,6 +827,8 @@ def report(results: dict) -> str:
         lines += [*scaling_table(results), ""]
     if results.get("backfill"):
         lines += [*backfill_table(results), ""]
+    if results.get("accounts"):
+        lines += [*accounts_table(results), ""]
     if results.get("hot_path"):
         h = results["hot_path"]
         lines += ["## Hot path", "",
@@ -724,9 +924,23 @@ def targets(results: dict) -> list[dict]:
                           r["share_of_alone"] >= TARGET_BACKFILL_SHARE))
     else:
         out.append(target(text, "not measured", None))
+    acc = results.get("accounts")
+    text = (f"with account models, the contact stage drains >= {TARGET_ACCOUNTS_SHARE:.0%} of its rate without them "
+            "(both stages in one process on the same cores)")
+    if acc:
+        w = acc["with"]
+        out.append(target(text, f"{w['share_of_without']:.0%} ({fmt(w['events_per_second'])} of "
+                                f"{fmt(acc['without']['events_per_second'])})",
+                          w["share_of_without"] >= TARGET_ACCOUNTS_SHARE))
+    else:
+        out.append(target(text, "not measured", None))
     checks = [(n, s[n]["check"]["ok"]) for n in results["order"]]
     checks += [(f"{r['system']} at {fmt(r['contacts'])} contacts", r["check"]["ok"])
                for r in results.get("scaling", []) if r["contacts"] != results["params"]["contacts"]]
+    if acc:
+        checks += [(f"hotlead {label}", acc[k]["check"]["ok"]) for k, label in
+                   (("without", "without account models"), ("with", "with account models"),
+                    ("contacts", "contact stage alone"))]
     out.append(target("oracle check ok for every system and population",
                       ", ".join(f"{n}: {'ok' if ok else 'FAILED'}" for n, ok in checks), all(ok for _, ok in checks)))
     return out
@@ -794,6 +1008,9 @@ def parse_args() -> argparse.Namespace:
                     help="the back-fill phase: hotlead drains the backlog while `hotlead backfill` runs at each "
                          "--max-rate (0: full speed); default 0,3000 (3,000: the back-fill's default); --quick: "
                          "none unless given; '' skips it")
+    ap.add_argument("--accounts", action=argparse.BooleanOptionalAction,
+                    help="the accounts phase: hotlead drains the backlog without and with account roll-ups "
+                         "(bench/rules-accounts.yaml), then the account stage alone; default: on, --quick: off")
     ap.add_argument("--fetch-wait-ms", type=int, default=10,
                     help="fetch.wait.max.ms of every system's consumer (Tansu holds each fetch this long; default 10)")
     ap.add_argument("--timeout", type=float, default=900, help="longest drain per system, seconds")
@@ -806,6 +1023,8 @@ def parse_args() -> argparse.Namespace:
         args.contacts = QUICK_CONTACTS if args.quick else 100_000
     if args.backfill_rates is None:
         args.backfill_rates = [] if args.quick else [0, BACKFILL_DEFAULT_RATE]
+    if args.accounts is None:
+        args.accounts = not args.quick
     if args.quick:
         args.systems, args.no_latency, args.no_scaling = "ceiling,hotlead", True, True
     return args
@@ -856,6 +1075,8 @@ def main() -> int:
             results["scaling"] = scaling(args, work, broker, redis, order, results["systems"])
         if args.backfill_rates and "hotlead" in order:
             results["backfill"] = backfill_cost(args, work, broker, redis, args.events, results["systems"]["hotlead"])
+        if args.accounts and "hotlead" in order:
+            results["accounts"] = accounts_cost(args, work, broker, redis, args.events)
         if args.quick:
             results["guard"] = guard(results)
         results["targets"] = targets(results)
@@ -874,6 +1095,9 @@ def main() -> int:
     failed = [n for n, r in results["systems"].items() if not r["check"]["ok"]]
     failed += [f"{r['system']} at {r['contacts']:,} contacts" for r in results.get("scaling", [])
                if not r["check"]["ok"]]
+    if results.get("accounts"):
+        failed += [f"hotlead in the accounts phase ({k})" for k in ("without", "with", "contacts")
+                   if not results["accounts"][k]["check"]["ok"]]
     if failed:
         log(f"FAILED: scores differ from the oracle's: {', '.join(failed)}")
     for g in results.get("guard", []):

@@ -4,13 +4,15 @@
 # the peers), builds hotlead and hotlead-bench (release), then runs
 # bench/run.py, which prints the report and writes bench/results/.
 #
-# The full run (15-25 minutes on 2 cores): drains a 1M-event backlog with the
+# The full run (20-30 minutes on 2 cores): drains a 1M-event backlog with the
 # ceiling, hotlead and both peers; open-loop latency at 1,000 and 5,000
 # events/s and at half of hotlead's rate, beside the broker's own two hops;
 # hotlead over 10k, 100k and 1M contacts (Redis bytes per contact-model, peak
 # RSS, events/s, Redis projected for 10M contacts x 2 models); hotlead
 # draining beside a `hotlead backfill` at full speed and at its default rate
-# limit (the back-fill's cost on the live pipeline); the targets.
+# limit (the back-fill's cost on the live pipeline); hotlead without and
+# with account roll-ups (bench/rules-accounts.yaml), and its two stages
+# apart (the account stage's cost); the targets.
 #
 #   scripts/bench.sh --quick   the regression guard, under three minutes
 #                              once built: 1M events over 100k contacts,
@@ -18,10 +20,14 @@
 #                              hotlead drains under 85 % of the ceiling or
 #                              Redis holds more than 250 bytes per
 #                              contact-model (GUARD_* in bench/run.py)
+#   scripts/bench.sh --quick --accounts
+#                              the guard, then the accounts phase (several
+#                              minutes more)
 #
 # Other flags go to bench/run.py: --events, --contacts, --partitions,
 # --systems, --latency-seconds, --latency-rates, --no-latency, --no-scaling,
-# --scaling-contacts, --scaling-peers, --out (see --help).
+# --scaling-contacts, --scaling-peers, --backfill-rates, --[no-]accounts,
+# --out (see --help). The binaries are taken from $CARGO_TARGET_DIR when set.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
