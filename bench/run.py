@@ -507,12 +507,12 @@ def account_run(args, work: Path, broker: Broker, redis: Redis, events: int, nam
                                    f"hl:{{{INPUT}:*:states"], broker.brokers, INPUT)
     parts = []
     if "events_per_second" in out:
-        parts.append(f"contacts {out['events_per_second']:,.0f} events/s, {contributions:,} contributions "
-                     f"({out['contributions_per_event']:.2f} per event)")
+        parts.append(f"contacts {out['events_per_second']:,.0f} events/s, {contributions:,} contribution messages "
+                     f"({out['contributions_per_event']:.3f} per event)")
     if "contributions_per_second" in out:
         behind = (f"{out['behind_at_drain']:,} behind at the drain, caught up "
                   f"{out['caught_up_after_seconds']:.1f} s later, " if stages == "all" else "")
-        parts.append(f"accounts {out['contributions_per_second']:,.0f} contributions/s, {behind}"
+        parts.append(f"accounts {out['contributions_per_second']:,.0f} messages/s, {behind}"
                      f"{out['accounts']:,} accounts, {out['account_alerts']:,} account alerts")
     parts.append(f"CPU s: hotlead {cpu:.1f}, Redis {out['redis_cpu_seconds']:.1f}, broker "
                  f"{out['broker_cpu_seconds']:.1f}")
@@ -566,18 +566,19 @@ def accounts_table(results: dict) -> list[str]:
             "contributions it sent. The contact stage has drained when its group has committed the end of the "
             "input; the account stage has caught up when its watermarks reach the contribution topic's end "
             "offsets. CPU seconds are per million input events.", "",
-            "| run | contact stage events/s | of without | account stage contributions/s | hotlead CPU s | Redis CPU s "
+            "| run | contact stage events/s | of without | account stage messages/s | hotlead CPU s | Redis CPU s "
             "| broker CPU s | peak RSS MiB | Redis MiB added | contacts' oracle check |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
             row("no account model", wo),
             row("account roll-ups, both stages in one process", w),
             row("contact stage alone (`pipeline.stages = contacts`)", co),
             row("account stage alone (`pipeline.stages = accounts`), same contributions", alone), "",
-            f"{fmt(c)} contributions ({w['contributions_per_event']:.2f} per event) for {fmt(w['accounts'])} accounts "
+            f"{fmt(c)} contribution messages (bundles of a batch's contributions per partition; "
+            f"{w['contributions_per_event']:.3f} per event) for {fmt(w['accounts'])} accounts "
             f"({fmt(w['account_alerts'])} account alerts). With both stages in one process the account stage was "
-            f"{fmt(w['behind_at_drain'])} contributions behind when the contact stage had drained and caught up "
+            f"{fmt(w['behind_at_drain'])} messages behind when the contact stage had drained and caught up "
             f"{w['caught_up_after_seconds']:.1f} s later. Alone it takes {alone['cpu_seconds'] / c * 1e6:.1f} µs of "
-            f"hotlead's CPU and {alone['redis_cpu_seconds'] / c * 1e6:.1f} µs of Redis's per contribution. The "
+            f"hotlead's CPU and {alone['redis_cpu_seconds'] / c * 1e6:.1f} µs of Redis's per message. The "
             f"account keys hold {mib(w['account_key_bytes'])} MiB of Redis "
             f"({w['account_key_bytes'] / max(w['accounts'], 1):,.0f} bytes per account); "
             f"{mib(w['redis_memory_bytes'] - wo['redis_memory_bytes'])} MiB more than the run without accounts."]
