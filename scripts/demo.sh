@@ -45,11 +45,13 @@ wait_port() {
 rm -rf "$RUN"
 mkdir -p "$RUN/redis" "$RUN/tansu"
 REDIS_PID="" TANSU_PID="" HOTLEAD_PID="" SIM_PID="" ALERTS_PID="" NOTIFY_PID="" RECEIVER_PID="" LANE_PID=""
+ACCOUNT_ALERTS_PID=""
 stop() {
   trap - EXIT INT TERM
   echo
   echo "demo: stopping ..."
   [ -n "$ALERTS_PID" ] && kill -TERM "$ALERTS_PID" 2>/dev/null
+  [ -n "$ACCOUNT_ALERTS_PID" ] && kill -TERM "$ACCOUNT_ALERTS_PID" 2>/dev/null
   [ -n "$SIM_PID" ] && kill -TERM "$SIM_PID" 2>/dev/null && wait "$SIM_PID" 2>/dev/null
   [ -n "$LANE_PID" ] && kill -TERM "$LANE_PID" 2>/dev/null && wait "$LANE_PID" 2>/dev/null
   [ -n "$NOTIFY_PID" ] && kill -TERM "$NOTIFY_PID" 2>/dev/null && wait "$NOTIFY_PID" 2>/dev/null
@@ -104,10 +106,14 @@ demo: rules workbench: http://127.0.0.1:$HTTP_PORT/board/rules (models in words,
 demo: a candidate model, engagement-v2 (examples/engagement-v2.yaml), is back-filled as a shadow beside it:
 demo: compare: http://127.0.0.1:$HTTP_PORT/compare?live=engagement&shadow=engagement-v2   (or: hotlead compare engagement engagement-v2)
 demo: examples/models.yaml alerts sales on hot and sales-ready only; warm and fit move tiers silently
+demo: accounts (B2B): the simulator sends buying groups; engagement rolls up into account scores (board: Accounts
+demo: panel, or hotlead account ACCOUNT); account alerts below name the account and its driving contacts
 demo: logs: $RUN/*.log   Ctrl-C stops everything.
 demo: alerts as they happen (tier entered, score, and the rules that drove it):
 
 MSG
+"$HOTLEAD" -c "$CONFIG" alerts --accounts 2>>"$RUN/alerts.log" &
+ACCOUNT_ALERTS_PID=$!
 "$HOTLEAD" -c "$CONFIG" alerts 2>>"$RUN/alerts.log" &
 ALERTS_PID=$!
 wait "$ALERTS_PID"

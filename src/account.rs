@@ -34,6 +34,9 @@
 //!   then non-increasing in time). A contribution dated after a due cooling
 //!   applies the cooling first, at its own instant: a sweep and a late
 //!   contribution name it alike.
+//! - An account keeps no id of a contact that left (moved or erased):
+//!   only a hash of it, to recognise its stale contributions ([`departed`]);
+//!   an alert its erasure raises does not name it.
 //! - Alert ids are deterministic: a crossing a contribution caused is named
 //!   by the contact's source event (topic, partition, offset, contact), the
 //!   account, model, tier and direction; a cooling by decay by the account,
@@ -90,7 +93,9 @@ pub struct AccountState {
     pub at: Millis,
     /// Its contacts.
     pub members: BTreeMap<String, Member>,
-    /// Contacts that left, with the position of their leaving.
+    /// Contacts that left, by a hash of their id ([`departed`]; the id of
+    /// a contact gone, erased ones included, is not kept), with the
+    /// position of their leaving.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub left: BTreeMap<String, Seq>,
     /// The account's tier per model (by name; absent: the base tier).
@@ -124,8 +129,15 @@ impl AccountState {
 
     /// The position of the contact's latest contribution seen, if any.
     pub fn last_seen(&self, contact: &str) -> Option<Seq> {
-        self.members.get(contact).map(|m| m.seq).or_else(|| self.left.get(contact).copied())
+        self.members.get(contact).map(|m| m.seq).or_else(|| self.left.get(&departed(contact)).copied())
     }
+}
+
+/// How an account remembers a contact that left: SHA-256 of its id, the
+/// first 16 bytes in hex (enough to recognise a stale contribution, never
+/// the id).
+pub fn departed(contact: &str) -> String {
+    Sha256::digest(contact.as_bytes())[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The partition of the contribution topic an account's contributions go
@@ -381,9 +393,9 @@ pub fn apply(
     cool_until(rules, account, state, t, alerts);
     if c.left {
         state.members.remove(&c.contact_id);
-        state.left.insert(c.contact_id.clone(), seq);
+        state.left.insert(departed(&c.contact_id), seq);
     } else {
-        state.left.remove(&c.contact_id);
+        state.left.remove(&departed(&c.contact_id));
         let parts = c.parts.iter().map(|p| (p.model.clone(), part_of(p))).collect();
         let member = Member { seq, event: c.event_id.clone(), parts, attributes: c.attributes.clone() };
         state.members.insert(c.contact_id.clone(), member);
@@ -410,7 +422,10 @@ pub fn apply(
                 direction(from, to).as_str_name()
             );
             let mut a = alert(model, rollup, account, state, from, to, t, &key);
-            a.trigger_contact_id = c.contact_id.clone();
+            // An erased contact is not named, not even as the trigger.
+            if !c.erased {
+                a.trigger_contact_id = c.contact_id.clone();
+            }
             a.trigger_event_id = c.event_id.clone();
             alerts.push(a);
         }
@@ -588,6 +603,7 @@ mod tests {
             left: false,
             parts: vec![ContactPart { model: "m".into(), behaviour: b, at_ms: at, fit: 0.0, tier: tier.into() }],
             attributes: BTreeMap::new(),
+            erased: false,
         }
     }
 
@@ -646,7 +662,8 @@ mod tests {
         let (st, alerts) =
             run(&r, &[contribution("a", 5, T0, 60.0, "hot"), gone, contribution("a", 6, T0, 60.0, "hot")]);
         assert!(st.members.is_empty());
-        assert_eq!(st.left["a"], (0, 7));
+        assert_eq!(st.left[&departed("a")], (0, 7));
+        assert!(!String::from_utf8(st.encode()).unwrap().contains("\"a\""), "the id of a contact gone is not kept");
         let dirs: Vec<i32> = alerts.iter().map(|a| a.direction).collect();
         assert_eq!(dirs, [score_alert::Direction::Heated as i32, score_alert::Direction::Cooled as i32]);
         assert_eq!(alerts[1].trigger_contact_id, "a");

@@ -621,6 +621,7 @@ mod tests {
                     tier: tier.to_string(),
                 }],
                 attributes: BTreeMap::from([("role".to_string(), role.to_string())]),
+                erased: false,
             };
             account::apply(r, "acme", &mut st, &c, &mut Vec::new());
         }

@@ -51,6 +51,7 @@ fn contribution(
         left: false,
         parts: vec![ContactPart { model: "engagement".into(), behaviour: b, at_ms: at, fit: 0.0, tier: tier.into() }],
         attributes: BTreeMap::from([("role".to_string(), role.to_string())]),
+        erased: false,
     }
 }
 

@@ -71,6 +71,7 @@ fn account_state(rules: &RuleSet, account: &str, at: i64, members: &[Member]) ->
                 tier: tier.to_string(),
             }],
             attributes: BTreeMap::from([("role".to_string(), role.to_string())]),
+            erased: false,
         };
         account::apply(rules, account, &mut state, &c, &mut alerts);
     }

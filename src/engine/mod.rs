@@ -382,6 +382,9 @@ pub fn score_batch_in(
             if let Some(before) = &before {
                 let after = AccountPart::of(rules, contact);
                 contribute(source, m.offset, &ev, at_ms, before, &after, &mut out.contributions);
+                if let Some(c) = out.contributions.last_mut().filter(|c| c.left && c.contact_id == ev.contact_id) {
+                    c.erased = true;
+                }
             }
             out.counts.scored += 1;
             out.erasures.push(ContactErased {
@@ -563,6 +566,7 @@ fn contribute(
         left,
         parts: if left { Vec::new() } else { after.parts.clone() },
         attributes: if left { Default::default() } else { after.attributes.clone() },
+        erased: false,
     };
     if let Some(old) = &before.account {
         if after.account.as_ref() != Some(old) {

@@ -855,6 +855,7 @@ impl Worker {
             }
         }
         let mut commit = self.account_commit(&rules, &accounts, &mut alerts);
+        commit.forget_recent = self.recent_naming(records.iter().filter(|c| c.erased).map(|c| &c.contact_id)).await?;
         let expected = self.watermark;
         let commit_started = Instant::now();
         let outcome = self.commit(&mut commit, expected, last).await?;
@@ -872,6 +873,29 @@ impl Worker {
             commit_started.elapsed().as_secs_f64(),
         );
         Ok(Outcome::Stored)
+    }
+
+    /// The entries of the partition's recent account alerts that name one
+    /// of these (erased) contacts, as a driver or the trigger.
+    async fn recent_naming(&self, erased: impl Iterator<Item = &String>) -> Result<Vec<String>, Ended> {
+        use prost::Message as _;
+        let erased: Vec<&String> = erased.collect();
+        if erased.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (store, keys) = (&self.shared.store, &self.keys);
+        let entries = retry::always("recent_entries", || store.recent_entries(keys))
+            .await
+            .map_err(|e| Ended::Failed(e.into()))?;
+        Ok(entries
+            .into_iter()
+            .filter(|(_, payload)| {
+                crate::proto::AccountAlert::decode(payload.as_slice()).is_ok_and(|a| {
+                    erased.iter().any(|c| a.trigger_contact_id == **c || a.drivers.iter().any(|d| d.contact_id == **c))
+                })
+            })
+            .map(|(id, _)| id)
+            .collect())
     }
 
     /// The stored states of these accounts (empty for one not stored).

@@ -23,6 +23,9 @@
 --   P <key index> <max>                     ZREMRANGEBYSCORE -inf <max>
 --   V <key index> <id> <names>              HSET of a vocabulary
 --   E <key index> <contact>                 HDEL of a contact's state
+--   K <stream id>                           XDEL from recent alerts (an
+--                                           account alert naming an erased
+--                                           contact)
 --   T <key index> <contact> <offset>        tombstone of an erased contact
 --                                           (HSET of its id's SHA-1), and
 --                                           its recent alerts dropped
@@ -129,6 +132,9 @@ local function commit(keys, args)
       redis.call('HSET', keys[tonumber(args[i + 1])], redis.sha1hex(args[i + 2]), args[i + 3])
       forget_recent(keys[4], args[i + 2])
       i = i + 4
+    elseif op == 'K' then
+      redis.call('XDEL', keys[4], args[i + 1])
+      i = i + 2
     elseif op == 'P' then
       redis.call('ZREMRANGEBYSCORE', keys[tonumber(args[i + 1])], '-inf', args[i + 2])
       i = i + 3

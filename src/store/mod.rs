@@ -497,6 +497,9 @@ pub struct Commit {
     /// Contacts erased: a tombstone of each id's hash is kept, and the
     /// recent alerts naming them are dropped.
     pub erased: Vec<String>,
+    /// Entries of the recent-alerts stream to drop (by stream id): account
+    /// alerts that name an erased contact.
+    pub forget_recent: Vec<String>,
 }
 
 /// A connection to a single Redis or to a Redis Cluster.
@@ -724,6 +727,10 @@ impl Store {
             args.push(b"A".to_vec());
             args.push(payload.clone());
         }
+        for id in &c.forget_recent {
+            args.push(b"K".to_vec());
+            args.push(id.as_bytes().to_vec());
+        }
         for contact in &c.erased {
             let i = key_index(keys.erased(), &mut key_list);
             args.push(b"T".to_vec());
@@ -895,6 +902,21 @@ impl Store {
         all.sort_by_key(|(id, _)| std::cmp::Reverse(order(id)));
         all.truncate(limit);
         Ok(all)
+    }
+
+    /// One partition's recent-alerts stream: (entry id, alert payload),
+    /// oldest first.
+    pub async fn recent_entries(&self, keys: &PartitionKeys) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let entries: Vec<(String, StreamFields)> = redis::cmd("XRANGE")
+            .arg(keys.recent_alerts())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|(id, f)| f.into_iter().find(|(k, _)| k == "alert").map(|(_, v)| (id, v)))
+            .collect())
     }
 
     /// The tier of each contact in a model: (partition, contact) pairs in,

@@ -65,6 +65,22 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
     "--disable-sync",
 ];
 
+/// What headless Chromium makes of `url`: `what` is `--dump-dom` (the
+/// page's DOM, returned) or `--screenshot=FILE`; scripts run for up to 8 s
+/// of virtual time in a 1280x900 window.
+pub fn chromium(what: &str, url: &str) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("chromium")
+        .args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=8000", "--window-size=1280,900", what])
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chromium ({e}); run scripts/setup.sh to install it"));
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -724,6 +740,7 @@ pub async fn serve_api(stack: &Stack, running: &Running, topics: &Topics, token:
     )
     .unwrap();
     ctx.token = Some(token.to_string());
+    ctx.account_topic = topics.account_contributions.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(hotlead::api::serve(listener, ctx, std::future::pending()));
