@@ -150,6 +150,9 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
+/// A stream entry's fields.
+type StreamFields = Vec<(String, Vec<u8>)>;
+
 /// A contact as the oracle sees it: its events (time, points) and weight.
 type Member = (Vec<(i64, f64)>, f64);
 
@@ -293,7 +296,7 @@ async fn an_account_heats_at_its_third_warm_contact_and_cools_at_the_exact_insta
             "hash" => redis::cmd("HGETALL").arg(&key).query(&mut r).unwrap(),
             "zset" => redis::cmd("ZRANGE").arg(&key).arg(0).arg(-1).query(&mut r).unwrap(),
             "stream" => {
-                let e: Vec<(String, Vec<(String, Vec<u8>)>)> =
+                let e: Vec<(String, StreamFields)> =
                     redis::cmd("XRANGE").arg(&key).arg("-").arg("+").query(&mut r).unwrap();
                 e.into_iter().flat_map(|(_, f)| f.into_iter().map(|(_, v)| v)).collect()
             }
