@@ -535,11 +535,11 @@ impl AccountPart {
         if c.erased {
             return Self { account: None, parts: Vec::new(), attributes: Default::default() };
         }
-        Self {
-            account: c.account.clone(),
-            parts: crate::account::parts(rules, &c.state),
-            attributes: crate::account::weighed_attributes(rules, &c.state),
-        }
+        let parts = crate::account::parts(rules, &c.state);
+        // A contact with no state in any roll-up model has nothing to give
+        // its account: it joins with its first part.
+        let account = if parts.is_empty() { None } else { c.account.clone() };
+        Self { account, parts, attributes: crate::account::weighed_attributes(rules, &c.state) }
     }
 }
 
