@@ -131,6 +131,12 @@ pub struct Shared {
     pub contributions_topic: String,
     /// Partitions of the contributions topic.
     pub contribution_partitions: i32,
+    /// The account stage: the input topic, whose contact stage must have
+    /// read it to its end before the clock may cool an account (its unread
+    /// events could still change the answer). Empty for the contact stage.
+    pub input_topic: String,
+    /// A client for the input topic's end offsets (the account stage's).
+    pub input_ends: std::sync::Mutex<Option<rdkafka::consumer::BaseConsumer<crate::kafka::QuietContext>>>,
     /// Input topic.
     pub topic: String,
     /// Where outbox entries go.
@@ -962,13 +968,41 @@ impl Worker {
         commit
     }
 
+    /// Whether the contact stage has applied the input topic to its end (its
+    /// watermarks in Redis against the topic's end offsets): while it has
+    /// not, contributions still to come could change an account's answer,
+    /// so the clock does not cool accounts. `false` when it cannot be told.
+    async fn contacts_caught_up(&self) -> Result<bool, Ended> {
+        use rdkafka::consumer::Consumer as _;
+        let shared = self.shared.clone();
+        let ends = tokio::task::spawn_blocking(move || -> Option<Vec<(i32, i64)>> {
+            let mut client = shared.input_ends.lock().expect("input ends lock");
+            if client.is_none() {
+                *client = shared.kafka.create_with_context(crate::kafka::QuietContext).ok();
+            }
+            let c = client.as_ref()?;
+            let timeout = Duration::from_secs(5);
+            let n = crate::kafka::partition_count_with(c, &shared.input_topic, timeout).ok()?;
+            (0..n).map(|p| Some((p, c.fetch_watermarks(&shared.input_topic, p, timeout).ok()?.1))).collect()
+        })
+        .await
+        .map_err(|e| Ended::Failed(PipelineError::Task(e.to_string())))?;
+        let Some(ends) = ends else { return Ok(false) };
+        let (store, topic, n) = (&self.shared.store, &self.shared.input_topic, ends.len() as i32);
+        let marks = retry::always("contact_watermarks", || store.watermarks(topic, n))
+            .await
+            .map_err(|e| Ended::Failed(e.into()))?;
+        Ok(ends.iter().zip(marks).all(|((_, end), w)| *end == 0 || w.is_some_and(|w| w + 1 >= *end)))
+    }
+
     /// Sweeps the account partition for accounts that cooled by decay:
     /// their COOLED alerts at the exact instants, committed like a batch
-    /// (fenced, watermark unchanged). Only a caught-up partition is swept.
+    /// (fenced, watermark unchanged). Only a caught-up partition is swept,
+    /// and only once the contact stage has read the input to its end.
     async fn sweep_accounts(&mut self) -> Result<Outcome, Ended> {
         const LIMIT: usize = 1000;
         let Some(watermark) = self.watermark else { return Ok(Outcome::Dropped) };
-        if !self.caught_up() {
+        if !self.caught_up() || !self.contacts_caught_up().await? {
             return Ok(Outcome::Dropped);
         }
         let rules = self.shared.rules.current();

@@ -904,6 +904,12 @@ impl Store {
         Ok(all)
     }
 
+    /// The watermark of each of `topic`'s first `partitions` partitions
+    /// (one GET per partition, each in its own slot).
+    pub async fn watermarks(&self, topic: &str, partitions: i32) -> Result<Vec<Option<i64>>, StoreError> {
+        self.per_partition(partitions, |p| redis::cmd("GET").arg(self.keys(topic, p).watermark()).clone()).await
+    }
+
     /// One partition's recent-alerts stream: (entry id, alert payload),
     /// oldest first.
     pub async fn recent_entries(&self, keys: &PartitionKeys) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
