@@ -218,7 +218,7 @@ fn shared(
         stage,
         contributions_topic: if contributions.is_some() { t.account_contributions.clone() } else { String::new() },
         input_topic: if contacts { String::new() } else { t.input.clone() },
-        input_ends: std::sync::Mutex::new(None),
+        metadata: std::sync::Mutex::new(None),
         contribution_partitions: contributions.unwrap_or(1),
         topic: if contacts { t.input.clone() } else { t.account_contributions.clone() },
         alerts_topic: if contacts { t.alerts.clone() } else { t.account_alerts.clone() },

@@ -135,8 +135,9 @@ pub struct Shared {
     /// read it to its end before the clock may cool an account (its unread
     /// events could still change the answer). Empty for the contact stage.
     pub input_topic: String,
-    /// A client for the input topic's end offsets (the account stage's).
-    pub input_ends: std::sync::Mutex<Option<rdkafka::consumer::BaseConsumer<crate::kafka::QuietContext>>>,
+    /// A client for topics' offsets (the account stage's: the input's end
+    /// offsets, its own partitions' low watermarks).
+    pub metadata: std::sync::Mutex<Option<rdkafka::consumer::BaseConsumer<crate::kafka::QuietContext>>>,
     /// Input topic.
     pub topic: String,
     /// Where outbox entries go.
@@ -513,6 +514,17 @@ impl Worker {
                         "State of the partition is gone from Redis; rebuilding it from the start of the topic."
                     );
                     self.restore_tombstones().await?;
+                    Some(rdkafka::Offset::Beginning)
+                }
+                Some(committed) if self.shared.stage == Stage::Accounts && self.log_intact().await? => {
+                    // An account partition's state is the contribution log
+                    // applied once: with the whole log still there, it is
+                    // rebuilt exactly by reading it again.
+                    tracing::warn!(
+                        partition = self.partition,
+                        committed,
+                        "Account state of the partition is gone from Redis; its whole contribution log is retained: rolling it up again from the start."
+                    );
                     Some(rdkafka::Offset::Beginning)
                 }
                 Some(committed) => return Err(Ended::StateLost(committed)),
@@ -968,6 +980,23 @@ impl Worker {
         commit
     }
 
+    /// Whether the partition still holds its whole log (its low watermark
+    /// is 0: nothing deleted by retention). `false` when it cannot be told.
+    async fn log_intact(&self) -> Result<bool, Ended> {
+        use rdkafka::consumer::Consumer as _;
+        let (shared, partition) = (self.shared.clone(), self.partition);
+        let low = tokio::task::spawn_blocking(move || -> Option<i64> {
+            let mut client = shared.metadata.lock().expect("metadata client lock");
+            if client.is_none() {
+                *client = shared.kafka.create_with_context(crate::kafka::QuietContext).ok();
+            }
+            client.as_ref()?.fetch_watermarks(&shared.topic, partition, Duration::from_secs(10)).ok().map(|w| w.0)
+        })
+        .await
+        .map_err(|e| Ended::Failed(PipelineError::Task(e.to_string())))?;
+        Ok(low == Some(0))
+    }
+
     /// Whether the contact stage has applied the input topic to its end (its
     /// watermarks in Redis against the topic's end offsets): while it has
     /// not, contributions still to come could change an account's answer,
@@ -976,7 +1005,7 @@ impl Worker {
         use rdkafka::consumer::Consumer as _;
         let shared = self.shared.clone();
         let ends = tokio::task::spawn_blocking(move || -> Option<Vec<(i32, i64)>> {
-            let mut client = shared.input_ends.lock().expect("input ends lock");
+            let mut client = shared.metadata.lock().expect("metadata client lock");
             if client.is_none() {
                 *client = shared.kafka.create_with_context(crate::kafka::QuietContext).ok();
             }
