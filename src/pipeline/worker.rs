@@ -549,6 +549,10 @@ impl Worker {
     /// read back from the erasure topic, so the rebuild never brings one
     /// back (not for a moment, not in an alert).
     async fn restore_tombstones(&self) -> Result<(), Ended> {
+        if self.shared.stage == Stage::Accounts {
+            // Accounts keep no id of an erased contact: nothing to restore.
+            return Ok(());
+        }
         let Some(erased) = self.shared.erasures().await? else {
             tracing::warn!(partition = self.partition, topic = %self.shared.erasures_topic, "Cannot read the erasure topic before scoring the partition from its start; erasures come back as the topic replays them.");
             return Ok(());
