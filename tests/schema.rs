@@ -190,3 +190,69 @@ fn score_alert_matches_the_contract() {
     use hotlead::proto::score_alert::Direction;
     assert_eq!([Direction::Unspecified as i32, Direction::Heated as i32, Direction::Cooled as i32], [0, 1, 2]);
 }
+
+#[test]
+fn account_alert_matches_the_contract() {
+    check(
+        "AccountAlert",
+        &[
+            ("alert_id", 1, "string"),
+            ("account_id", 2, "string"),
+            ("model", 3, "string"),
+            ("model_version", 4, "uint32"),
+            ("direction", 5, "hotlead.v1.ScoreAlert.Direction"),
+            ("tier", 6, "string"),
+            ("previous_tier", 7, "string"),
+            ("score", 8, "double"),
+            ("threshold", 9, "double"),
+            ("crossed_at", 10, "google.protobuf.Timestamp"),
+            ("breadth", 11, "uint32"),
+            ("trigger_contact_id", 12, "string"),
+            ("trigger_event_id", 13, "string"),
+            ("drivers", 14, "hotlead.v1.AccountMember"),
+            ("historical", 15, "bool"),
+        ],
+    );
+    assert!(fields()["AccountAlert"]["drivers"].2, "drivers is repeated");
+    check(
+        "AccountMember",
+        &[
+            ("contact_id", 1, "string"),
+            ("score", 2, "double"),
+            ("weight", 3, "double"),
+            ("share", 4, "double"),
+            ("tier", 5, "string"),
+        ],
+    );
+}
+
+#[test]
+fn account_contributions_match_the_contract() {
+    check(
+        "AccountContribution",
+        &[
+            ("account_id", 1, "string"),
+            ("contact_id", 2, "string"),
+            ("topic", 3, "string"),
+            ("partition", 4, "int32"),
+            ("offset", 5, "int64"),
+            ("event_id", 6, "string"),
+            ("occurred_at", 7, "google.protobuf.Timestamp"),
+            ("left", 8, "bool"),
+            ("parts", 9, "hotlead.v1.ContactPart"),
+            ("attributes", 10, "hotlead.v1.AccountContribution.AttributesEntry"),
+            ("erased", 11, "bool"),
+        ],
+    );
+    check("AccountContributions", &[("contributions", 1, "hotlead.v1.AccountContribution")]);
+    check(
+        "ContactPart",
+        &[
+            ("model", 1, "string"),
+            ("behaviour", 2, "double"),
+            ("at_ms", 3, "int64"),
+            ("fit", 4, "double"),
+            ("tier", 5, "string"),
+        ],
+    );
+}
