@@ -113,19 +113,6 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
-fn chromium(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("chromium")
-        .args(support::CHROMIUM_FLAGS)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=8000", "--window-size=1280,900", "--dump-dom"])
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run chromium ({e}); run scripts/setup.sh to install it"));
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 /// Starts `hotlead run` listening on a free port with the token; waits
 /// until it answers.
 fn serve(stack: &Stack, topics: &Topics, rules: &std::path::Path, log: &std::path::Path) -> (KillOnDrop, u16) {
@@ -329,7 +316,7 @@ async fn accounts_are_served_with_the_exact_standing() {
     // The board: the accounts panel lists the accounts in order, and an
     // account's detail shows its contacts.
     let url = format!("http://127.0.0.1:{port}/board#token={TOKEN}&account=acme");
-    let dom = tokio::task::spawn_blocking(move || chromium(&url)).await.unwrap();
+    let dom = tokio::task::spawn_blocking(move || support::chromium("--dump-dom", &url)).await.unwrap();
     let panel = dom.split("id=\"accounts\"").nth(1).unwrap_or_else(|| panic!("no accounts panel:\n{dom}"));
     let board = panel.split("id=\"account-board-engagement\"").nth(1).unwrap_or_else(|| panic!("{panel}"));
     let board = board.split("</table>").next().unwrap();
@@ -350,17 +337,7 @@ async fn accounts_are_served_with_the_exact_standing() {
 
     if let Ok(file) = std::env::var("HOTLEAD_ACCOUNTS_SCREENSHOT") {
         let url = format!("http://127.0.0.1:{port}/board#token={TOKEN}&account=acme");
-        tokio::task::spawn_blocking(move || {
-            let profile = tempfile::tempdir().unwrap();
-            std::process::Command::new("chromium")
-                .args(support::CHROMIUM_FLAGS)
-                .arg(format!("--user-data-dir={}", profile.path().display()))
-                .args(["--virtual-time-budget=8000", "--window-size=1280,1100", &format!("--screenshot={file}")])
-                .arg(url)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let what = format!("--screenshot={file}");
+        tokio::task::spawn_blocking(move || support::chromium_in(&what, &url, 1100, 8000)).await.unwrap();
     }
 }

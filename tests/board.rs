@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use hotlead::proto::interaction_event::Interaction;
@@ -24,18 +23,6 @@ models:
       - { id: pricing-page, when: { kind: page_view, url: { prefix: /pricing } }, points: 10 }
       - { id: demo-request, when: { kind: form_submission, form_id: demo-request }, points: 25 }
 "#;
-
-fn chromium(args: &[&str], url: &str) -> std::process::Output {
-    let profile = tempfile::tempdir().unwrap();
-    Command::new("chromium")
-        .args(support::CHROMIUM_FLAGS)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=8000", "--window-size=1280,820"])
-        .args(args)
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run chromium ({e}); run scripts/setup.sh to install it"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_board_shows_the_hot_leads_in_order() {
@@ -73,7 +60,7 @@ async fn the_board_shows_the_hot_leads_in_order() {
 
     let out = tokio::task::spawn_blocking({
         let url = url.clone();
-        move || chromium(&["--dump-dom"], &url)
+        move || support::chromium_output(&["--dump-dom"], &url, 820, 8000)
     })
     .await
     .unwrap();
@@ -106,15 +93,18 @@ async fn the_board_shows_the_hot_leads_in_order() {
     }
 
     // Without the token the page says what is missing.
-    let out = tokio::task::spawn_blocking(move || chromium(&["--dump-dom"], &format!("http://127.0.0.1:{port}/board")))
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        support::chromium_output(&["--dump-dom"], &format!("http://127.0.0.1:{port}/board"), 820, 8000)
+    })
+    .await
+    .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("needs the API token"));
 
     if let Ok(file) = std::env::var("HOTLEAD_BOARD_SCREENSHOT") {
         let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
         let arg = format!("--screenshot={}", file.display());
-        let out = tokio::task::spawn_blocking(move || chromium(&[&arg], &url)).await.unwrap();
+        let out =
+            tokio::task::spawn_blocking(move || support::chromium_output(&[&arg], &url, 820, 8000)).await.unwrap();
         assert!(out.status.success());
     }
     running.finish().await;

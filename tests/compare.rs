@@ -249,19 +249,6 @@ async fn the_api_and_the_command_line_give_the_report_of_an_offline_replay() {
     s.running.finish().await;
 }
 
-fn chromium(url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = Command::new("chromium")
-        .args(support::CHROMIUM_FLAGS)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=8000", "--window-size=1280,1000", "--dump-dom"])
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run chromium ({e}); run scripts/setup.sh to install it"));
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 /// The `data-count` of each element of `class` in `html`, in order.
 fn counts(html: &str, class: &str) -> Vec<u64> {
     html.split(&format!("class=\"{class}\""))
@@ -276,7 +263,7 @@ async fn the_page_shows_the_matrix_and_both_histograms() {
     let want = offline(&s.events, s.at, 20);
     let base = format!("http://127.0.0.1:{}/compare", s.port);
     let url = format!("{base}?live={LIVE}&shadow={SHADOW}&at={}#token={TOKEN}", s.at);
-    let dom = tokio::task::spawn_blocking(move || chromium(&url)).await.unwrap();
+    let dom = tokio::task::spawn_blocking(move || support::chromium_in("--dump-dom", &url, 1000, 8000)).await.unwrap();
 
     let matrix = dom.split("id=\"matrix\"").nth(1).unwrap_or_else(|| panic!("no matrix:\n{dom}"));
     let matrix = matrix.split("</table>").next().unwrap();
@@ -305,10 +292,10 @@ async fn the_page_shows_the_matrix_and_both_histograms() {
 
     // An error answer is shown as it is; without the token, the page says so.
     let url = format!("{base}?live={LIVE}&shadow=nope#token={TOKEN}");
-    let dom = tokio::task::spawn_blocking(move || chromium(&url)).await.unwrap();
+    let dom = tokio::task::spawn_blocking(move || support::chromium_in("--dump-dom", &url, 1000, 8000)).await.unwrap();
     let message = dom.split("id=\"message\"").nth(1).unwrap().split("</div>").next().unwrap();
     assert!(message.contains("no model `nope` is scored here"), "{message}");
-    let dom = tokio::task::spawn_blocking(move || chromium(&base)).await.unwrap();
+    let dom = tokio::task::spawn_blocking(move || support::chromium_in("--dump-dom", &base, 1000, 8000)).await.unwrap();
     assert!(dom.contains("needs the API token"), "{dom}");
     s.running.finish().await;
 }

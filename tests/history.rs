@@ -102,19 +102,6 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0)
 }
 
-fn chromium(what: &str, url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("chromium")
-        .args(support::CHROMIUM_FLAGS)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=10000", "--window-size=1280,900", what])
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run chromium ({e}); run scripts/setup.sh to install it"));
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_contacts_history_names_each_tier_change_at_its_instant() {
     let mut stack = Stack::start();
@@ -270,7 +257,7 @@ async fn a_contacts_history_names_each_tier_change_at_its_instant() {
     let url = format!("http://127.0.0.1:{port}/board#token=tok&lead=lead");
     let dom = tokio::task::spawn_blocking({
         let url = url.clone();
-        move || chromium("--dump-dom", &url)
+        move || support::chromium_in("--dump-dom", &url, 900, 10_000)
     })
     .await
     .unwrap();
@@ -296,7 +283,7 @@ async fn a_contacts_history_names_each_tier_change_at_its_instant() {
 
     if let Ok(file) = std::env::var("HOTLEAD_HISTORY_SCREENSHOT") {
         let arg = format!("--screenshot={file}");
-        tokio::task::spawn_blocking(move || chromium(&arg, &url)).await.unwrap();
+        tokio::task::spawn_blocking(move || support::chromium_in(&arg, &url, 900, 10_000)).await.unwrap();
     }
 
     // The broker gone: a clear 503.

@@ -69,16 +69,29 @@ pub const CHROMIUM_FLAGS: &[&str] = &[
 /// page's DOM, returned) or `--screenshot=FILE`; scripts run for up to 8 s
 /// of virtual time in a 1280x900 window.
 pub fn chromium(what: &str, url: &str) -> String {
-    let profile = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new("chromium")
-        .args(CHROMIUM_FLAGS)
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .args(["--virtual-time-budget=8000", "--window-size=1280,900", what])
-        .arg(url)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run chromium ({e}); run scripts/setup.sh to install it"));
+    chromium_in(what, url, 900, 8000)
+}
+
+/// [`chromium`] in a 1280 x `height` window, with `budget_ms` of virtual time.
+pub fn chromium_in(what: &str, url: &str, height: u32, budget_ms: u32) -> String {
+    let out = chromium_output(&[what], url, height, budget_ms);
     assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Headless Chromium's whole output for `url` with `args` (its exit status
+/// left to the caller).
+pub fn chromium_output(args: &[&str], url: &str, height: u32, budget_ms: u32) -> std::process::Output {
+    let profile = tempfile::tempdir().unwrap();
+    std::process::Command::new("chromium")
+        .args(CHROMIUM_FLAGS)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("--virtual-time-budget={budget_ms}"))
+        .arg(format!("--window-size=1280,{height}"))
+        .args(args)
+        .arg(url)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run chromium ({e}); run scripts/setup.sh to install it"))
 }
 
 /// A free TCP port on 127.0.0.1.
