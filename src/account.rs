@@ -45,7 +45,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::proto::{score_alert, AccountAlert, AccountContribution, AccountMember, ContactPart};
 use crate::rules::{AccountRollup, Model, RuleSet};
@@ -137,7 +136,7 @@ impl AccountState {
 /// first 16 bytes in hex (enough to recognise a stale contribution, never
 /// the id).
 pub fn departed(contact: &str) -> String {
-    Sha256::digest(contact.as_bytes())[..16].iter().map(|b| format!("{b:02x}")).collect()
+    crate::engine::digest16(contact)
 }
 
 /// The partition of the contribution topic an account's contributions go
@@ -498,7 +497,7 @@ fn alert(
     let s = standing(model, rollup, state, t);
     let threshold = if to > from { rollup.tiers[to - 1].enter } else { rollup.tiers[to].exit };
     AccountAlert {
-        alert_id: Sha256::digest(key.as_bytes())[..16].iter().map(|b| format!("{b:02x}")).collect(),
+        alert_id: crate::engine::digest16(key),
         account_id: account.to_string(),
         model: model.name.clone(),
         model_version: model.version,

@@ -218,7 +218,7 @@ async fn create(
     };
     match s.produce_event(&event).await {
         Ok((partition, offset)) => {
-            let at = event.occurred_at.as_ref().map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
+            let at = event.occurred_at.as_ref().map_or(0, crate::decode::millis);
             let body = json!({
                 "event_id": event.event_id,
                 "contact_id": event.contact_id,

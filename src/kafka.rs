@@ -139,12 +139,7 @@ pub async fn send_event<C: rdkafka::ClientContext + 'static>(
 /// One account alert as a line: when, direction, account, model, tiers,
 /// score against the threshold, breadth, and the contacts that drove it.
 pub fn format_account_alert(a: &crate::proto::AccountAlert) -> String {
-    let arrow = match score_alert::Direction::try_from(a.direction) {
-        Ok(score_alert::Direction::Heated) => "HEATED ▲",
-        Ok(score_alert::Direction::Cooled) => "COOLED ▼",
-        _ => "UNKNOWN ?",
-    };
-    let when = a.crossed_at.as_ref().map(|t| clock_of_day(t.seconds)).unwrap_or_default();
+    let (when, arrow) = (clock_of_day(a.crossed_at.as_ref()), arrow(a.direction));
     let cmp = if a.score >= a.threshold { "≥" } else { "<" };
     let drivers: Vec<String> = a.drivers.iter().map(|d| format!("{} {:.0}%", d.contact_id, d.share * 100.0)).collect();
     let by = if a.trigger_contact_id.is_empty() { "decay".to_string() } else { a.trigger_contact_id.clone() };
@@ -162,26 +157,24 @@ pub fn format_account_alert(a: &crate::proto::AccountAlert) -> String {
     )
 }
 
-/// `HH:MM:SSZ` of a Unix time in seconds.
-fn clock_of_day(seconds: i64) -> String {
-    let secs = seconds.rem_euclid(86_400);
+/// `HH:MM:SSZ` of a crossing's time (empty without one).
+fn clock_of_day(t: Option<&prost_types::Timestamp>) -> String {
+    let Some(t) = t else { return String::new() };
+    let secs = t.seconds.rem_euclid(86_400);
     format!("{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
-pub fn format_alert(a: &ScoreAlert) -> String {
-    let arrow = match score_alert::Direction::try_from(a.direction) {
+/// A crossing's direction as an alert line shows it.
+fn arrow(direction: i32) -> &'static str {
+    match score_alert::Direction::try_from(direction) {
         Ok(score_alert::Direction::Heated) => "HEATED ▲",
         Ok(score_alert::Direction::Cooled) => "COOLED ▼",
         _ => "UNKNOWN ?",
-    };
-    let when = a
-        .crossed_at
-        .as_ref()
-        .map(|t| {
-            let secs = t.seconds.rem_euclid(86_400);
-            format!("{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
-        })
-        .unwrap_or_default();
+    }
+}
+
+pub fn format_alert(a: &ScoreAlert) -> String {
+    let (when, arrow) = (clock_of_day(a.crossed_at.as_ref()), arrow(a.direction));
     let account = if a.account_id.is_empty() { String::new() } else { format!(" ({})", a.account_id) };
     let cmp = if a.score >= a.threshold { "≥" } else { "<" };
     let why: Vec<String> = a.top_contributions.iter().map(|c| format!("{} {:.1}", c.rule_id, c.points)).collect();

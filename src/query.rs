@@ -217,7 +217,7 @@ impl From<crate::proto::ScoreAlert> for AlertView {
             previous_tier: a.previous_tier,
             score: a.score,
             threshold: a.threshold,
-            crossed_at_ms: a.crossed_at.map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000),
+            crossed_at_ms: a.crossed_at.as_ref().map_or(0, crate::decode::millis),
             trigger_event_id: a.trigger_event_id,
             top_contributions: a.top_contributions.into_iter().map(|c| (c.rule_id, c.points)).collect(),
         }

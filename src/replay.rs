@@ -187,7 +187,7 @@ pub fn to_json(e: &InteractionEvent) -> String {
         o.insert("account_id".into(), json!(e.account_id));
     }
     if let Some(t) = &e.occurred_at {
-        o.insert("occurred_at".into(), json!(t.seconds * 1000 + i64::from(t.nanos) / 1_000_000));
+        o.insert("occurred_at".into(), json!(crate::decode::millis(t)));
     }
     let (kind, body) = match &e.interaction {
         Some(Interaction::PageView(p)) => (

@@ -165,7 +165,7 @@ pub fn latest(tail: Vec<crate::kafka::Tail>, n: usize) -> Vec<InteractionEvent> 
         .into_iter()
         .filter_map(|t| {
             let e = InteractionEvent::decode(t.payload.as_slice()).ok()?;
-            let at = e.occurred_at.as_ref().map_or(i64::MIN, |ts| ts.seconds * 1000 + i64::from(ts.nanos) / 1_000_000);
+            let at = e.occurred_at.as_ref().map_or(i64::MIN, crate::decode::millis);
             Some((at, t.partition, t.offset, e))
         })
         .collect();

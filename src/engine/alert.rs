@@ -20,15 +20,19 @@ pub fn alert_id(source: Source<'_>, offset: i64, contact: &str, model: &str, c: 
     } else {
         format!("{topic}/{partition}/decay/{contact}/{model}/{tier}/{}", c.at_ms)
     };
-    let d = Sha256::digest(key.as_bytes());
-    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    digest16(&key)
 }
 
 /// The id of one contact's alert among several one event raised (a
 /// promotion's announcement): `base` and the contact, hashed.
 pub fn per_contact(base: &str, contact: &str) -> String {
-    let d = Sha256::digest(format!("{base}/{contact}").as_bytes());
-    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    digest16(&format!("{base}/{contact}"))
+}
+
+/// The first 16 bytes of the SHA-256 of `text`, in hex: how alert ids (and
+/// an account's memory of a contact gone) are made from what names them.
+pub fn digest16(text: &str) -> String {
+    Sha256::digest(text.as_bytes())[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The alert for a crossing; `offset` and `event_id` name the triggering

@@ -41,7 +41,7 @@ mod alert;
 
 use std::collections::HashMap;
 
-pub use alert::{alert_id, build_alert};
+pub use alert::{alert_id, build_alert, digest16};
 
 use crate::decode::{self, DecodeError, Limits, ValidEvent};
 use crate::proto::interaction_event::Interaction;

@@ -141,9 +141,8 @@ impl Relay<'_> {
                     use prost::Message as _;
                     let a = crate::proto::ScoreAlert::decode(e.payload.as_slice()).ok()?;
                     let t = a.crossed_at?;
-                    (!a.trigger_event_id.is_empty()).then(|| {
-                        (acked_ms - (t.seconds * 1000 + i64::from(t.nanos) / 1_000_000)).max(0) as f64 / 1000.0
-                    })
+                    (!a.trigger_event_id.is_empty())
+                        .then(|| (acked_ms - crate::decode::millis(&t)).max(0) as f64 / 1000.0)
                 })
                 .collect();
             telemetry::relayed(

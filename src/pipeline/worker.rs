@@ -969,8 +969,7 @@ impl Worker {
         }
         let now = (self.shared.clock)();
         for a in alerts.iter_mut() {
-            let at = a.crossed_at.as_ref().map_or(now, crate::decode::millis);
-            a.historical = now - at > self.shared.historical_after_ms;
+            a.historical = self.is_historical(a.crossed_at.as_ref(), now);
             let payload = a.encode_to_vec();
             commit.recent_alerts.push(payload.clone());
             commit.outbox.push(crate::store::OutboxEntry {
@@ -984,20 +983,36 @@ impl Worker {
         commit
     }
 
-    /// Whether the partition still holds its whole log (its low watermark
-    /// is 0: nothing deleted by retention). `false` when it cannot be told.
-    async fn log_intact(&self) -> Result<bool, Ended> {
-        use rdkafka::consumer::Consumer as _;
-        let (shared, partition) = (self.shared.clone(), self.partition);
-        let low = tokio::task::spawn_blocking(move || -> Option<i64> {
+    /// Runs `ask` (blocking broker calls) with the stage's metadata client,
+    /// made on first use; `None` when there is no client.
+    async fn with_metadata<T: Send + 'static>(
+        &self,
+        ask: impl FnOnce(&rdkafka::consumer::BaseConsumer<crate::kafka::QuietContext>, &Shared) -> Option<T>
+            + Send
+            + 'static,
+    ) -> Result<Option<T>, Ended> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
             let mut client = shared.metadata.lock().expect("metadata client lock");
             if client.is_none() {
                 *client = shared.kafka.create_with_context(crate::kafka::QuietContext).ok();
             }
-            client.as_ref()?.fetch_watermarks(&shared.topic, partition, Duration::from_secs(10)).ok().map(|w| w.0)
+            ask(client.as_ref()?, &shared)
         })
         .await
-        .map_err(|e| Ended::Failed(PipelineError::Task(e.to_string())))?;
+        .map_err(|e| Ended::Failed(PipelineError::Task(e.to_string())))
+    }
+
+    /// Whether the partition still holds its whole log (its low watermark
+    /// is 0: nothing deleted by retention). `false` when it cannot be told.
+    async fn log_intact(&self) -> Result<bool, Ended> {
+        use rdkafka::consumer::Consumer as _;
+        let partition = self.partition;
+        let low = self
+            .with_metadata(move |c, shared| {
+                c.fetch_watermarks(&shared.topic, partition, Duration::from_secs(10)).ok().map(|w| w.0)
+            })
+            .await?;
         Ok(low == Some(0))
     }
 
@@ -1007,19 +1022,13 @@ impl Worker {
     /// so the clock does not cool accounts. `false` when it cannot be told.
     async fn contacts_caught_up(&self) -> Result<bool, Ended> {
         use rdkafka::consumer::Consumer as _;
-        let shared = self.shared.clone();
-        let ends = tokio::task::spawn_blocking(move || -> Option<Vec<(i32, i64)>> {
-            let mut client = shared.metadata.lock().expect("metadata client lock");
-            if client.is_none() {
-                *client = shared.kafka.create_with_context(crate::kafka::QuietContext).ok();
-            }
-            let c = client.as_ref()?;
-            let timeout = Duration::from_secs(5);
-            let n = crate::kafka::partition_count_with(c, &shared.input_topic, timeout).ok()?;
-            (0..n).map(|p| Some((p, c.fetch_watermarks(&shared.input_topic, p, timeout).ok()?.1))).collect()
-        })
-        .await
-        .map_err(|e| Ended::Failed(PipelineError::Task(e.to_string())))?;
+        let ends = self
+            .with_metadata(|c, shared| -> Option<Vec<(i32, i64)>> {
+                let timeout = Duration::from_secs(5);
+                let n = crate::kafka::partition_count_with(c, &shared.input_topic, timeout).ok()?;
+                (0..n).map(|p| Some((p, c.fetch_watermarks(&shared.input_topic, p, timeout).ok()?.1))).collect()
+            })
+            .await?;
         let Some(ends) = ends else { return Ok(false) };
         let (store, topic, n) = (&self.shared.store, &self.shared.input_topic, ends.len() as i32);
         let marks = retry::always("contact_watermarks", || store.watermarks(topic, n))
@@ -1097,9 +1106,14 @@ impl Worker {
     fn mark_historical(&self, effects: &mut engine::Effects) {
         let now = (self.shared.clock)();
         for a in &mut effects.alerts {
-            let at = a.crossed_at.as_ref().map_or(now, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
-            a.historical = now - at > self.shared.historical_after_ms;
+            a.historical = self.is_historical(a.crossed_at.as_ref(), now);
         }
+    }
+
+    /// Whether a crossing at `crossed_at` lies further back than
+    /// `historical_after` at `now`.
+    fn is_historical(&self, crossed_at: Option<&prost_types::Timestamp>, now: i64) -> bool {
+        now - crossed_at.map_or(now, crate::decode::millis) > self.shared.historical_after_ms
     }
 
     /// Commits under this claim, from watermark `expected` to `last`, with

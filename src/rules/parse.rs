@@ -484,31 +484,10 @@ impl Checker {
             for (tpath, tnode) in self.seq(n, &f.at("tiers")) {
                 let tier = self.account_tier(tnode, &tpath, alert.unwrap_or(true));
                 if let Some(t) = &tier {
-                    let at = join(&tpath, "name");
-                    let pos = self.positions.get(&at).copied().unwrap_or(tnode.pos);
-                    if Some(t.name.as_str()) == base_tier.as_deref() || out.iter().flatten().any(|x| x.name == t.name) {
-                        self.error(
-                            pos,
-                            &at,
-                            "duplicate",
-                            format!("tier `{}` is the base tier or listed twice", t.name),
-                        );
-                    }
-                    if let Some(prev) = out.iter().rev().flatten().next() {
-                        if t.enter <= prev.enter || t.exit <= prev.exit {
-                            let at = join(&tpath, "enter");
-                            let pos = self.positions.get(&at).copied().unwrap_or(tnode.pos);
-                            self.error(
-                                pos,
-                                &at,
-                                "tier_order",
-                                format!(
-                                    "tiers are listed lowest first: enter and exit of `{}` ({}/{}) must exceed those of `{}` ({}/{})",
-                                    t.name, t.enter, t.exit, prev.name, prev.enter, prev.exit
-                                ),
-                            );
-                        }
-                    }
+                    let before: Vec<(&str, f64, f64)> =
+                        out.iter().flatten().map(|x| (x.name.as_str(), x.enter, x.exit)).collect();
+                    let base = base_tier.as_deref();
+                    self.listed_tier(&tpath, tnode.pos, (&t.name, t.enter, t.exit), base, &before);
                 }
                 out.push(tier);
             }
@@ -559,9 +538,9 @@ impl Checker {
         Some(w)
     }
 
-    fn account_tier(&mut self, node: &Node, path: &str, alert: bool) -> Option<AccountTier> {
-        let f = self.fields(node, path, &["name", "enter", "exit", "min_contacts", "alert"])?;
-        let name = self.require(&f, "name").and_then(|n| self.name(n, &f.at("name")));
+    /// A tier's `enter` and `exit`: enter above zero, exit above zero and
+    /// at most enter.
+    fn thresholds(&mut self, f: &Fields<'_>) -> (Option<f64>, Option<f64>) {
         let enter = self.require(&f, "enter").and_then(|n| self.number(n, &f.at("enter")));
         let exit = self.require(&f, "exit").and_then(|n| self.number(n, &f.at("exit")));
         if let (Some(e), Some(n)) = (enter, f.get("enter")) {
@@ -579,6 +558,43 @@ impl Checker {
                 );
             }
         }
+        (enter, exit)
+    }
+
+    /// Checks a listed tier (name, enter, exit) against the base tier and
+    /// the tiers listed before it: no name twice, each above the one before.
+    fn listed_tier(
+        &mut self,
+        tpath: &str,
+        fallback: Pos,
+        (name, enter, exit): (&str, f64, f64),
+        base: Option<&str>,
+        before: &[(&str, f64, f64)],
+    ) {
+        let pos = |c: &Self, f: &str| c.positions.get(&join(tpath, f)).copied().unwrap_or(fallback);
+        if Some(name) == base || before.iter().any(|x| x.0 == name) {
+            let p = pos(self, "name");
+            self.error(p, &join(tpath, "name"), "duplicate", format!("tier `{name}` is the base tier or listed twice"));
+        }
+        if let Some(&(prev, prev_enter, prev_exit)) = before.last() {
+            if enter <= prev_enter || exit <= prev_exit {
+                let p = pos(self, "enter");
+                self.error(
+                    p,
+                    &join(tpath, "enter"),
+                    "tier_order",
+                    format!(
+                        "tiers are listed lowest first: enter and exit of `{name}` ({enter}/{exit}) must exceed those of `{prev}` ({prev_enter}/{prev_exit})"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn account_tier(&mut self, node: &Node, path: &str, alert: bool) -> Option<AccountTier> {
+        let f = self.fields(node, path, &["name", "enter", "exit", "min_contacts", "alert"])?;
+        let name = self.require(&f, "name").and_then(|n| self.name(n, &f.at("name")));
+        let (enter, exit) = self.thresholds(&f);
         let min_contacts = match f.get("min_contacts") {
             None => Some(0),
             Some(n) => self.whole(n, &f.at("min_contacts"), "`min_contacts`"),
@@ -603,31 +619,9 @@ impl Checker {
         for (tpath, tnode) in self.seq(node, path) {
             let tier = self.tier(tnode, &tpath, model, alert, names);
             if let Some(t) = &tier {
-                let tf = |f: &str| join(&tpath, f);
-                let pos = |c: &Self, f: &str| c.positions.get(&tf(f)).copied().unwrap_or(tnode.pos);
-                if Some(t.name.as_str()) == base || tiers.iter().flatten().any(|x| x.name == t.name) {
-                    let p = pos(self, "name");
-                    self.error(
-                        p,
-                        &tf("name"),
-                        "duplicate",
-                        format!("tier `{}` is the base tier or listed twice", t.name),
-                    );
-                }
-                if let Some(prev) = tiers.iter().rev().flatten().next() {
-                    if t.enter <= prev.enter || t.exit <= prev.exit {
-                        let p = pos(self, "enter");
-                        self.error(
-                            p,
-                            &tf("enter"),
-                            "tier_order",
-                            format!(
-                                "tiers are listed lowest first: enter and exit of `{}` ({}/{}) must exceed those of `{}` ({}/{})",
-                                t.name, t.enter, t.exit, prev.name, prev.enter, prev.exit
-                            ),
-                        );
-                    }
-                }
+                let before: Vec<(&str, f64, f64)> =
+                    tiers.iter().flatten().map(|x| (x.name.as_str(), x.enter, x.exit)).collect();
+                self.listed_tier(&tpath, tnode.pos, (&t.name, t.enter, t.exit), base, &before);
             }
             tiers.push(tier);
         }
@@ -637,23 +631,7 @@ impl Checker {
     fn tier(&mut self, node: &Node, path: &str, model: usize, alert: bool, names: &[Option<String>]) -> Option<Tier> {
         let f = self.fields(node, path, &["name", "enter", "exit", "cooldown", "requires", "alert"])?;
         let name = self.require(&f, "name").and_then(|n| self.name(n, &f.at("name")));
-        let enter = self.require(&f, "enter").and_then(|n| self.number(n, &f.at("enter")));
-        let exit = self.require(&f, "exit").and_then(|n| self.number(n, &f.at("exit")));
-        if let (Some(e), Some(n)) = (enter, f.get("enter")) {
-            if e <= 0.0 {
-                self.error(n.pos, &f.at("enter"), "out_of_range", "must be a number greater than zero");
-            }
-        }
-        if let (Some(enter), Some(x), Some(n)) = (enter, exit, f.get("exit")) {
-            if !(x > 0.0 && x <= enter) {
-                self.error(
-                    n.pos,
-                    &f.at("exit"),
-                    "tier_exit",
-                    format!("exit ({x}) must be greater than zero and at most enter ({enter}); an exit above enter would make the tier flap"),
-                );
-            }
-        }
+        let (enter, exit) = self.thresholds(&f);
         let cooldown = match f.get("cooldown") {
             None => Some(None),
             Some(n) => self.duration(n, &f.at("cooldown"), "`7d`").map(|d| Some(d.as_millis() as Millis)),
