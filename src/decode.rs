@@ -230,7 +230,7 @@ pub fn decode(payload: Option<&[u8]>, limits: &Limits, now_ms: Millis) -> Result
     if ts.seconds <= 0 || !(0..1_000_000_000).contains(&ts.nanos) || ts.seconds > 253_402_300_799 {
         return Err(DecodeError::InvalidTimestamp(format!("{}s {}ns", ts.seconds, ts.nanos)));
     }
-    let at_ms = millis(&ts);
+    let at_ms = millis(ts);
     if at_ms - now_ms > limits.max_future_skew_ms {
         return Err(DecodeError::FutureTimestamp { ahead_ms: at_ms - now_ms, limit_ms: limits.max_future_skew_ms });
     }
