@@ -541,8 +541,8 @@ impl Checker {
     /// A tier's `enter` and `exit`: enter above zero, exit above zero and
     /// at most enter.
     fn thresholds(&mut self, f: &Fields<'_>) -> (Option<f64>, Option<f64>) {
-        let enter = self.require(&f, "enter").and_then(|n| self.number(n, &f.at("enter")));
-        let exit = self.require(&f, "exit").and_then(|n| self.number(n, &f.at("exit")));
+        let enter = self.require(f, "enter").and_then(|n| self.number(n, &f.at("enter")));
+        let exit = self.require(f, "exit").and_then(|n| self.number(n, &f.at("exit")));
         if let (Some(e), Some(n)) = (enter, f.get("enter")) {
             if e <= 0.0 {
                 self.error(n.pos, &f.at("enter"), "out_of_range", "must be a number greater than zero");
